@@ -1,0 +1,1 @@
+"""Measure checkpoints and artifacts: WER/CER, real-time factor, runtime runners, reports."""

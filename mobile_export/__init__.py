@@ -1,0 +1,1 @@
+"""Turn asrkd checkpoints into mobile artifacts (ONNX, TFLite, Core ML, ExecuTorch) and bundles."""
