@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -38,6 +39,57 @@ def _cmd_manifest_check(args: argparse.Namespace) -> int:
     return 0 if total == 0 else 1
 
 
+def _cmd_manifest_filter(args: argparse.Namespace) -> int:
+    from asrkd.data import read_manifest, write_manifest
+
+    utts = read_manifest(args.manifest)
+    keep = [
+        u
+        for u in utts
+        if (not args.speaker or u.speaker in args.speaker)
+        and (not args.exclude_speaker or u.speaker not in args.exclude_speaker)
+    ]
+    write_manifest(args.out, keep)
+    print(f"{args.out}: kept {len(keep)} of {len(utts)} utterances "
+          f"({sum(u.duration for u in keep) / 60:.1f} min)")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from asrkd.config import TrainConfig
+    from asrkd.train import Trainer
+
+    cfg = TrainConfig.from_yaml(args.config)
+    if args.out:
+        cfg.run.out_dir = args.out
+    best = Trainer(cfg, resume=args.resume).fit()
+    if best is not None:
+        print(f"best checkpoint: {best}")
+    return 0
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from asrkd.inference import Transcriber
+
+    transcriber = Transcriber.from_checkpoint(args.checkpoint, beam=args.beam)
+    for path, result in zip(args.audio, transcriber.transcribe_files(args.audio)):
+        print(f"{path}\t{result.text}\tconfidence={result.confidence:.3f}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from asrkd.inference import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.manifest, json_out=args.json, beam=args.beam)
+    print(f"WER {100 * result['wer']:.2f} %  CER {100 * result['cer']:.2f} %  "
+          f"({result['utterances']} utterances)")
+    for spk, r in result.get("per_speaker", {}).items():
+        print(f"  {spk}: WER {100 * r['wer']:.2f} %  CER {100 * r['cer']:.2f} %  ({r['utterances']} utts)")
+    if args.json:
+        print(f"wrote {args.json} and {args.json.with_suffix('.utterances.jsonl')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asrkd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +115,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", help="tokens.txt (or a SentencePiece .model) defining the vocabulary")
     p.add_argument("--duration-tolerance", type=float, default=0.1, help="seconds (default 0.1)")
     p.set_defaults(func=_cmd_manifest_check)
+    p = msub.add_parser("filter", help="write a subset of a manifest, e.g. to hold out speakers")
+    p.add_argument("manifest")
+    p.add_argument("--out", required=True)
+    p.add_argument("--speaker", action="append", help="keep only this speaker (repeatable)")
+    p.add_argument("--exclude-speaker", action="append", help="drop this speaker (repeatable)")
+    p.set_defaults(func=_cmd_manifest_filter)
+
+    p = sub.add_parser("train", help="train a Conformer-CTC model (CTC only) from a YAML config")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", help="run folder (overrides run.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")
+    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("audio", nargs="+")
+    p.add_argument("--beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
+    p.set_defaults(func=_cmd_transcribe)
+
+    p = sub.add_parser("eval", help="WER/CER of a checkpoint on a manifest")
+    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--json", type=Path, help="write the result here (+ per-utterance JSONL beside it)")
+    p.add_argument("--beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
+    p.set_defaults(func=_cmd_eval)
 
     return parser
 

@@ -1,0 +1,199 @@
+"""Checkpoint format: the single source of truth for what a trained model is.
+
+A checkpoint is a folder::
+
+    step-000400/
+        model.safetensors    weights only (no pickle)
+        config.json          {"format": "asrkd-checkpoint", "version": 1, "model": ConformerConfig,
+                              "frontend": FrontendConfig, "tokenizer": tokenizer dict,
+                              "step", "epoch", "metrics", "train_config"}
+        trainer_state.pt     optimizer, scheduler, sampler position, RNG states; read with
+                             torch.load(weights_only=True), so a user file can never run code
+
+Exporters and evaluators read ``model``, ``frontend`` and ``tokenizer`` from ``config.json``
+and never restate numbers. Folders are written under a temporary name and renamed into place, so
+a killed run never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from asrkd import __version__
+from asrkd.features import FrontendConfig, LogMel
+from asrkd.models.conformer import ConformerConfig, ConformerCTC
+from asrkd.text import load_tokenizer
+
+FORMAT = "asrkd-checkpoint"
+VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "trainer_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing, incomplete or of an unknown format."""
+
+
+@dataclass
+class LoadedModel:
+    """Everything needed to run a checkpoint: front end, acoustic model, tokenizer."""
+
+    path: Path
+    frontend: LogMel
+    model: ConformerCTC
+    tokenizer: Any
+    config: dict = field(default_factory=dict)
+
+    @property
+    def model_config(self) -> ConformerConfig:
+        return self.model.config
+
+    @property
+    def frontend_config(self) -> FrontendConfig:
+        return self.frontend.config
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: ConformerCTC,
+    frontend_config: FrontendConfig,
+    tokenizer: Any,
+    *,
+    step: int = 0,
+    epoch: int = 0,
+    metrics: dict | None = None,
+    train_config: dict | None = None,
+    trainer_state: dict | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically (temporary folder, then rename). Returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "asrkd_version": __version__,
+        "model": model.config.to_dict(),
+        "frontend": frontend_config.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "step": step,
+        "epoch": epoch,
+        "metrics": metrics or {},
+        "train_config": train_config or {},
+    }
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / STATE_FILE)
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    """Read and validate ``config.json`` of a checkpoint folder."""
+    path = Path(path)
+    cfg_path = path / CONFIG_FILE
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint folder (expected a folder with {CONFIG_FILE})")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: missing; is {path} an asrkd checkpoint?")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}:{e.lineno}: invalid JSON: {e.msg}") from e
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_path}: 'format' is {config.get('format')!r}, expected {FORMAT!r}")
+    if config.get("version", 0) > VERSION:
+        raise CheckpointError(
+            f"{cfg_path}: checkpoint version {config['version']} is newer than this asrkd "
+            f"understands ({VERSION}); upgrade asrkd"
+        )
+    for key in ("model", "frontend", "tokenizer"):
+        if key not in config:
+            raise CheckpointError(f"{cfg_path}: missing field {key!r}")
+    return config
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
+    """Load a checkpoint folder into eval-mode modules."""
+    path = Path(path)
+    config = read_config(path)
+    weights = path / MODEL_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing; the checkpoint is incomplete")
+    model = ConformerCTC(ConformerConfig.from_dict(config["model"]))
+    state = load_file(str(weights), device=map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: weights do not match the config in {CONFIG_FILE} "
+            f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+        )
+    frontend = LogMel(FrontendConfig.from_dict(config["frontend"]))
+    tokenizer = load_tokenizer(config["tokenizer"])
+    model.eval()
+    frontend.eval()
+    return LoadedModel(path=path, frontend=frontend, model=model, tokenizer=tokenizer, config=config)
+
+
+def load_trainer_state(path: str | Path) -> dict:
+    """The optimizer/scheduler/sampler/RNG state of a checkpoint (no pickle: weights_only)."""
+    state_path = Path(path) / STATE_FILE
+    if not state_path.is_file():
+        raise CheckpointError(f"{state_path}: missing; this checkpoint cannot resume training")
+    return torch.load(state_path, map_location="cpu", weights_only=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint folder or a run folder (then its ``best``, else its latest step)."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return path
+    ckpts = path / "checkpoints"
+    if (ckpts / "best" / CONFIG_FILE).is_file():
+        return ckpts / "best"
+    steps = list_step_checkpoints(ckpts)
+    if steps:
+        return steps[-1]
+    raise CheckpointError(f"{path}: neither a checkpoint folder nor a run folder with checkpoints/")
+
+
+def list_step_checkpoints(folder: str | Path) -> list[Path]:
+    """Complete ``step-NNNNNNN`` checkpoints in ``folder``, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()
+        and (p / CONFIG_FILE).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[5:]))

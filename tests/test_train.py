@@ -1,0 +1,167 @@
+"""The trainer: overfitting, exact kill-and-resume, 2-process DDP, checkpoints and the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from asrkd.checkpoint import list_step_checkpoints, load_checkpoint
+from asrkd.cli import main as cli_main
+from asrkd.config import ConfigError, TrainConfig
+from asrkd.data import read_manifest
+from asrkd.inference import Transcriber, evaluate
+from asrkd.synth import synthesize_corpus
+from asrkd.train import Trainer, read_log
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ten_utts(tmp_path_factory) -> Path:
+    """10 synthetic spoken-digit utterances (espeak-ng), made once for this module."""
+    out = tmp_path_factory.mktemp("synth10")
+    return synthesize_corpus(task="digits", n=10, out_dir=out, seed=3, workers=1)
+
+
+def tiny_config(manifest: Path, out_dir: Path, **changes) -> dict:
+    """A config for the smallest preset with no augmentation: fast and easy to reason about."""
+    cfg = {
+        "data": {"train": [str(manifest)], "max_batch_seconds": 1000.0, "num_workers": 0},
+        "model": {"preset": "student-xs", "overrides": {"dropout": 0.0}},
+        "augment": {"speed_factors": [1.0], "noise_prob": 0.0, "freq_masks": 0, "time_masks": 0},
+        "optim": {"lr": 3e-3, "warmup_steps": 10, "schedule": "constant", "max_steps": 20},
+        "run": {"out_dir": str(out_dir), "threads": 1, "checkpoint_every": 1000, "progress": False},
+    }
+    for section, values in changes.items():
+        cfg[section].update(values)
+    return cfg
+
+
+def test_ten_utterance_batch_overfits_to_wer_zero(ten_utts, tmp_path):
+    cfg = TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "run", optim={"max_steps": 400}))
+    trainer = Trainer(cfg)
+    assert len(trainer.sampler) == 1  # all 10 utterances in one batch
+    best = trainer.fit()
+    result = evaluate(trainer.model, trainer.frontend, trainer.tokenizer, read_manifest(ten_utts))
+    assert result["wer"] == 0.0, list(zip(result["refs"], result["hyps"]))
+    # The checkpoint on disk transcribes the same way as the model in memory.
+    transcriber = Transcriber.from_checkpoint(best)
+    utts = read_manifest(ten_utts)
+    texts = [h.text for h in transcriber.transcribe_files([u.audio_filepath for u in utts[:3]])]
+    assert texts == [u.text for u in utts[:3]]
+
+
+def _write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_losses(ten_utts, tmp_path):
+    # Augmentation, dropout and a DataLoader worker all on: everything exact resume must handle.
+    changes = dict(
+        data={"max_batch_seconds": 8.0, "num_workers": 1},
+        model={"preset": "student-xs", "overrides": {"dropout": 0.1}},
+        augment={"speed_factors": [0.9, 1.0, 1.1], "noise_prob": 0.5, "bandlimit_prob": 0.5,
+                 "freq_masks": 2, "time_masks": 2},
+        optim={"max_steps": 40, "schedule": "cosine"},
+        run={"checkpoint_every": 5, "log_every": 1, "keep_last": 2},
+    )
+    straight = tmp_path / "straight"
+    Trainer(TrainConfig.from_dict(tiny_config(ten_utts, straight, **changes))).fit()
+    expected = {int(r["step"]): r["loss"] for r in read_log(straight) if "loss" in r}
+    assert sorted(expected) == list(range(1, 41))
+
+    killed = tmp_path / "killed"
+    config = _write_config(tmp_path / "killed.yaml", tiny_config(ten_utts, killed, **changes))
+    cmd = [sys.executable, "-m", "asrkd.cli", "train", "--config", str(config)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list_step_checkpoints(killed / "checkpoints") and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed_from = int(list_step_checkpoints(killed / "checkpoints")[-1].name[5:])
+    assert resumed_from < 40, "the run finished before it could be killed; nothing was tested"
+
+    done = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = {int(r["step"]): r["loss"] for r in read_log(killed) if "loss" in r}
+    assert sorted(got) == list(range(1, 41))
+    for step in range(resumed_from + 1, 41):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+    a = load_file(str(list_step_checkpoints(straight / "checkpoints")[-1] / "model.safetensors"))
+    b = load_file(str(list_step_checkpoints(killed / "checkpoints")[-1] / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    trainer = Trainer(TrainConfig.from_dict(cfg_dict))
+    trainer.fit()
+    torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_trains_and_ranks_hold_identical_weights(ten_utts, tmp_path):
+    cfg = tiny_config(ten_utts, tmp_path / "ddp", data={"max_batch_seconds": 6.0},
+                      optim={"max_steps": 6})
+    init = Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "init"))).model.state_dict()
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2)
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert any(not torch.equal(w0[k], init[k]) for k in w0 if w0[k].is_floating_point())
+    # 10 utterances, 6 s batches: 4 batches an epoch, 2 per rank; rank 0 saved at each epoch end.
+    names = sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir())
+    assert names == ["step-0000002", "step-0000004", "step-0000006"]
+
+
+def test_checkpoints_are_pruned_and_best_is_tracked_by_dev_wer(ten_utts, tmp_path):
+    cfg = tiny_config(ten_utts, tmp_path / "run", data={"dev": str(ten_utts), "max_batch_seconds": 8.0},
+                      optim={"max_steps": 9}, run={"checkpoint_every": 1, "keep_last": 2})
+    best = Trainer(TrainConfig.from_dict(cfg)).fit()
+    steps = list_step_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in steps] == ["step-0000008", "step-0000009"]
+    assert best == tmp_path / "run" / "checkpoints" / "best"
+    loaded = load_checkpoint(best)
+    assert "dev_wer" in loaded.config["metrics"]
+    assert not (best / "trainer_state.pt").exists()  # best is for inference, not resuming
+    assert (tmp_path / "run" / "tokens.txt").read_text().startswith("<blk> 0\n")
+
+
+def test_unknown_config_key_is_named_with_its_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: 1e-3\n  warmup: 10\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: optim: unknown key\(s\) \['warmup'\]"):
+        TrainConfig.from_yaml(bad)
+
+
+def test_eval_and_transcribe_commands(ten_utts, tmp_path, capsys):
+    cfg = TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "run", optim={"max_steps": 2}))
+    ckpt = Trainer(cfg).fit()
+    assert cli_main(["eval", str(tmp_path / "run"), "--manifest", str(ten_utts),
+                     "--json", str(tmp_path / "eval.json")]) == 0
+    out = capsys.readouterr().out
+    assert "WER" in out and "per" not in out.split("\n")[0]
+    lines = (tmp_path / "eval.utterances.jsonl").read_text().splitlines()
+    assert len(lines) == 10
+    wav = read_manifest(ten_utts)[0].audio_filepath
+    assert cli_main(["transcribe", str(ckpt), wav]) == 0
+    assert "confidence=" in capsys.readouterr().out
