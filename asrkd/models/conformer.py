@@ -1,0 +1,249 @@
+"""Conformer-CTC: the student (and the in-house teacher) of asrkd.
+
+    feats [B, T, n_mels] ─► ConvSubsampling (x4 | x8) ─► n_layers x ConformerBlock ─► Linear ─► log_softmax
+                                                          (hidden states, one per block, for feature KD)
+
+A block is Macaron-style (Gulati et al. 2020):
+    x = x + 1/2 FF(x);  x = x + MHSA(LN(x));  x = x + Conv(x);  x = x + 1/2 FF(x);  x = LN(x)
+with rotary positions in the attention (see ``attention.py``) and LayerNorm in the convolution
+module (see ``convolution.py``). Padded frames are masked wherever frames mix (subsampling convs,
+attention keys, depthwise conv), so one utterance gives the same log-probs alone or in a padded
+batch. Values on padded output frames are unspecified: read them through ``out_lens``.
+
+``forward`` has no data-dependent Python control flow: it traces and exports with a dynamic time
+axis. Checked with the student preset (torch 2.13): ``torch.export`` and the ONNX dynamo exporter
+with a dynamic T (onnxruntime within 1.5e-6 of eager at other lengths), ``torch.jit.trace`` +
+coremltools 9 with a ``RangeDim`` T, litert-torch at a fixed T with a shorter ``feat_lens``
+(within 1.5e-6). For ``torch.export`` give T as ``Dim.DYNAMIC`` (or make the batch dynamic too): a
+named ``Dim`` range with a static batch trips the shape solver, which cannot prove T' != 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from asrkd.models.attention import RotarySelfAttention
+from asrkd.models.convolution import ConvolutionModule
+from asrkd.models.subsampling import (
+    SUBSAMPLING_FACTORS,
+    ConvSubsampling,
+    num_stages,
+    stage_length,
+    subsampled_lengths,
+    time_mask,
+)
+
+__all__ = [
+    "PRESETS",
+    "ConformerBlock",
+    "ConformerCTC",
+    "ConformerConfig",
+    "build_preset",
+    "count_parameters",
+    "flops_per_second",
+    "subsampled_lengths",
+]
+
+
+@dataclass
+class ConformerConfig:
+    """Shape of a Conformer-CTC model. The defaults are the default student (``PRESETS["student"]``)."""
+
+    vocab_size: int  # including the CTC blank at id 0
+    n_mels: int = 80  # must equal the front end's FrontendConfig.n_mels
+    d_model: int = 80
+    n_heads: int = 4
+    n_layers: int = 4
+    ff_mult: int = 4  # feed-forward hidden size = ff_mult * d_model
+    conv_kernel: int = 15  # depthwise kernel, in encoder frames (odd)
+    subsampling: int = 4  # 4 or 8
+    subsampling_channels: int = 64
+    dropout: float = 0.1
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        problems = []
+        if self.vocab_size < 2:
+            problems.append(f"vocab_size={self.vocab_size} must be >= 2 (blank + one token)")
+        if self.subsampling not in SUBSAMPLING_FACTORS:
+            problems.append(f"subsampling={self.subsampling} must be one of {SUBSAMPLING_FACTORS}")
+        if self.n_heads < 1 or self.d_model % self.n_heads:
+            problems.append(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        elif (self.d_model // self.n_heads) % 2:
+            problems.append(
+                f"head dimension d_model / n_heads = {self.d_model // self.n_heads} must be even (RoPE)"
+            )
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            problems.append(f"conv_kernel={self.conv_kernel} must be a positive odd number")
+        for name in ("n_mels", "n_layers", "ff_mult", "subsampling_channels"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout={self.dropout} must be in [0, 1)")
+        if problems:
+            raise ValueError("invalid ConformerConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ConformerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"ConformerConfig: unknown key(s) {unknown}; valid keys are {sorted(known)} "
+                "(was the config written by a newer asrkd, or misspelt?)"
+            )
+        return cls(**d)
+
+
+# Sized for 2 CPU cores and phones. With a 32-token vocabulary and 10 s utterances:
+#   preset       params   forward GFLOP per audio second
+#   teacher      7.50 M   0.556   (fwd+bwd of 1 h of audio: 3-12 min on the shared 2-core box)
+#   student      0.75 M   0.082   (10x fewer parameters than the teacher)
+#   student-xs   0.34 M   0.032
+# Shapes only: the vocabulary comes from the tokenizer, see ``build_preset``.
+PRESETS: MappingProxyType[str, MappingProxyType] = MappingProxyType(
+    {
+        "teacher": MappingProxyType(
+            dict(d_model=192, n_heads=4, n_layers=8, ff_mult=4, conv_kernel=15,
+                 subsampling=4, subsampling_channels=128, dropout=0.1)
+        ),
+        "student": MappingProxyType(
+            dict(d_model=80, n_heads=4, n_layers=4, ff_mult=4, conv_kernel=15,
+                 subsampling=4, subsampling_channels=64, dropout=0.1)
+        ),
+        "student-xs": MappingProxyType(
+            dict(d_model=64, n_heads=4, n_layers=3, ff_mult=4, conv_kernel=15,
+                 subsampling=4, subsampling_channels=32, dropout=0.1)
+        ),
+    }
+)
+
+
+def build_preset(name: str, vocab_size: int, **overrides) -> ConformerConfig:
+    """The config of preset ``name`` for a vocabulary of ``vocab_size`` (blank included),
+    with any field replaced by ``overrides`` (e.g. ``n_mels=64``, ``subsampling=8``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return ConformerConfig.from_dict({**PRESETS[name], "vocab_size": vocab_size, **overrides})
+
+
+class FeedForward(nn.Module):
+    """LayerNorm -> Linear (d -> ff_mult * d) -> SiLU -> Dropout -> Linear -> Dropout."""
+
+    def __init__(self, d_model: int, ff_mult: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(d_model),
+            nn.Linear(d_model, ff_mult * d_model),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(ff_mult * d_model, d_model),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ConformerBlock(nn.Module):
+    def __init__(self, cfg: ConformerConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.ff1 = FeedForward(d, cfg.ff_mult, cfg.dropout)
+        self.norm_attn = nn.LayerNorm(d)
+        self.attn = RotarySelfAttention(d, cfg.n_heads, cfg.dropout, cfg.rope_base)
+        self.dropout_attn = nn.Dropout(cfg.dropout)
+        self.conv = ConvolutionModule(d, cfg.conv_kernel, cfg.dropout)
+        self.ff2 = FeedForward(d, cfg.ff_mult, cfg.dropout)
+        self.norm_out = nn.LayerNorm(d)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x [B, T, D], mask [B, T] bool (True = valid) -> [B, T, D]."""
+        x = x + 0.5 * self.ff1(x)
+        x = x + self.dropout_attn(self.attn(self.norm_attn(x), mask))
+        x = x + self.conv(x, mask)
+        x = x + 0.5 * self.ff2(x)
+        return self.norm_out(x)
+
+
+class ConformerCTC(nn.Module):
+    def __init__(self, config: ConformerConfig):
+        super().__init__()
+        self.config = config
+        self.subsampling = ConvSubsampling(
+            config.n_mels, config.d_model, config.subsampling_channels, config.subsampling
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(ConformerBlock(config) for _ in range(config.n_layers))
+        self.ctc_head = nn.Linear(config.d_model, config.vocab_size)
+
+    def output_lengths(self, feat_lens: Tensor | int) -> Tensor | int:
+        """Encoder frames for ``feat_lens`` input frames (``subsampled_lengths`` at this model's factor)."""
+        return subsampled_lengths(feat_lens, self.config.subsampling)
+
+    def forward(
+        self, feats: Tensor, feat_lens: Tensor, return_hidden: bool = False
+    ) -> tuple[Tensor, Tensor, list[Tensor] | None]:
+        """feats [B, T, n_mels], feat_lens [B] int64 ->
+        log_probs [B, T', V] (log_softmax over V, blank = 0), out_lens [B],
+        hidden: per block, its output [B, T', d_model] (``return_hidden``), else None.
+        """
+        x, out_lens = self.subsampling(feats, feat_lens)
+        x = self.dropout(x)
+        mask = time_mask(out_lens, x.size(1))
+        hidden = []
+        for block in self.blocks:
+            x = block(x, mask)
+            hidden.append(x)
+        log_probs = F.log_softmax(self.ctc_head(x).float(), dim=-1)
+        return log_probs, out_lens, (hidden if return_hidden else None)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements (buffers such as RoPE tables are not parameters)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def flops_per_second(config: ConformerConfig, frame_rate: float = 100.0, utterance_seconds: float = 10.0) -> float:
+    """Forward-pass FLOPs (2 x multiply-accumulates) per second of audio.
+
+    Counted exactly, at the subsampled lengths of one ``utterance_seconds`` utterance at
+    ``frame_rate`` feature frames per second (100 for a 10 ms hop): every convolution (subsampling,
+    depthwise, pointwise), every linear layer (subsampling projection, feed-forward, attention
+    q/k/v/output, CTC head) and the two attention matmuls (QK^T and attention x V, T'^2 * d_model
+    MACs each per layer). Not counted: biases, norms, activations, softmax, RoPE, residual adds
+    and masking (all O(T * d_model)), and the log-mel front end.
+
+    Attention grows with utterance length: per audio second it costs about 2 * T'(1 s) * T'(L) *
+    d_model MACs per layer for L-second utterances, so it is quoted at ``utterance_seconds``
+    (default 10 s, the benchmark's batches); everything else is linear in time.
+    """
+    n_frames = round(frame_rate * utterance_seconds)
+    c, d, k = config.subsampling_channels, config.d_model, config.conv_kernel
+    t, f = n_frames, config.n_mels
+    macs = 0
+    for stage in range(num_stages(config.subsampling)):
+        t, f = stage_length(t), stage_length(f)
+        if stage == 0:
+            macs += t * f * c * 9  # Conv2d(1 -> C, 3x3)
+        elif config.subsampling == 4:
+            macs += t * f * c * c * 9  # Conv2d(C -> C, 3x3)
+        else:
+            macs += t * f * c * (9 + c)  # depthwise 3x3 + pointwise C -> C
+    macs += t * (c * f) * d  # projection to d_model
+    per_frame = (
+        2 * 2 * config.ff_mult * d * d  # two feed-forward modules, two linears each
+        + 4 * d * d  # q, k, v and output projections
+        + 2 * d * d + d * k + d * d  # conv module: pointwise in (GLU, 2d), depthwise, pointwise out
+    )
+    macs += config.n_layers * (t * per_frame + 2 * t * t * d)
+    macs += t * d * config.vocab_size  # CTC head
+    return 2.0 * macs / utterance_seconds

@@ -1,0 +1,46 @@
+"""Conformer convolution module: LayerNorm -> pointwise + GLU -> depthwise -> norm -> SiLU -> pointwise.
+
+The norm after the depthwise convolution is a LayerNorm over channels, not the original
+BatchNorm:
+- BatchNorm's training statistics pool every frame of the batch, padding included, so an
+  utterance's activations depend on how much padding its batch had and on its batch mates;
+  LayerNorm normalises each frame on its own, so it is padding- and batch-independent.
+- With the small batches that fit on a CPU or a phone-sized fine-tuning run, batch statistics
+  are noisy and the running averages used at inference drift from what training saw.
+- It removes the train/eval behaviour switch, and there are no running buffers to calibrate
+  after distillation or quantisation. WeNet (``cnn_module_norm``) and NeMo (``conv_norm_type``)
+  offer the same switch to ``layer_norm``.
+
+Padded frames are zeroed right before the depthwise convolution, the only operation here that
+mixes frames, so its window reads zeros past the end of an utterance whether or not it is padded.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ConvolutionModule(nn.Module):
+    def __init__(self, d_model: int, kernel_size: int, dropout: float = 0.0):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd to keep the sequence length, got {kernel_size}")
+        self.norm_in = nn.LayerNorm(d_model)
+        # Pointwise convolutions are Linear layers on [B, T, D]: the same maths as a kernel-1
+        # Conv1d without two transposes around each.
+        self.pointwise_in = nn.Linear(d_model, 2 * d_model)
+        self.depthwise = nn.Conv1d(
+            d_model, d_model, kernel_size, padding=kernel_size // 2, groups=d_model
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.pointwise_out = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x [B, T, D], mask [B, T] bool (True = valid frame) -> [B, T, D]."""
+        x = F.glu(self.pointwise_in(self.norm_in(x)), dim=-1)
+        x = x.masked_fill(~mask[:, :, None], 0.0)
+        x = self.depthwise(x.transpose(1, 2)).transpose(1, 2)
+        x = self.pointwise_out(F.silu(self.norm(x)))
+        return self.dropout(x)
