@@ -141,7 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
     p.set_defaults(func=_cmd_eval)
 
+    _add_distill_commands(sub)
+    _add_export_commands(sub)
     return parser
+
+
+# ---------------------------------------------------------------- distillation (cache build, distill)
+def _add_distill_commands(sub) -> None:
+    pass
+
+
+# ---------------------------------------------------------------- mobile export (export)
+def _add_export_commands(sub) -> None:
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:

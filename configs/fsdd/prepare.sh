@@ -3,11 +3,11 @@
 #   - synthetic digits (espeak-ng, voices from the "train" voice set), wideband 16 kHz;
 #   - real speech: FSDD speakers george, jackson, nicolas (isolated + connected digits), 8 kHz;
 #   - dev/test: FSDD speaker yweweler's connected digits (a held-out speaker, as the FSDD README asks).
-# Usage: bash configs/fsdd/prepare.sh [FSDD_DIR] [N_SYNTH]   (defaults: ../shared/data/fsdd, 1500)
+# Usage: bash configs/fsdd/prepare.sh [FSDD_DIR] [N_SYNTH]   (defaults: ../shared/data/fsdd, 800)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 FSDD=${1:-../shared/data/fsdd}
-N_SYNTH=${2:-1500}
+N_SYNTH=${2:-800}
 OUT=runs/data
 ASRKD=${ASRKD:-asrkd}
 [ -d "$FSDD/manifests" ] || { echo "prepare.sh: $FSDD/manifests not found; pass the FSDD folder as the first argument" >&2; exit 2; }
