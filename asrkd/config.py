@@ -110,7 +110,7 @@ class TrainConfig:
         return cfg
 
     def resolve_paths(self, base: Path) -> None:
-        """Make manifest/tokens/out paths absolute, relative to ``base`` (the YAML's folder)."""
+        """Make manifest, tokens and run.out_dir paths absolute, relative to ``base`` (the YAML's folder)."""
 
         def fix(p: str | None) -> str | None:
             return None if p is None else str((base / p).resolve()) if not Path(p).is_absolute() else p
@@ -118,6 +118,7 @@ class TrainConfig:
         self.data.train = [fix(p) for p in self.data.train]
         self.data.dev = fix(self.data.dev)
         self.data.tokens = fix(self.data.tokens)
+        self.run.out_dir = fix(self.run.out_dir)
 
 
 def _build(cls, d: Any, where: str):
