@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/asrkd demo --quick --out runs/demo
+	ASRKD=$(VENV)/bin/asrkd bash configs/quickstart/run.sh
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

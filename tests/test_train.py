@@ -165,3 +165,13 @@ def test_eval_and_transcribe_commands(ten_utts, tmp_path, capsys):
     wav = read_manifest(ten_utts)[0].audio_filepath
     assert cli_main(["transcribe", str(ckpt), wav]) == 0
     assert "confidence=" in capsys.readouterr().out
+
+
+def test_paths_in_a_yaml_config_are_relative_to_the_yaml(tmp_path):
+    (tmp_path / "recipe").mkdir()
+    cfg_file = tmp_path / "recipe" / "cfg.yaml"
+    cfg_file.write_text("data:\n  train: ../data/train.jsonl\n  dev: dev.jsonl\nrun:\n  out_dir: ../runs/x\n")
+    cfg = TrainConfig.from_yaml(cfg_file)
+    assert cfg.data.train == [str(tmp_path / "data" / "train.jsonl")]
+    assert cfg.data.dev == str(tmp_path / "recipe" / "dev.jsonl")
+    assert cfg.run.out_dir == str(tmp_path / "runs" / "x")
