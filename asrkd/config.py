@@ -24,6 +24,7 @@ class DataConfig:
     dev: str | None = None  # manifest for dev WER after each epoch
     tokens: str | None = None  # tokens.txt / SentencePiece .model; None: characters of train texts
     max_batch_seconds: float = 60.0  # padded audio seconds per batch (per rank)
+    num_buckets: int = 10  # duration buckets of the batch sampler
     num_workers: int = 1  # DataLoader worker processes
     cache_audio: bool = True  # keep decoded, resampled audio in memory (small corpora)
 

@@ -86,7 +86,7 @@ class Trainer:
         self._validate()
         torch.manual_seed(config.run.seed)
 
-        self.train_utts = [u for path in config.data.train for u in read_manifest(path)]
+        self.train_utts = self._load_train_utterances()
         self.dev_utts = read_manifest(config.data.dev) if config.data.dev else []
         self.tokenizer = self._make_tokenizer()
         self.frontend_config = FrontendConfig.from_dict(config.frontend)
@@ -102,6 +102,7 @@ class Trainer:
         self.sampler = BucketingBatchSampler(
             [u.duration for u in self.train_utts],
             max_batch_seconds=config.data.max_batch_seconds,
+            num_buckets=config.data.num_buckets,
             seed=config.run.seed,
             rank=self.rank,
             world_size=self.world_size,
@@ -118,8 +119,11 @@ class Trainer:
         self.spec_augment = SpecAugment(
             freq_masks=a.freq_masks, freq_width=a.freq_width, time_masks=a.time_masks, time_width=a.time_width
         )
-        self.steps_per_epoch = len(self.sampler)
-        self.max_steps = config.optim.max_steps or config.optim.epochs * self.steps_per_epoch
+        # Batches per epoch vary a little with the shuffle, so an epoch ends when its sampler is
+        # exhausted, and `epochs` converts to the exact sum of the epochs' batch counts.
+        self.max_steps = config.optim.max_steps or sum(
+            self._batches_in_epoch(e) for e in range(config.optim.epochs)
+        )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=config.optim.lr,
@@ -155,6 +159,10 @@ class Trainer:
         if c.data.max_batch_seconds <= 0:
             raise ConfigError("data.max_batch_seconds must be > 0")
 
+    def _load_train_utterances(self) -> list:
+        """The training utterances, in manifest order. The distiller overrides this (pseudo-labels)."""
+        return [u for path in self.cfg.data.train for u in read_manifest(path)]
+
     def _make_tokenizer(self):
         if self.cfg.data.tokens:
             return load_tokenizer(self.cfg.data.tokens)
@@ -173,6 +181,13 @@ class Trainer:
         if a.noise_prob > 0:
             parts.append(AddNoise(snr_db=tuple(a.snr_db), prob=a.noise_prob))
         return Compose(parts) if parts else None
+
+    def _batches_in_epoch(self, epoch: int) -> int:
+        current = self.sampler.epoch
+        self.sampler.set_epoch(epoch)
+        n = len(self.sampler)
+        self.sampler.set_epoch(current)
+        return n
 
     def _lr_factor(self, step: int) -> float:
         o = self.cfg.optim
@@ -295,7 +310,7 @@ class Trainer:
                 f"model {cfg.model.preset}: {count_parameters(self.model) / 1e6:.2f} M params; "
                 f"{len(self.train_utts)} train utterances "
                 f"({sum(u.duration for u in self.train_utts) / 3600:.2f} h); "
-                f"{self.steps_per_epoch} steps/epoch; {self.max_steps} steps"
+                f"{len(self.sampler)} steps/epoch; {self.max_steps} steps"
             )
         logger = _Logger(self.out_dir, self.step, enabled=self.is_main)
         bar = _progress(self.max_steps, self.step, enabled=self.is_main and cfg.run.progress)
@@ -328,11 +343,11 @@ class Trainer:
                                            "epoch": self.epoch})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{speed:.1f}")
-                if self.step % cfg.run.checkpoint_every == 0 and self.batch_in_epoch < self.steps_per_epoch:
+                if self.step % cfg.run.checkpoint_every == 0 and self.batch_in_epoch < len(self.sampler):
                     self.save()
                 if self.step >= self.max_steps:
                     break
-            epoch_done = self.batch_in_epoch >= self.steps_per_epoch
+            epoch_done = self.batch_in_epoch >= len(self.sampler)
             if epoch_done:
                 self.epoch += 1
                 self.batch_in_epoch = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -175,3 +176,29 @@ def test_paths_in_a_yaml_config_are_relative_to_the_yaml(tmp_path):
     assert cfg.data.train == [str(tmp_path / "data" / "train.jsonl")]
     assert cfg.data.dev == str(tmp_path / "recipe" / "dev.jsonl")
     assert cfg.run.out_dir == str(tmp_path / "runs" / "x")
+
+
+def test_every_epoch_ends_once_even_when_batch_counts_vary(ten_utts, tmp_path):
+    from asrkd.data import BucketingBatchSampler
+
+    durations = [u.duration for u in read_manifest(ten_utts)]
+
+    def counts(budget):
+        s = BucketingBatchSampler(durations, max_batch_seconds=budget, seed=0, num_buckets=2)
+        out = []
+        for e in range(3):
+            s.set_epoch(e)
+            out.append(len(s))
+        return out
+
+    budget = next(b / 4 for b in range(16, 120) if len(set(counts(b / 4))) > 1)
+    cfg = tiny_config(ten_utts, tmp_path / "run",
+                      data={"dev": str(ten_utts), "max_batch_seconds": budget, "num_buckets": 2},
+                      optim={"max_steps": None, "epochs": 3})
+    trainer = Trainer(TrainConfig.from_dict(cfg))
+    assert trainer.max_steps == sum(counts(budget))
+    trainer.fit()
+    assert trainer.epoch == 3
+    dev_rows = [r for r in read_log(tmp_path / "run") if "dev_wer" in r]
+    ends = list(itertools.accumulate(counts(budget)))
+    assert [int(r["step"]) for r in dev_rows] == ends
