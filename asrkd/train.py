@@ -209,7 +209,8 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
-            "sampler": self.sampler.state_dict(position=self.batch_in_epoch),
+            # At an epoch's end the sampler still holds the finished epoch: record the next one.
+            "sampler": {**self.sampler.state_dict(position=self.batch_in_epoch), "epoch": self.epoch},
             "best_wer": self.best_wer,
             "rng": self._rng_state(),
         }
