@@ -62,12 +62,6 @@ class LoadedModel:
         return self.frontend.config
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_checkpoint(
     path: str | Path,
     model: ConformerCTC,
