@@ -7,6 +7,7 @@ ignored), and relative paths in a YAML file are resolved against that file's fol
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    kd: dict[str, Any] = field(default_factory=dict)  # read by the distiller, ignored by plain training
+    kd: KDConfig = field(default_factory=lambda: KDConfig())  # read by the distiller only
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,6 +120,8 @@ class TrainConfig:
         self.data.train = [fix(p) for p in self.data.train]
         self.data.dev = fix(self.data.dev)
         self.data.tokens = fix(self.data.tokens)
+        self.kd.cache = fix(self.kd.cache)
+        self.kd.teacher = fix(self.kd.teacher)
         self.run.out_dir = fix(self.run.out_dir)
 
 
@@ -132,10 +135,132 @@ def _build(cls, d: Any, where: str):
     kwargs = {}
     for name, value in d.items():
         ftype = fields[name].type
-        sub = {"DataConfig": DataConfig, "ModelConfig": ModelConfig, "AugmentConfig": AugmentConfig,
-               "OptimConfig": OptimConfig, "RunConfig": RunConfig}.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        if sub is not None:
+        sub = _SECTIONS.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        if sub is TermWeight and isinstance(value, int | float) and not isinstance(value, bool):
+            kwargs[name] = TermWeight(value=float(value))  # `frame: 0.5` is a constant weight
+        elif sub is not None:
             kwargs[name] = _build(sub, value or {}, f"{where}: {name}")
         else:
             kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise ConfigError(f"{where}: {e}") from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillation (`kd:` section, read by asrkd.distill.Distiller; plain training ignores it)
+# ---------------------------------------------------------------------------------------------
+
+BLANK_MODES = ("all", "downweight", "nonblank", "symmetric")
+WEIGHT_SCHEDULES = ("constant", "linear", "cosine")
+KD_TERMS = ("ctc", "frame", "sequence", "feature", "relation")
+
+
+@dataclass
+class TermWeight:
+    """The weight of one loss term as a function of the optimiser step.
+
+    ``constant``: ``value`` from step 0. ``linear`` / ``cosine``: ``initial`` until
+    ``start_step``, then a linear or half-cosine ramp reaching ``value`` after ``ramp_steps``
+    more steps, ``value`` afterwards. In YAML a bare number means a constant weight.
+    """
+
+    value: float = 0.0
+    schedule: str = "constant"
+    initial: float = 0.0
+    start_step: int = 0
+    ramp_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in WEIGHT_SCHEDULES:
+            raise ConfigError(f"schedule {self.schedule!r} is not one of {list(WEIGHT_SCHEDULES)}")
+        if self.value < 0 or self.initial < 0:
+            raise ConfigError(f"weights must be >= 0, got value={self.value}, initial={self.initial}")
+        if self.start_step < 0 or self.ramp_steps < 0:
+            raise ConfigError("start_step and ramp_steps must be >= 0")
+        if self.schedule != "constant" and self.ramp_steps == 0:
+            raise ConfigError(f"a {self.schedule} schedule needs ramp_steps > 0")
+
+    def at(self, step: int) -> float:
+        if self.schedule == "constant":
+            return self.value
+        progress = min(1.0, max(0.0, (step - self.start_step) / self.ramp_steps))
+        if self.schedule == "cosine":
+            progress = 0.5 * (1.0 - math.cos(math.pi * progress))
+        return self.initial + (self.value - self.initial) * progress
+
+    @property
+    def enabled(self) -> bool:
+        """True if the term is ever weighted above 0 (then its inputs must be available)."""
+        return self.value > 0 or (self.schedule != "constant" and self.initial > 0)
+
+
+@dataclass
+class KDWeights:
+    """One weight per loss term (see asrkd.losses). Ground-truth (or pseudo-label) CTC is on by default."""
+
+    ctc: TermWeight = field(default_factory=lambda: TermWeight(1.0))
+    frame: TermWeight = field(default_factory=TermWeight)
+    sequence: TermWeight = field(default_factory=TermWeight)
+    feature: TermWeight = field(default_factory=TermWeight)
+    relation: TermWeight = field(default_factory=TermWeight)
+
+
+@dataclass
+class PseudoLabelConfig:
+    """Utterances without text get the teacher's best hypothesis as their CTC target."""
+
+    min_confidence: float = 0.0  # drop unlabelled utterances the teacher is less sure of (0..1)
+    drop_empty: bool = True  # drop unlabelled utterances whose best hypothesis is empty
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+
+
+@dataclass
+class KDConfig:
+    """What the distiller distils from, and how. See docs/DISTILLATION.md."""
+
+    cache: str | None = None  # posterior cache folder (`asrkd cache build`)
+    teacher: str | None = None  # asrkd checkpoint or Hugging Face *ForCTC folder
+    teacher_mode: str = "cache"  # cache: targets from `cache`; online: run `teacher` every step
+    top_k: int = 8  # online mode: posteriors kept per frame (the cache fixes its own)
+    temperature: float = 1.0  # frame KD temperature tau (the loss is scaled by tau^2)
+    blank_mode: str = "all"  # all | downweight | nonblank | symmetric
+    blank_weight: float = 0.1  # downweight: weight of frames whose teacher argmax is blank
+    seq_temperature: float = 1.0  # sequence KD: N-best weights softmax(score / seq_temperature)
+    layer_map: dict[int, int] = field(default_factory=dict)  # {student block: teacher layer}, 0-based
+    pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    weights: KDWeights = field(default_factory=KDWeights)
+
+    def __post_init__(self) -> None:
+        if self.teacher_mode not in ("cache", "online"):
+            raise ConfigError(f"teacher_mode {self.teacher_mode!r} is not one of ['cache', 'online']")
+        if self.blank_mode not in BLANK_MODES:
+            raise ConfigError(f"blank_mode {self.blank_mode!r} is not one of {list(BLANK_MODES)}")
+        if self.temperature <= 0 or self.seq_temperature <= 0:
+            raise ConfigError("temperature and seq_temperature must be > 0")
+        if not 0.0 <= self.blank_weight <= 1.0:
+            raise ConfigError(f"blank_weight must be in [0, 1], got {self.blank_weight}")
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        try:
+            self.layer_map = {int(s): int(t) for s, t in (self.layer_map or {}).items()}
+        except (TypeError, ValueError):
+            raise ConfigError(f"layer_map must map integers to integers, got {self.layer_map!r}") from None
+        if any(s < 0 or t < 0 for s, t in self.layer_map.items()):
+            raise ConfigError(f"layer_map indices are 0-based and >= 0, got {self.layer_map}")
+
+    def enabled_terms(self) -> list[str]:
+        return [t for t in KD_TERMS if getattr(self.weights, t).enabled]
+
+
+_SECTIONS = {
+    "DataConfig": DataConfig, "ModelConfig": ModelConfig, "AugmentConfig": AugmentConfig,
+    "OptimConfig": OptimConfig, "RunConfig": RunConfig, "KDConfig": KDConfig,
+    "KDWeights": KDWeights, "TermWeight": TermWeight, "PseudoLabelConfig": PseudoLabelConfig,
+}

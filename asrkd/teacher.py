@@ -1,0 +1,392 @@
+"""Teachers: anything that turns a padded waveform batch into CTC log-posteriors.
+
+Every teacher answers the same questions, so the cache and the distiller never ask what it is:
+
+    teacher.vocabulary      tokens in asrkd's convention: "<blk>" (the CTC blank), "▁" (word
+                            separator), single characters, "<unk>"; other symbols kept as named
+    teacher.blank_id        the index of "<blk>" in `vocabulary`
+    teacher.frame_shift     seconds per output frame (0.04 for a x4 Conformer on a 10 ms hop)
+    teacher(wavs [B, N] float32 at 16 kHz, wav_lens [B] int64, return_hidden=False)
+        -> TeacherOutput(log_probs [B, T, V], lengths [B], hidden: list of [B, T, D] | None)
+    teacher.decode(ids)     collapsed, blank-free token ids -> text
+    teacher.describe()      {"weights": sha, "config": sha, "frontend": {...}, "vocabulary": sha}:
+                            what a cache records and compares, part by part
+    teacher.fingerprint()   one sha256 over `describe()`
+
+Adapters: `CheckpointTeacher` (an asrkd checkpoint: its own front end, model and tokenizer),
+`HFCTCTeacher` (a Hugging Face ``*ForCTC`` model from a local folder), `CallableTeacher` (any
+function with the call signature above) and `PseudoLabelTeacher` (a ``transcribe(audio) -> text``
+system: text only, for sequence-level KD and pseudo-labels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from asrkd.audio import SAMPLE_RATE
+from asrkd.text import BLANK, UNK, UNK_SURFACE, WORD_SEP
+
+__all__ = [
+    "CallableTeacher",
+    "CheckpointTeacher",
+    "HFCTCTeacher",
+    "PseudoLabelTeacher",
+    "Teacher",
+    "TeacherOutput",
+    "is_char_vocabulary",
+    "load_teacher",
+]
+
+
+@dataclass
+class TeacherOutput:
+    """log_probs [B, T, V] float32 (log_softmax over V), lengths [B] int64 valid frames,
+    hidden: one [B, T, D] tensor per layer (first layer first) or None."""
+
+    log_probs: Tensor
+    lengths: Tensor
+    hidden: list[Tensor] | None = None
+
+
+def is_char_vocabulary(tokens: Sequence[str]) -> bool:
+    """True for a character vocabulary: every token is one character or a special symbol in angle
+    brackets ("<blk>", "<unk>", Hugging Face's "<s>"); word pieces ("▁the", "ing") make it False."""
+    return all(len(t) == 1 or (len(t) > 2 and t[0] == "<" and t[-1] == ">") for t in tokens)
+
+
+def _sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """sha256 over every tensor of a module's state dict (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class Teacher:
+    """Base class of the adapters; see the module docstring for the interface."""
+
+    vocabulary: list[str]
+    blank_id: int = 0
+    frame_shift: float
+    has_posteriors: bool = True  # False: text only (PseudoLabelTeacher)
+
+    def __call__(self, wavs: Tensor, wav_lens: Tensor, return_hidden: bool = False) -> TeacherOutput:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids (collapsed, blank-free) -> text, by the char convention of `vocabulary`:
+        "▁" is a space, "<unk>" prints as ⁇, other multi-character symbols ("<s>") print as nothing."""
+        out = []
+        for i in ids:
+            tok = self.vocabulary[int(i)]
+            if tok == WORD_SEP:
+                out.append(" ")
+            elif tok == UNK:
+                out.append(UNK_SURFACE)
+            elif len(tok) == 1:
+                out.append(tok)
+            elif not (tok.startswith("<") and tok.endswith(">")):
+                out.append(tok.replace(WORD_SEP, " "))  # a word piece
+        return " ".join("".join(out).split())
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        return _sha256_json(self.describe())
+
+    def hidden_size(self) -> int | None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# asrkd checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+class CheckpointTeacher(Teacher):
+    """An asrkd checkpoint (folder, or a run folder: its ``best``) as a teacher.
+
+    Runs the checkpoint's own front end (``FrontendConfig`` from its config.json), so a teacher
+    with other features than the student's is fine. ``hidden`` holds each Conformer block's output.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu"):
+        from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
+
+        self.path = resolve_checkpoint(path)
+        loaded = load_checkpoint(self.path)
+        self.device = torch.device(device)
+        self.model = loaded.model.to(self.device).eval()
+        self.frontend = loaded.frontend.to(self.device).eval()
+        self.tokenizer = loaded.tokenizer
+        self.vocabulary = list(self.tokenizer.tokens)
+        self.blank_id = self.tokenizer.blank_id
+        fc = loaded.frontend_config
+        self.frame_shift = fc.hop_length / fc.sample_rate * self.model.config.subsampling
+        self._config = loaded.config
+        self._weights_sha = state_dict_sha256(self.model)
+
+    @torch.no_grad()
+    def __call__(self, wavs: Tensor, wav_lens: Tensor, return_hidden: bool = False) -> TeacherOutput:
+        feats, feat_lens = self.frontend(wavs.to(self.device), wav_lens.to(self.device))
+        log_probs, lengths, hidden = self.model(feats, feat_lens, return_hidden=return_hidden)
+        return TeacherOutput(log_probs.float(), lengths, hidden)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "asrkd-checkpoint",
+            "weights": self._weights_sha,
+            "config": _sha256_json(self._config["model"]),
+            "frontend": self._config["frontend"],
+            "vocabulary": _sha256_json(self.vocabulary),
+        }
+
+    def hidden_size(self) -> int:
+        return self.model.config.d_model
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face *ForCTC
+# ---------------------------------------------------------------------------------------------
+
+
+def hf_vocabulary(tokens: Sequence[str], pad_token: str | None, word_delimiter: str | None,
+                  unk_token: str | None) -> list[str]:
+    """A Hugging Face CTC vocabulary in asrkd's convention.
+
+    The pad token is the CTC blank ("<blk>"), the word delimiter ("|") is "▁", the unknown token
+    is "<unk>", single letters are lower-cased (Wav2Vec2's English vocabulary is upper case;
+    asrkd's text is normalised to lower case) unless that would collide with a symbol already
+    there; every other symbol ("<s>", "</s>") keeps its name and so maps to no student token.
+    """
+    out: list[str] = []
+    taken = set(tokens)
+    for tok in tokens:
+        if tok == pad_token:
+            out.append(BLANK)
+        elif tok == word_delimiter:
+            out.append(WORD_SEP)
+        elif tok == unk_token:
+            out.append(UNK)
+        elif len(tok) == 1 and tok.lower() != tok and tok.lower() not in taken:
+            out.append(tok.lower())
+        else:
+            out.append(tok)
+    return out
+
+
+class HFCTCTeacher(Teacher):
+    """A Hugging Face ``*ForCTC`` model (Wav2Vec2, HuBERT, WavLM, Data2Vec-audio: anything
+    ``AutoModelForCTC`` loads) with its feature extractor and tokenizer, from a local folder.
+
+    Nothing is downloaded (``local_files_only=True``): save the model and processor to a folder
+    first (``model.save_pretrained(d); processor.save_pretrained(d)``).
+
+    Input: the feature extractor's normalisation (zero mean, unit variance per utterance when
+    ``do_normalize``) and padding. Models whose feature extractor has
+    ``return_attention_mask=False`` (wav2vec2-base and friends) were trained without a mask on
+    zero-padded batches; padding changes their output, so they run one utterance at a time.
+    ``hidden`` holds the output of each transformer layer (the embedding output is left out).
+    """
+
+    def __init__(self, folder: str | os.PathLike, device: str | torch.device = "cpu"):
+        try:
+            from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
+        except ImportError as e:
+            raise ImportError("HFCTCTeacher needs transformers: pip install 'asrkd[hf]'") from e
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{folder}: no config.json; HFCTCTeacher loads a local folder written by "
+                "save_pretrained (it never downloads)"
+            )
+        self.path = folder
+        self.device = torch.device(device)
+        self.model = AutoModelForCTC.from_pretrained(folder, local_files_only=True).to(self.device).eval()
+        self.feature_extractor = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        rate = getattr(self.feature_extractor, "sampling_rate", SAMPLE_RATE)
+        if rate != SAMPLE_RATE:
+            raise ValueError(f"{folder}: the feature extractor expects {rate} Hz audio, asrkd gives {SAMPLE_RATE} Hz")
+        cfg = self.model.config
+        vocab_size = int(cfg.vocab_size)
+        by_id = {i: t for t, i in self.tokenizer.get_vocab().items()}
+        raw = [by_id.get(i, f"<unused{i}>") for i in range(vocab_size)]
+        tk = self.tokenizer
+        self.vocabulary = hf_vocabulary(raw, tk.pad_token, getattr(tk, "word_delimiter_token", None), tk.unk_token)
+        pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else tk.pad_token_id
+        if pad_id is None or not 0 <= pad_id < vocab_size:
+            raise ValueError(f"{folder}: no pad token id in the config or tokenizer; it is the CTC blank")
+        self.blank_id = int(pad_id)
+        self.vocabulary[self.blank_id] = BLANK
+        self.frame_shift = float(np.prod(cfg.conv_stride)) / SAMPLE_RATE
+        self.batched = bool(getattr(self.feature_extractor, "return_attention_mask", False))
+        self._weights_sha = state_dict_sha256(self.model)
+        self._config_sha = _sha256_json(cfg.to_dict())
+
+    def _prepare(self, wavs: Tensor, wav_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-utterance normalisation over the valid samples, zeros beyond (the extractor's rule)."""
+        x = wavs.float()
+        valid = torch.arange(x.shape[1])[None, :] < wav_lens[:, None]
+        if getattr(self.feature_extractor, "do_normalize", False):
+            n = wav_lens.clamp(min=1)[:, None].float()
+            mean = (x * valid).sum(1, keepdim=True) / n
+            var = (((x - mean) * valid) ** 2).sum(1, keepdim=True) / n
+            x = (x - mean) / torch.sqrt(var + 1e-7)
+        return torch.where(valid, x, float(self.feature_extractor.padding_value)), valid.long()
+
+    @torch.no_grad()
+    def __call__(self, wavs: Tensor, wav_lens: Tensor, return_hidden: bool = False) -> TeacherOutput:
+        wavs, wav_lens = wavs.cpu(), wav_lens.cpu().long()
+        if not self.batched and wavs.shape[0] > 1:
+            outs = [self(wavs[b : b + 1, : int(wav_lens[b])], wav_lens[b : b + 1], return_hidden)
+                    for b in range(wavs.shape[0])]
+            return _pad_outputs(outs)
+        x, mask = self._prepare(wavs, wav_lens)
+        kwargs = {"attention_mask": mask.to(self.device)} if self.batched else {}
+        out = self.model(x.to(self.device), output_hidden_states=return_hidden, **kwargs)
+        log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+        lengths = self.model._get_feat_extract_output_lengths(wav_lens).long().clamp(max=log_probs.shape[1])
+        hidden = list(out.hidden_states[1:]) if return_hidden else None
+        return TeacherOutput(log_probs, lengths.to(log_probs.device), hidden)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "hf-ctc",
+            "weights": self._weights_sha,
+            "config": self._config_sha,
+            "frontend": self.feature_extractor.to_dict(),
+            "vocabulary": _sha256_json(self.vocabulary),
+        }
+
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+def _pad_outputs(outs: list[TeacherOutput]) -> TeacherOutput:
+    t = max(o.log_probs.shape[1] for o in outs)
+    lp = torch.cat([torch.nn.functional.pad(o.log_probs, (0, 0, 0, t - o.log_probs.shape[1])) for o in outs])
+    lengths = torch.cat([o.lengths for o in outs])
+    hidden = None
+    if outs[0].hidden is not None:
+        hidden = [torch.cat([torch.nn.functional.pad(o.hidden[i], (0, 0, 0, t - o.hidden[i].shape[1]))
+                             for o in outs]) for i in range(len(outs[0].hidden))]
+    return TeacherOutput(lp, lengths, hidden)
+
+
+# ---------------------------------------------------------------------------------------------
+# Any callable
+# ---------------------------------------------------------------------------------------------
+
+
+class CallableTeacher(Teacher):
+    """Any function ``fn(wavs [B, N], wav_lens [B]) -> (log_probs [B, T, V], lengths [B])``
+    (optionally a third item, the hidden states, returned when called with ``return_hidden=True``).
+
+    ``fingerprint``: a string that changes whenever the function's output would (a model
+    version, a hash of its weights). Required unless ``fn`` is a ``torch.nn.Module``, whose
+    state dict is hashed: a cache must be able to tell that its teacher changed.
+    """
+
+    def __init__(self, fn: Callable, vocabulary: Sequence[str], frame_shift: float,
+                 blank_id: int = 0, fingerprint: str | None = None, hidden_size: int | None = None):
+        if fingerprint is None:
+            if not isinstance(fn, torch.nn.Module):
+                raise ValueError(
+                    "CallableTeacher needs fingerprint=... (a string that changes when the function "
+                    "does) unless fn is a torch.nn.Module, whose weights are hashed"
+                )
+            fingerprint = state_dict_sha256(fn)
+        self.fn = fn
+        self.vocabulary = list(vocabulary)
+        self.blank_id = blank_id
+        self.frame_shift = float(frame_shift)
+        self._fingerprint = fingerprint
+        self._hidden_size = hidden_size
+
+    @torch.no_grad()
+    def __call__(self, wavs: Tensor, wav_lens: Tensor, return_hidden: bool = False) -> TeacherOutput:
+        out = self.fn(wavs, wav_lens, return_hidden=True) if return_hidden else self.fn(wavs, wav_lens)
+        log_probs, lengths = out[0], out[1]
+        hidden = list(out[2]) if return_hidden and len(out) > 2 and out[2] is not None else None
+        if return_hidden and hidden is None:
+            raise ValueError("the teacher function returned no hidden states for return_hidden=True")
+        return TeacherOutput(log_probs.float(), torch.as_tensor(lengths).long(), hidden)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "callable", "weights": self._fingerprint, "config": _sha256_json(self.frame_shift),
+                "frontend": {}, "vocabulary": _sha256_json(self.vocabulary)}
+
+    def hidden_size(self) -> int | None:
+        return self._hidden_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Text only
+# ---------------------------------------------------------------------------------------------
+
+
+class PseudoLabelTeacher(Teacher):
+    """Any recogniser as ``transcribe(audio float32 [N] at 16 kHz) -> text`` (or ``(text,
+    confidence)``): sequence-level KD and pseudo-labels only, since there are no posteriors.
+
+    ``fingerprint``: a string naming the system and its version (the cache compares it).
+    """
+
+    has_posteriors = False
+
+    def __init__(self, transcribe: Callable[[np.ndarray], Any], fingerprint: str):
+        self.transcribe = transcribe
+        self.vocabulary = [BLANK]
+        self.frame_shift = 0.0
+        self._fingerprint = fingerprint
+
+    def __call__(self, wavs: Tensor, wav_lens: Tensor, return_hidden: bool = False) -> TeacherOutput:
+        raise TypeError("a PseudoLabelTeacher has no posteriors; use transcribe_batch (sequence KD only)")
+
+    def transcribe_batch(self, wavs: Tensor, wav_lens: Tensor) -> list[tuple[str, float | None]]:
+        """-> one (text, confidence or None) per utterance."""
+        out = []
+        for w, n in zip(wavs, wav_lens.tolist(), strict=True):
+            r = self.transcribe(w[: int(n)].cpu().numpy())
+            text, conf = (r if isinstance(r, tuple) else (r, None))
+            out.append((str(text), None if conf is None else float(conf)))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "pseudo-label", "weights": self._fingerprint, "config": "", "frontend": {},
+                "vocabulary": ""}
+
+
+def load_teacher(path: str | os.PathLike, device: str | torch.device = "cpu") -> Teacher:
+    """An asrkd checkpoint (or run folder) or a Hugging Face ``*ForCTC`` folder, by its config.json."""
+    path = Path(path)
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            kind = json.loads(config.read_text(encoding="utf-8")).get("format")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config}: invalid JSON ({e.msg})") from None
+        if kind != "asrkd-checkpoint":
+            return HFCTCTeacher(path, device)
+    return CheckpointTeacher(path, device)
