@@ -147,8 +147,69 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------- distillation (cache build, distill)
+def _cmd_cache_build(args: argparse.Namespace) -> int:
+    import torch
+
+    from asrkd.cache import build_cache
+    from asrkd.teacher import load_teacher
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = build_cache(
+        load_teacher(args.teacher, device=args.device),
+        args.manifest,
+        args.out,
+        top_k=args.top_k,
+        nbest=args.nbest,
+        beam=args.beam,
+        hidden_layers=args.hidden_layers,
+        shard_size=args.shard_size,
+        max_batch_seconds=args.max_batch_seconds,
+        force=args.force,
+    )
+    if report.utterances:  # rank 0
+        print(report.summary())
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from asrkd.config import TrainConfig
+    from asrkd.distill import Distiller
+
+    cfg = TrainConfig.from_yaml(args.config)
+    if args.out:
+        cfg.run.out_dir = args.out
+    best = Distiller(cfg, resume=args.resume).fit()
+    if best is not None:
+        print(f"best checkpoint: {best}")
+    return 0
+
+
 def _add_distill_commands(sub) -> None:
-    pass
+    p = sub.add_parser("cache", help="teacher posterior caches for distillation")
+    csub = p.add_subparsers(dest="cache_command", required=True)
+    p = csub.add_parser("build", help="run a teacher over manifests and cache its top-k posteriors and N-best "
+                                      "(resumable; shards split over torchrun ranks)")
+    p.add_argument("--teacher", required=True, help="asrkd checkpoint / run folder, or a local Hugging Face *ForCTC folder")
+    p.add_argument("--manifest", action="append", required=True, help="JSONL manifest (repeatable)")
+    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--top-k", type=int, default=8, help="posteriors kept per frame (default 8)")
+    p.add_argument("--nbest", type=int, default=4, help="hypotheses kept per utterance (default 4)")
+    p.add_argument("--beam", type=int, default=8, help="prefix beam width for the N-best (default 8)")
+    p.add_argument("--hidden-layers", type=int, nargs="*", default=[],
+                   help="also cache these teacher layers' hidden states (0-based), for feature/relation KD")
+    p.add_argument("--shard-size", type=int, default=256, help="utterances per shard (default 256)")
+    p.add_argument("--max-batch-seconds", type=float, default=60.0, help="padded audio per teacher batch")
+    p.add_argument("--device", default="cpu", help="where the teacher runs (cpu, cuda)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--force", action="store_true", help="rebuild a cache built from other data or another teacher")
+    p.set_defaults(func=_cmd_cache_build)
+
+    p = sub.add_parser("distill", help="train a student from a teacher (YAML config with a kd: section)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", help="run folder (overrides run.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.set_defaults(func=_cmd_distill)
 
 
 # ---------------------------------------------------------------- mobile export (export)
