@@ -222,3 +222,32 @@ def test_distill_command(corpus, cache_dir, tmp_path, capsys):
     assert (tmp_path / "run" / "config.yaml").is_file()
     saved = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
     assert saved.kd.weights.frame.value == 1.0 and saved.kd.cache == str(cache_dir)
+
+
+def _ddp_worker(rank, world, port, cfg_dict, out):
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    distiller = Distiller(TrainConfig.from_dict(cfg_dict))
+    distiller.fit()
+    state = {**distiller.model.state_dict(), **{f"kd.{k}": v for k, v in distiller.projections.state_dict().items()}}
+    torch.save({k: v.clone() for k, v in state.items()}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_keeps_student_and_projections_identical(corpus, cache_dir, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = kd_config(corpus, tmp_path / "ddp", cache_dir, optim={"max_steps": 4},
+                    kd={"cache": str(cache_dir), "layer_map": {2: 1},
+                        "weights": {"ctc": 1.0, "frame": 1.0, "feature": 1.0}})
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, cfg, str(tmp_path)), nprocs=2)
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert any(k.startswith("kd.") for k in w0)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0), [k for k in w0 if not torch.equal(w0[k], w1[k])]
