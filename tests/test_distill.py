@@ -23,7 +23,7 @@ from asrkd.inference import Transcriber
 from asrkd.losses import VocabularyMismatchError
 from asrkd.models.conformer import ConformerCTC, build_preset
 from asrkd.synth import synthesize_corpus
-from asrkd.teacher import CallableTeacher, CheckpointTeacher
+from asrkd.teacher import CallableTeacher, CheckpointTeacher, load_teacher
 from asrkd.text import CharTokenizer
 from asrkd.train import read_log
 
@@ -251,3 +251,23 @@ def test_two_process_ddp_keeps_student_and_projections_identical(corpus, cache_d
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert any(k.startswith("kd.") for k in w0)
     assert all(torch.equal(w0[k], w1[k]) for k in w0), [k for k in w0 if not torch.equal(w0[k], w1[k])]
+
+
+def test_a_hugging_face_teacher_at_20ms_distils_into_a_40ms_character_student(corpus, tmp_path):
+    pytest.importorskip("transformers")
+    from test_teacher import tiny_wav2vec2
+
+    tiny_wav2vec2(tmp_path / "w2v", return_attention_mask=False)
+    build_cache(load_teacher(tmp_path / "w2v"), [corpus], tmp_path / "cache", hidden_layers=[1], progress=False)
+    cfg = kd_config(corpus, tmp_path / "run", tmp_path / "cache", optim={"max_steps": 2},
+                    model={"preset": "student-xs", "overrides": {"dropout": 0.0}},  # x4: 40 ms
+                    kd={"cache": str(tmp_path / "cache"), "layer_map": {2: 1},
+                        "weights": {"ctc": 1.0, "frame": 1.0, "sequence": 1.0, "feature": 1.0}})
+    distiller = Distiller(TrainConfig.from_dict(cfg))
+    assert distiller.ratio == 2
+    teacher_vocab, student = PosteriorCache(tmp_path / "cache").vocabulary, distiller.tokenizer.tokens
+    assert distiller.vmap.ids[teacher_vocab.index("e")] == student.index("e")  # "E" in the HF vocabulary
+    assert {"<s>", "</s>", "<unk>"} <= set(distiller.vmap.unmapped_teacher)
+    distiller.fit()
+    rows = [r for r in read_log(tmp_path / "run") if "loss" in r]
+    assert all(r["frame"] > 0 and r["feature"] > 0 and "sequence" in r for r in rows)
