@@ -1,0 +1,231 @@
+"""The graph every mobile artifact holds: raw PCM in, CTC log-posteriors out.
+
+    pcm [B, N] float32 in [-1, 1], pcm_lens [B] int
+        ─► LogMel (the checkpoint's FrontendConfig)       feats [B, T, n_mels], T = 1 + N // hop
+        ─► ConformerCTC                                   log_probs [B, T', V], out_lens [B]
+        ─► (optional) argmax per frame                    token_ids [B, T']   (collapse: the app's job)
+        ─► (optional) confidence                          confidence [B] in [0, 1]
+
+The features-in variant (``features_in=True``) starts at ``feats [B, T, n_mels], feat_lens [B]``
+for apps that compute their own log-mel (it must match the checkpoint's FrontendConfig exactly).
+
+Static windows and padding: a runtime with static shapes (TFLite, Core ML enumerated shapes) gets
+one input length per window, and the real length travels in ``pcm_lens``. Everything that mixes
+samples or frames is masked by that length (LogMel zeroes samples and frames past it and
+normalises over valid frames only; the Conformer masks its convolutions and attention keys), so
+the frames ``t < out_lens`` do not depend on how much padding follows them. Frames at or beyond
+``out_lens`` hold unspecified values: read outputs through ``out_lens``. No shape in the graph
+depends on the values of the inputs.
+
+One output frame covers ``hop_length * subsampling`` input samples (``output_frame_shift``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from asrkd.features import FrontendConfig, LogMel
+from asrkd.models.conformer import ConformerConfig, ConformerCTC, subsampled_lengths
+
+PCM_INPUTS = ("pcm", "pcm_lens")
+FEATURE_INPUTS = ("feats", "feat_lens")
+ALL_OUTPUTS = ("log_probs", "out_lens", "token_ids", "confidence")
+
+# Shortest input every artifact is built for. Runners zero-pad shorter audio up to it (with the
+# real length in pcm_lens, so the valid frames do not change): ExecuTorch plans memory for a
+# bounded range, and a window of a few frames is where converters' shape rules get brittle.
+MIN_SECONDS = 0.1
+
+# What each tensor is; contract.json and the Core ML descriptions quote these.
+TENSOR_MEANINGS = {
+    "pcm": "float32 [batch, samples]: mono PCM in [-1, 1] at the contract's sample_rate, zero-padded "
+    "to the window (static-shape artifacts) or of any length (dynamic ones)",
+    "pcm_lens": "int [batch]: number of real samples in each row of pcm; samples beyond it are ignored",
+    "feats": "float32 [batch, frames, n_mels]: log-mel features as asrkd.features.LogMel computes them",
+    "feat_lens": "int [batch]: number of real frames in each row of feats",
+    "log_probs": "float32 [batch, out_frames, vocab]: CTC log-posteriors (log_softmax, blank = "
+    "blank_id); frames at or beyond out_lens are padding with unspecified values",
+    "out_lens": "int [batch]: number of valid output frames per row",
+    "token_ids": "int [batch, out_frames]: argmax token id per frame; to get text, keep the first "
+    "out_lens frames, collapse repeats, drop blank_id, map ids through tokens.txt",
+    "confidence": "float32 [batch]: utterance confidence in [0, 1] (mean of 1 - entropy / log V over "
+    "valid non-blank frames; asrkd.decoding.batch_confidence)",
+}
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """Numbers an app needs to feed the graph and read its outputs, all from the checkpoint."""
+
+    sample_rate: int
+    hop_length: int
+    subsampling: int
+    n_mels: int
+    vocab_size: int
+    blank_id: int
+
+    @property
+    def output_frame_shift(self) -> float:
+        """Seconds between two output frames (front-end hop x encoder subsampling)."""
+        return self.hop_length * self.subsampling / self.sample_rate
+
+    def samples(self, seconds: float) -> int:
+        """PCM samples in ``seconds`` of audio (rounded to the nearest sample)."""
+        return round(seconds * self.sample_rate)
+
+    def feature_frames(self, num_samples: int, frontend: FrontendConfig) -> int:
+        return frontend.num_frames(num_samples)
+
+    def output_frames(self, num_samples: int, frontend: FrontendConfig) -> int:
+        """Valid output frames for an utterance of ``num_samples`` samples."""
+        return int(subsampled_lengths(frontend.num_frames(num_samples), self.subsampling))
+
+
+class ExportGraph(nn.Module):
+    """LogMel + ConformerCTC (+ greedy ids, confidence) as one module with positional outputs.
+
+    ``forward(x, x_lens)`` with ``x = pcm [B, N]`` (or ``feats [B, T, n_mels]`` when
+    ``features_in``) returns a tuple in the order of ``output_names``:
+    ``log_probs [B, T', V] float32, out_lens [B] int64`` then, if enabled,
+    ``token_ids [B, T'] int64`` and ``confidence [B] float32``.
+    """
+
+    def __init__(
+        self,
+        frontend: LogMel,
+        model: ConformerCTC,
+        *,
+        features_in: bool = False,
+        with_tokens: bool = True,
+        with_confidence: bool = True,
+        blank_id: int = 0,
+    ):
+        super().__init__()
+        if frontend.config.n_mels != model.config.n_mels:
+            raise ValueError(
+                f"front end gives {frontend.config.n_mels} mel bands but the model expects "
+                f"{model.config.n_mels}; the checkpoint's 'frontend' and 'model' configs disagree"
+            )
+        self.frontend = frontend.eval()
+        self.model = model.eval()
+        self.features_in = features_in
+        self.with_tokens = with_tokens
+        self.with_confidence = with_confidence
+        self.blank_id = blank_id
+
+    @classmethod
+    def from_loaded(cls, loaded, **options) -> ExportGraph:
+        """From an ``asrkd.checkpoint.LoadedModel``; ``options`` as ``__init__``."""
+        return cls(loaded.frontend, loaded.model, blank_id=loaded.tokenizer.blank_id, **options)
+
+    @property
+    def input_names(self) -> tuple[str, str]:
+        return FEATURE_INPUTS if self.features_in else PCM_INPUTS
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        names = ["log_probs", "out_lens"]
+        if self.with_tokens:
+            names.append("token_ids")
+        if self.with_confidence:
+            names.append("confidence")
+        return tuple(names)
+
+    @property
+    def facts(self) -> GraphFacts:
+        fc: FrontendConfig = self.frontend.config
+        mc: ConformerConfig = self.model.config
+        return GraphFacts(
+            sample_rate=fc.sample_rate,
+            hop_length=fc.hop_length,
+            subsampling=mc.subsampling,
+            n_mels=fc.n_mels,
+            vocab_size=mc.vocab_size,
+            blank_id=self.blank_id,
+        )
+
+    def input_length(self, seconds: float) -> int:
+        """Length of the time axis of ``x`` for ``seconds`` of audio (samples, or frames)."""
+        n = self.facts.samples(seconds)
+        return self.frontend.config.num_frames(n) if self.features_in else n
+
+    def example_inputs(self, length: int, batch: int = 1, valid: int | None = None) -> tuple[Tensor, Tensor]:
+        """Deterministic inputs to trace with: ``x`` of ``length`` on its time axis, ``x_lens`` =
+        ``valid`` (default ``length``). Noise at speech level, so no branch sees all-zero input."""
+        gen = torch.Generator().manual_seed(0)
+        if self.features_in:
+            x = torch.randn(batch, length, self.frontend.config.n_mels, generator=gen)
+        else:
+            x = 0.1 * torch.randn(batch, length, generator=gen)
+        lens = torch.full((batch,), length if valid is None else valid, dtype=torch.long)
+        return x, lens
+
+    def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, ...]:
+        x_lens = x_lens.to(torch.long)
+        if self.features_in:
+            feats, feat_lens = x, x_lens
+        else:
+            feats, feat_lens = self.frontend(x, x_lens)
+        # An fp16 encoder (ONNX fp16) takes half features; log_probs come back float32 either way.
+        feats = feats.to(self.model.ctc_head.weight.dtype)
+        log_probs, out_lens, _ = self.model(feats, feat_lens)
+        outputs = [log_probs, out_lens]
+        if self.with_tokens:
+            outputs.append(log_probs.argmax(dim=-1))
+        if self.with_confidence:
+            outputs.append(confidence(log_probs, out_lens, blank=self.blank_id))
+        return tuple(outputs)
+
+
+def confidence(log_probs: Tensor, out_lens: Tensor, blank: int = 0) -> Tensor:
+    """``asrkd.decoding.batch_confidence`` written for converters: log_probs [B, T, V], out_lens [B]
+    -> [B] float32.
+
+    Same definition (mean over valid non-blank frames of 1 - H(p_t) / log V; all valid frames
+    when none is non-blank; 0 without valid frames) with the boolean masks as float arithmetic:
+    onnxruntime has no ``Where`` over booleans, and ``special.entr`` decomposes into NaN checks.
+    ``-p * log p`` uses the log-probs directly; log_softmax of finite logits is finite, so no
+    ``0 * -inf`` can occur.
+    """
+    frames = torch.arange(log_probs.shape[1], device=log_probs.device)
+    valid = (frames.unsqueeze(0) < out_lens.unsqueeze(1)).to(log_probs.dtype)  # [B, T]
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    frame_conf = (1.0 - entropy / math.log(log_probs.shape[-1])).clamp(0.0, 1.0)
+    non_blank = valid * (log_probs.argmax(dim=-1) != blank).to(log_probs.dtype)
+    any_non_blank = (non_blank.sum(dim=1, keepdim=True) > 0).to(log_probs.dtype)  # [B, 1]
+    use = any_non_blank * non_blank + (1.0 - any_non_blank) * valid
+    return (frame_conf * use).sum(dim=1) / use.sum(dim=1).clamp(min=1.0)
+
+
+def with_encoder_dtype(graph: ExportGraph, dtype: torch.dtype) -> ExportGraph:
+    """A copy of ``graph`` whose encoder (Conformer) computes in ``dtype``; the front end stays
+    float32 (its variance sums overflow float16 on long windows) and so do the log-probs."""
+    import copy
+
+    return ExportGraph(
+        graph.frontend,
+        copy.deepcopy(graph.model).to(dtype),
+        features_in=graph.features_in,
+        with_tokens=graph.with_tokens,
+        with_confidence=graph.with_confidence,
+        blank_id=graph.blank_id,
+    )
+
+
+def build_graph(checkpoint, **options) -> ExportGraph:
+    """``ExportGraph`` of a checkpoint folder or run folder (see ``asrkd.checkpoint.resolve_checkpoint``)."""
+    from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
+
+    return ExportGraph.from_loaded(load_checkpoint(resolve_checkpoint(checkpoint)), **options)
+
+
+@torch.no_grad()
+def reference_log_probs(graph: ExportGraph, x: Tensor) -> Tensor:
+    """PyTorch log-probs of one unpadded utterance ``x`` ([N] PCM or [T, n_mels] feats) -> [T', V]."""
+    lens = torch.tensor([x.shape[0]], dtype=torch.long)
+    log_probs, out_lens = graph(x.unsqueeze(0), lens)[:2]
+    return log_probs[0, : int(out_lens[0])]
