@@ -177,11 +177,12 @@ class ExportGraph(nn.Module):
         if self.with_tokens:
             outputs.append(log_probs.argmax(dim=-1))
         if self.with_confidence:
-            outputs.append(confidence(log_probs, out_lens, blank=self.blank_id))
+            outputs.append(confidence(log_probs, out_lens, blank=self.blank_id,
+                                      vocab_size=self.model.config.vocab_size))
         return tuple(outputs)
 
 
-def confidence(log_probs: Tensor, out_lens: Tensor, blank: int = 0) -> Tensor:
+def confidence(log_probs: Tensor, out_lens: Tensor, blank: int = 0, vocab_size: int | None = None) -> Tensor:
     """``asrkd.decoding.batch_confidence`` written for converters: log_probs [B, T, V], out_lens [B]
     -> [B] float32.
 
@@ -189,12 +190,14 @@ def confidence(log_probs: Tensor, out_lens: Tensor, blank: int = 0) -> Tensor:
     when none is non-blank; 0 without valid frames) with the boolean masks as float arithmetic:
     onnxruntime has no ``Where`` over booleans, and ``special.entr`` decomposes into NaN checks.
     ``-p * log p`` uses the log-probs directly; log_softmax of finite logits is finite, so no
-    ``0 * -inf`` can occur.
+    ``0 * -inf`` can occur. ``vocab_size`` (default: the last dimension) is passed by the graph
+    so that tracing sees a Python constant rather than a traced size.
     """
     frames = torch.arange(log_probs.shape[1], device=log_probs.device)
     valid = (frames.unsqueeze(0) < out_lens.unsqueeze(1)).to(log_probs.dtype)  # [B, T]
     entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
-    frame_conf = (1.0 - entropy / math.log(log_probs.shape[-1])).clamp(0.0, 1.0)
+    log_v = math.log(vocab_size if vocab_size is not None else log_probs.shape[-1])
+    frame_conf = (1.0 - entropy / log_v).clamp(0.0, 1.0)
     non_blank = valid * (log_probs.argmax(dim=-1) != blank).to(log_probs.dtype)
     any_non_blank = (non_blank.sum(dim=1, keepdim=True) > 0).to(log_probs.dtype)  # [B, 1]
     use = any_non_blank * non_blank + (1.0 - any_non_blank) * valid

@@ -1,0 +1,226 @@
+"""Verification of artifacts against the PyTorch student, and the report that records it.
+
+For every artifact and the same evaluation utterances:
+
+- ``wer``, ``cer`` (with substitutions / deletions / insertions): greedy CTC transcripts against
+  the normalised references (eval/wer.py);
+- ``agreement``: fraction of utterances whose greedy transcript is identical to PyTorch's;
+- ``max_abs_logprob_diff``: max |artifact - PyTorch| over every valid frame and token of every
+  utterance that both ran in one piece (utterances split by a runner have other frames);
+- RTF at one thread and at all threads, load time, peak memory (eval/rtf.py), size on disk.
+
+``report.json`` layout (a contract: mobile CI parses it; keys are only ever added)::
+
+    {"reference": {"wer", "cer", "rtf_1thread", ...},
+     "gate": {"max_wer_increase", "unit", "passed", "failed", "reason"},
+     "artifacts": [{"format", "precision", "path", "size_bytes", "status", "reason", "wer", "cer",
+                    "agreement", "max_abs_logprob_diff", "rtf_1thread", "rtf_all_threads",
+                    "load_seconds", "wer_increase", "gate_passed", ...}],
+     "eval": {...}, "machine": {...}, "definitions": {...}, "error": null}
+
+``status``: ``ok`` (ran, within the gate), ``failed_gate`` (ran, WER increase above the gate),
+``not_run`` with ``reason`` (a combination the format does not offer, a runtime that cannot run
+here such as Core ML on Linux, or an export or run that crashed). ``gate_passed`` says how an
+artifact counts for the gate: true / false, or null when it does not count (an unsupported
+combination, or Core ML on Linux whose program was checked but cannot be executed). A crash
+counts as false: what was asked for cannot be shipped.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from asrkd.decoding import greedy_decode
+from eval.wer import score, utterance_wer
+
+STATUSES = ("ok", "failed_gate", "not_run")
+
+DEFINITIONS = {
+    "wer": "corpus word error rate, fraction (0.05 = 5 %), greedy CTC, normalised text",
+    "cer": "corpus character error rate, fraction",
+    "agreement": "fraction of utterances whose greedy transcript equals the PyTorch student's",
+    "max_abs_logprob_diff": "max |log p_artifact - log p_pytorch| over valid frames and tokens of "
+    "utterances run in one piece by both",
+    "rtf_1thread": "median compute seconds per audio second, one thread (eval/rtf.py)",
+    "rtf_all_threads": "the same with all cores of the export machine (machine.threads_all)",
+    "load_seconds": "cold start: wall time of the first load of the artifact in a fresh process, "
+    "runtime library already imported, file in the OS page cache (eval/rtf.py measure_cold)",
+    "first_run_seconds": "cold start: the first inference after that load, on the longest RTF "
+    "utterance",
+    "peak_rss_delta_bytes": "cold start: peak resident memory of that fresh process after load + "
+    "first inference minus its resident memory before the load (Linux VmHWM); null where not "
+    "measurable",
+    "wer_increase": "artifact WER - PyTorch WER in percentage points (compared with "
+    "gate.max_wer_increase)",
+    "chunked_utterances": "utterances longer than the artifact accepts, split into pieces "
+    "(contract.json long_audio)",
+}
+
+
+@dataclass
+class Transcripts:
+    """Outputs of one runner over the evaluation set, in order."""
+
+    log_probs: list[np.ndarray]
+    texts: list[str]
+    chunks: list[int] = field(default_factory=list)
+
+
+def transcribe(runner, pcms: Sequence[np.ndarray], tokenizer) -> Transcripts:
+    """Run ``runner`` on every utterance and decode greedily."""
+    log_probs, texts, chunks = [], [], []
+    for pcm in pcms:
+        lp = runner.run(pcm)
+        ids = greedy_decode(lp[None], np.array([lp.shape[0]]), blank=tokenizer.blank_id)[0]
+        log_probs.append(lp)
+        texts.append(tokenizer.decode(ids))
+        chunks.append(runner.last_chunks)
+    return Transcripts(log_probs, texts, chunks)
+
+
+def compare(reference: Transcripts, candidate: Transcripts, refs: Sequence[str],
+            utt_ids: Sequence[str], speakers: Sequence[str | None] | None = None) -> tuple[dict, list[dict]]:
+    """Scores of ``candidate`` (and its agreement with ``reference``): (summary, per-utterance rows)."""
+    scores = score(list(refs), candidate.texts, speakers)
+    rows, diffs, same = [], [], 0
+    for i, (ref_lp, lp) in enumerate(zip(reference.log_probs, candidate.log_probs, strict=True)):
+        agrees = candidate.texts[i] == reference.texts[i]
+        same += agrees
+        diff = None
+        if ref_lp.shape == lp.shape and candidate.chunks[i] <= 1 and reference.chunks[i] <= 1:
+            diff = float(np.max(np.abs(ref_lp.astype(np.float64) - lp))) if lp.size else 0.0
+            diffs.append(diff)
+        rows.append({
+            "utt_id": utt_ids[i], "ref": refs[i], "hyp": candidate.texts[i],
+            "wer": utterance_wer(refs[i], candidate.texts[i]), "agrees_with_pytorch": agrees,
+            "max_abs_logprob_diff": diff, "chunks": candidate.chunks[i],
+        })
+    summary = {
+        "wer": scores["wer"],
+        "cer": scores["cer"],
+        "words": scores["words"],
+        "chars": scores["chars"],
+        "agreement": same / len(refs) if refs else None,
+        "max_abs_logprob_diff": max(diffs) if diffs else None,
+        "logprob_compared_utterances": len(diffs),
+        "chunked_utterances": sum(c > 1 for c in candidate.chunks),
+        "per_speaker": scores.get("per_speaker"),
+    }
+    return summary, rows
+
+
+def artifact_entry(fmt: str, precision: str, path: str | None = None) -> dict:
+    """A report row with every contract key present (null until measured)."""
+    return {
+        "format": fmt, "precision": precision, "path": path, "size_bytes": None,
+        "status": "not_run", "reason": None, "gate_passed": None,
+        "wer": None, "cer": None, "wer_increase": None, "agreement": None,
+        "max_abs_logprob_diff": None, "rtf_1thread": None, "rtf_all_threads": None,
+        "load_seconds": None, "first_run_seconds": None, "peak_rss_delta_bytes": None,
+        "chunked_utterances": None,
+        "words": None, "chars": None, "description": None, "checks": None,
+    }
+
+
+def apply_gate(entry: dict, reference_wer: float | None, max_wer_increase: float) -> None:
+    """Set ``wer_increase``, ``gate_passed`` and ``status`` of a measured artifact (in place).
+    ``max_wer_increase`` is in WER percentage points."""
+    if entry["wer"] is None or reference_wer is None:
+        entry.update(status="not_run", gate_passed=False,
+                     reason=entry.get("reason") or "no WER: the evaluation set has no reference words")
+        return
+    increase = 100.0 * (entry["wer"] - reference_wer)
+    entry["wer_increase"] = increase
+    # A hair of tolerance so that equal WERs never fail on float rounding.
+    passed = increase <= max_wer_increase + 1e-9
+    entry["gate_passed"] = passed
+    entry["status"] = "ok" if passed else "failed_gate"
+    if not passed:
+        entry["reason"] = (
+            f"WER {100 * entry['wer']:.2f} % is {increase:.2f} points above PyTorch's "
+            f"{100 * reference_wer:.2f} % (gate: {max_wer_increase:g} points)"
+        )
+
+
+def gate_summary(artifacts: list[dict], max_wer_increase: float, reference_ok: bool) -> dict:
+    failed = [f"{a['format']}-{a['precision']}" for a in artifacts if a["gate_passed"] is False]
+    passed = reference_ok and not failed
+    if not reference_ok:
+        reason = "the PyTorch reference could not be evaluated"
+    elif failed:
+        reason = "artifacts that failed the gate or could not be exported/run: " + ", ".join(failed)
+    else:
+        reason = None
+    return {"max_wer_increase": max_wer_increase, "unit": "WER percentage points",
+            "passed": passed, "failed": failed, "reason": reason}
+
+
+def machine() -> dict:
+    from eval.rtf import all_threads
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "threads_all": all_threads()}
+
+
+# ------------------------------------------------------------------------------ REPORT.md
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _num(x, spec="{:.4f}") -> str:
+    return "–" if x is None else spec.format(x)
+
+
+def render_markdown(report: dict) -> str:
+    """``REPORT.md``: the report as tables a person reads."""
+    ref = report.get("reference") or {}
+    gate = report.get("gate") or {}
+    ev = report.get("eval") or {}
+    lines = ["# Export report", ""]
+    if report.get("error"):
+        lines += [f"**Export stopped:** {report['error']}", ""]
+    verdict = "PASSED" if gate.get("passed") else "FAILED"
+    lines += [
+        f"Checkpoint: `{report.get('checkpoint')}`  ",
+        f"Evaluation: `{ev.get('manifest')}`, {ev.get('utterances')} utterances, "
+        f"{_num(ev.get('audio_seconds'), '{:.1f}')} s of audio; RTF on {ev.get('rtf_utterances')} of them, "
+        f"median of {ev.get('rtf_repeats')} passes  ",
+        f"Machine: {report.get('machine', {}).get('processor')}, "
+        f"{report.get('machine', {}).get('threads_all')} threads  ",
+        f"Gate: WER increase ≤ {gate.get('max_wer_increase')} points over PyTorch → **{verdict}**"
+        + (f" ({gate.get('reason')})" if gate.get("reason") else ""),
+        "",
+        "| artifact | status | size | WER % | CER % | ΔWER pts | agreement % | max abs Δlogp | RTF 1 thr | RTF all | load s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| PyTorch (reference) | – | – | {_pct(ref.get('wer'))} | {_pct(ref.get('cer'))} | – | 100.00 | 0 "
+        f"| {_num(ref.get('rtf_1thread'))} | {_num(ref.get('rtf_all_threads'))} | {_num(ref.get('load_seconds'), '{:.2f}')} |",
+    ]
+    for a in report.get("artifacts", []):
+        size = "–" if a.get("size_bytes") is None else f"{a['size_bytes'] / 1e6:.2f} MB"
+        lines.append(
+            f"| {a['format']} {a['precision']} | {a['status']} | {size} | {_pct(a.get('wer'))} "
+            f"| {_pct(a.get('cer'))} | {_num(a.get('wer_increase'), '{:+.2f}')} | {_pct(a.get('agreement'))} "
+            f"| {_num(a.get('max_abs_logprob_diff'), '{:.2e}')} | {_num(a.get('rtf_1thread'))} "
+            f"| {_num(a.get('rtf_all_threads'))} | {_num(a.get('load_seconds'), '{:.2f}')} |"
+        )
+    reasons = [(a, a.get("reason")) for a in report.get("artifacts", []) if a.get("reason")]
+    if reasons:
+        lines += ["", "## Notes", ""]
+        lines += [f"- **{a['format']} {a['precision']}**: {r}" for a, r in reasons]
+    errors = [a for a in report.get("artifacts", []) if a.get("words")]
+    if errors or ref.get("words"):
+        lines += ["", "## Error counts (words: substitutions / deletions / insertions of reference words)", "",
+                  "| artifact | S | D | I | ref words | chars S | D | I |", "|---|---|---|---|---|---|---|---|"]
+        for name, a in [("PyTorch", ref), *[(f"{x['format']} {x['precision']}", x) for x in errors]]:
+            w, c = a.get("words") or {}, a.get("chars") or {}
+            lines.append(f"| {name} | {w.get('substitutions')} | {w.get('deletions')} | {w.get('insertions')} "
+                         f"| {w.get('reference_length')} | {c.get('substitutions')} | {c.get('deletions')} "
+                         f"| {c.get('insertions')} |")
+    lines += ["", "## Definitions", ""]
+    lines += [f"- `{k}`: {v}" for k, v in (report.get("definitions") or DEFINITIONS).items()]
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,253 @@
+"""One runner per runtime, one interface: ``load(path, threads)`` -> ``run(pcm)`` -> log-probs.
+
+    runner = open_runner("tflite", "bundle/model.int8.tflite", threads=1)
+    log_probs = runner.run(pcm)          # pcm: float32 [N] at the contract's sample rate
+                                          # log_probs: float32 [T', V], valid frames only
+
+| format     | runtime                                   | input lengths                   |
+|------------|-------------------------------------------|---------------------------------|
+| torch      | PyTorch eager (the checkpoint itself)     | any                             |
+| onnx       | onnxruntime, CPU execution provider       | any                             |
+| tflite     | ai_edge_litert Interpreter (XNNPACK)      | its signatures' windows         |
+| executorch | ExecuTorch Python runtime (XNNPACK)       | up to its planned maximum       |
+| coreml     | coremltools predict, **macOS only**       | enumerated windows or a range   |
+
+What ``run`` does with lengths (the same for every runner, so artifacts are compared on equal
+terms; it is what contract.json tells apps to do):
+- shorter than the artifact's minimum: zero-padded, real length in ``pcm_lens``;
+- a fixed-window artifact: zero-padded to the smallest window that holds the audio;
+- longer than the artifact's maximum: split into consecutive pieces of the maximum length, each
+  run on its own, valid frames concatenated (``last_chunks`` says how many pieces were used).
+
+``threads``: onnxruntime intra-op threads, LiteRT ``num_threads``, ExecuTorch's thread pool
+(process-wide), ``torch.set_num_threads`` (process-wide, set on every call). Core ML chooses its
+own compute units and threads; ``threads`` is ignored there.
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = ("torch", "onnx", "tflite", "executorch", "coreml")
+
+
+class RunnerUnavailable(RuntimeError):
+    """The runtime cannot execute here (e.g. Core ML on Linux); the message says why."""
+
+
+class Runner(ABC):
+    """Base class: subclasses load the artifact and implement ``_forward`` for one padded input."""
+
+    format = ""
+    #: fixed input lengths in samples, ascending (None: any length up to ``max_samples``)
+    windows: list[int] | None = None
+    #: longest input in samples (None: unbounded)
+    max_samples: int | None = None
+    #: shortest input in samples
+    min_samples: int = 1
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        self.path = Path(path)
+        self.threads = int(threads)
+        self.last_chunks = 0
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int = 1) -> Runner:
+        return cls(path, threads)
+
+    @abstractmethod
+    def _forward(self, pcm: np.ndarray, length: int) -> tuple[np.ndarray, int]:
+        """pcm float32 [1, L] (padded), length = real samples -> (log_probs [T', V], out_len)."""
+
+    def run(self, pcm: np.ndarray) -> np.ndarray:
+        """Log-posteriors of one utterance ``pcm [N]`` (float32 in [-1, 1]) -> ``[T', V]``."""
+        pcm = np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1)
+        limit = self.max_samples
+        if limit is None or len(pcm) <= limit:
+            pieces = [pcm]
+        else:
+            pieces = [pcm[i : i + limit] for i in range(0, len(pcm), limit)]
+        self.last_chunks = len(pieces)
+        return np.concatenate([self._run_piece(p) for p in pieces], axis=0)
+
+    def input_length(self, n: int) -> int:
+        """Length the input of ``n`` samples is padded to."""
+        if self.windows:
+            for w in self.windows:
+                if w >= n:
+                    return w
+            raise ValueError(f"{n} samples exceed the largest window {self.windows[-1]}")
+        return max(n, self.min_samples)
+
+    def _run_piece(self, piece: np.ndarray) -> np.ndarray:
+        n = len(piece)
+        padded = np.zeros((1, self.input_length(n)), dtype=np.float32)
+        padded[0, :n] = piece
+        log_probs, out_len = self._forward(padded, n)
+        return np.asarray(log_probs[:out_len], dtype=np.float32)
+
+
+class TorchRunner(Runner):
+    """The checkpoint in PyTorch eager mode, through the same ``ExportGraph`` the artifacts hold."""
+
+    format = "torch"
+
+    def __init__(self, path, threads: int = 1, graph=None):
+        super().__init__(path, threads)
+        from mobile_export.graph import MIN_SECONDS, build_graph
+
+        self.graph = graph if graph is not None else build_graph(path)
+        self.min_samples = self.graph.facts.samples(MIN_SECONDS)
+
+    def _forward(self, pcm, length):
+        import torch
+
+        torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            out = self.graph(torch.from_numpy(pcm), torch.tensor([length], dtype=torch.long))
+        return out[0][0].numpy(), int(out[1][0])
+
+
+class OnnxRunner(Runner):
+    format = "onnx"
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__(path, threads)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in self.session.get_inputs()]
+        if names != ["pcm", "pcm_lens"]:
+            raise ValueError(f"{path}: inputs are {names}; runners take PCM-input graphs (pcm, pcm_lens)")
+        self.min_samples = _min_samples_from_contract(self.path)
+
+    def _forward(self, pcm, length):
+        log_probs, out_lens = self.session.run(
+            ["log_probs", "out_lens"], {"pcm": pcm, "pcm_lens": np.array([length], dtype=np.int64)}
+        )
+        return log_probs[0], int(out_lens[0])
+
+
+class LiteRTRunner(Runner):
+    """A multi-signature ``.tflite``: one signature per window, picked by input length."""
+
+    format = "tflite"
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__(path, threads)
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=self.threads)
+        self._runners = {}
+        for name, sig in self.interpreter.get_signature_list().items():
+            if sig["inputs"] != ["pcm", "pcm_lens"] and sorted(sig["inputs"]) != ["pcm", "pcm_lens"]:
+                raise ValueError(f"{path}: signature {name} takes {sig['inputs']}, not (pcm, pcm_lens)")
+            runner = self.interpreter.get_signature_runner(name)
+            details = runner.get_input_details()
+            self._runners[int(details["pcm"]["shape"][1])] = (runner, details["pcm_lens"]["dtype"])
+        self.windows = sorted(self._runners)
+        self.max_samples = self.windows[-1]
+
+    def _forward(self, pcm, length):
+        runner, len_dtype = self._runners[pcm.shape[1]]
+        out = runner(pcm=pcm, pcm_lens=np.array([length], dtype=len_dtype))
+        return out["log_probs"][0], int(out["out_lens"][0])
+
+
+class ExecuTorchRunner(Runner):
+    format = "executorch"
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__(path, threads)
+        import torch
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        from executorch.runtime import Runtime
+
+        self._torch = torch
+        _unsafe_reset_threadpool(self.threads)  # process-wide, like torch.set_num_threads
+        program = Runtime.get().load_program(str(path))
+        self.method = program.load_method("forward")
+        # Memory is planned for the upper bound of the dynamic length: that is the maximum.
+        meta = self.method.metadata.input_tensor_meta(0)
+        self.max_samples = int(meta.sizes()[1])
+        self.min_samples = _min_samples_from_contract(self.path)
+
+    def _forward(self, pcm, length):
+        torch = self._torch
+        out = self.method.execute((torch.from_numpy(pcm), torch.tensor([length], dtype=torch.long)))
+        return out[0][0].numpy(), int(out[1][0])
+
+
+class CoreMLRunner(Runner):
+    """``coremltools`` predict on an ``.mlpackage``: macOS only (the Core ML framework).
+
+    Written for macOS and not executed in asrkd's Linux CI: on Linux ``load`` raises
+    ``RunnerUnavailable`` and the export report says ``not_run: needs macOS``.
+    """
+
+    format = "coreml"
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__(path, threads)
+        if sys.platform != "darwin":
+            raise RunnerUnavailable(
+                f"not run: needs macOS (Core ML predict is only available on Apple platforms, this is {sys.platform})"
+            )
+        import coremltools as ct
+
+        self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.ALL)
+        spec = self.model.get_spec()
+        arr = spec.description.input[0].type.multiArrayType
+        if arr.WhichOneof("ShapeFlexibility") == "enumeratedShapes":
+            self.windows = sorted(int(s.shape[1]) for s in arr.enumeratedShapes.shapes)
+            self.max_samples = self.windows[-1]
+        else:
+            low, high = arr.shapeRange.sizeRanges[1].lowerBound, arr.shapeRange.sizeRanges[1].upperBound
+            self.min_samples, self.max_samples = int(low), int(high)
+
+    def _forward(self, pcm, length):
+        out = self.model.predict({"pcm": pcm, "pcm_lens": np.array([length], dtype=np.int32)})
+        return np.asarray(out["log_probs"])[0], int(np.asarray(out["out_lens"]).reshape(-1)[0])
+
+
+RUNNERS: dict[str, type[Runner]] = {
+    "torch": TorchRunner,
+    "onnx": OnnxRunner,
+    "tflite": LiteRTRunner,
+    "executorch": ExecuTorchRunner,
+    "coreml": CoreMLRunner,
+}
+
+
+def open_runner(fmt: str, path: str | Path, threads: int = 1) -> Runner:
+    """Load the artifact (or, for ``torch``, the checkpoint) at ``path`` with ``threads`` threads."""
+    if fmt not in RUNNERS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    return RUNNERS[fmt].load(path, threads)
+
+
+def _min_samples_from_contract(path: Path) -> int:
+    """``min_samples`` of a dynamic-length artifact: from its bundle's contract.json when it lies
+    in one, else ``MIN_SECONDS`` at asrkd's sample rate."""
+    import json
+
+    from asrkd.audio import SAMPLE_RATE
+    from mobile_export.graph import MIN_SECONDS
+
+    contract = path.parent / "contract.json"
+    rate, seconds = SAMPLE_RATE, MIN_SECONDS
+    if contract.is_file():
+        data = json.loads(contract.read_text(encoding="utf-8"))
+        rate = data["audio"]["sample_rate"]
+        for a in data.get("artifacts", []):
+            if Path(a["file"]).name == path.name and a.get("min_seconds"):
+                seconds = a["min_seconds"]
+    return round(seconds * rate)

@@ -1,0 +1,287 @@
+"""The bundle: one folder an app team drops into its project, and the contract that describes it.
+
+    OUT/
+        model.fp32.onnx, model.int8.tflite, model.fp16.mlpackage/, model.int8.pte, ...
+        tokens.txt          the vocabulary ("symbol id" per line, blank first)
+        contract.json       how to feed the artifacts and read their outputs (this module)
+        report.json         what each artifact measured (eval/report.py; CI parses it)
+        REPORT.md           the same as tables
+        MODEL_CARD.md       what the model is, what it was trained on, how well it does
+        utterances.jsonl    per-utterance results of every artifact
+
+Every number in ``contract.json`` is derived from the checkpoint's config (front end, model,
+tokenizer): nothing here restates a sample rate, hop or vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asrkd.text import TOKENS_FILENAME, WORD_SEP
+from mobile_export.graph import TENSOR_MEANINGS, ExportGraph
+
+CONTRACT_FILE = "contract.json"
+REPORT_FILE = "report.json"
+REPORT_MD = "REPORT.md"
+MODEL_CARD = "MODEL_CARD.md"
+UTTERANCES_FILE = "utterances.jsonl"
+BUNDLE_FORMAT = "asrkd-mobile-bundle"
+BUNDLE_VERSION = 1
+
+# What a runner does with audio longer than an artifact accepts (eval/runners.py implements it).
+LONG_AUDIO_POLICY = (
+    "split into consecutive, non-overlapping pieces of the largest accepted length; each piece "
+    "is run on its own and the valid frames of the pieces are concatenated. Words cut at a piece "
+    "boundary can be misrecognised: segment long recordings at pauses (e.g. with a VAD) into "
+    "pieces no longer than the largest window"
+)
+SHORT_AUDIO_POLICY = (
+    "inputs shorter than min_samples are zero-padded to min_samples with pcm_lens set to the real "
+    "length; because of the length masking this changes no valid output frame"
+)
+DECODING = (
+    "greedy CTC: per valid frame take the argmax token (or read token_ids), collapse repeats, drop "
+    "blank_id, concatenate the symbols of tokens.txt and replace the word separator with a space"
+)
+
+
+@dataclass
+class Artifact:
+    """One exported file (or .mlpackage folder) and how it must be fed.
+
+    ``windows_seconds``: the fixed input lengths it accepts (TFLite signatures, Core ML
+    enumerated shapes); None for a dynamic time axis, then up to ``max_seconds`` (None: any).
+    ``signatures``: TFLite signature name per window. ``checks``: what was verified without
+    running it (Core ML program checks on Linux).
+    """
+
+    format: str
+    precision: str
+    path: Path
+    windows_seconds: list[float] | None = None
+    max_seconds: float | None = None
+    min_seconds: float | None = None
+    signatures: dict[str, str] | None = None
+    description: str = ""
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.format}-{self.precision}"
+
+    @property
+    def size_bytes(self) -> int:
+        return path_size(self.path)
+
+    def to_dict(self, root: Path | None = None) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = os.path.relpath(self.path, root) if root else str(self.path)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], root: Path | None = None) -> Artifact:
+        d = dict(d)
+        path = Path(d.pop("path"))
+        d.pop("file", None)
+        return cls(path=(root / path) if root and not path.is_absolute() else path, **d)
+
+
+def path_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (an .mlpackage)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def artifact_stem(precision: str) -> str:
+    return f"model.{precision}"
+
+
+def contract(graph: ExportGraph, loaded_config: dict, tokenizer, artifacts: list[Artifact],
+             windows_seconds: list[float], root: Path) -> dict[str, Any]:
+    """``contract.json`` for ``artifacts`` exported from ``graph`` (see the module docstring)."""
+    facts = graph.facts
+    frontend = graph.frontend.config
+    return {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "audio": {
+            "sample_rate": facts.sample_rate,
+            "channels": 1,
+            "pcm": "float32 mono, samples in [-1, 1] (int16 PCM / 32768)",
+        },
+        "windows_seconds": list(windows_seconds),
+        "window_samples": [facts.samples(s) for s in windows_seconds],
+        "output_frame_shift_seconds": facts.output_frame_shift,
+        "output_frame_shift_samples": facts.hop_length * facts.subsampling,
+        "output_frames": "out_lens = ceil(feature_frames / subsampling), feature_frames = "
+        + ("1 + samples // hop_length" if frontend.center else "1 + (samples - n_fft) // hop_length"),
+        "frontend": frontend.to_dict(),
+        "subsampling": facts.subsampling,
+        "blank_id": facts.blank_id,
+        "vocab_size": facts.vocab_size,
+        "vocabulary_sha256": tokenizer.fingerprint(),
+        "tokens_file": TOKENS_FILENAME,
+        "word_separator": WORD_SEP,
+        "decoding": DECODING,
+        "long_audio": LONG_AUDIO_POLICY,
+        "short_audio": SHORT_AUDIO_POLICY,
+        "inputs": {n: TENSOR_MEANINGS[n] for n in graph.input_names},
+        "outputs": {n: TENSOR_MEANINGS[n] for n in graph.output_names},
+        "model": {
+            "config": loaded_config.get("model"),
+            "step": loaded_config.get("step"),
+            "asrkd_version": loaded_config.get("asrkd_version"),
+        },
+        "artifacts": [
+            {**a.to_dict(root), "file": os.path.relpath(a.path, root)} for a in artifacts
+        ],
+    }
+
+
+def read_contract(out_dir: Path) -> dict[str, Any]:
+    path = Path(out_dir) / CONTRACT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: missing; {out_dir} is not an asrkd export bundle (run `asrkd export` first)"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic (temporary file + rename): a reader never sees half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, allow_nan=False)
+        f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; bundles are shared
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def model_card(loaded_config: dict, graph: ExportGraph, report: dict, n_params: int) -> str:
+    """``MODEL_CARD.md``: what the model is and how it measured, from the checkpoint and report."""
+    mc = loaded_config.get("model", {})
+    train = loaded_config.get("train_config") or {}
+    data = train.get("data") if isinstance(train, dict) else None
+    facts = graph.facts
+    ref = report.get("reference", {})
+    lines = [
+        "# Model card",
+        "",
+        "## What it is",
+        f"A Conformer-CTC speech recogniser ({n_params / 1e6:.2f} M parameters: d_model "
+        f"{mc.get('d_model')}, {mc.get('n_layers')} layers, {mc.get('n_heads')} heads, x{mc.get('subsampling')} "
+        f"subsampling, {facts.vocab_size} output tokens with blank id {facts.blank_id}) trained with asrkd "
+        f"(checkpoint step {loaded_config.get('step')}, asrkd {loaded_config.get('asrkd_version')}). Input: "
+        f"{facts.sample_rate} Hz mono float PCM; output: CTC log-posteriors every "
+        f"{facts.output_frame_shift * 1000:g} ms. The log-mel front end is inside every artifact.",
+        "",
+        "## Training data (as recorded in the checkpoint)",
+    ]
+    if data:
+        lines += ["```json", json.dumps(data, indent=2, ensure_ascii=False), "```"]
+    elif train:
+        lines += ["The checkpoint records this training configuration:", "```json",
+                  json.dumps(train, indent=2, ensure_ascii=False)[:4000], "```"]
+    else:
+        lines.append("Not recorded: the checkpoint's `train_config` is empty. Ask whoever trained it.")
+    metrics = loaded_config.get("metrics") or {}
+    if metrics:
+        lines += ["", "Metrics stored in the checkpoint at save time:", "```json",
+                  json.dumps(metrics, indent=2), "```"]
+    lines += [
+        "",
+        "## Intended use",
+        "On-device transcription of short utterances in the language and domain of the training "
+        "data, decoded greedily (see contract.json `decoding`). Not evaluated for other languages, "
+        "accents, far-field or noisy audio unless the training data above covers them.",
+        "",
+        "## Measured (this export, see REPORT.md)",
+        f"Evaluation set: {report.get('eval', {}).get('manifest')} "
+        f"({report.get('eval', {}).get('utterances')} utterances, "
+        f"{_fmt(report.get('eval', {}).get('audio_seconds'), '{:.1f}')} s).",
+        "",
+        f"PyTorch reference: WER {_pct(ref.get('wer'))}, CER {_pct(ref.get('cer'))}, "
+        f"RTF {_fmt(ref.get('rtf_1thread'), '{:.4f}')} on one thread of the export machine.",
+        "",
+        "| artifact | status | WER | CER | agreement | RTF (1 thread) | size |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a in report.get("artifacts", []):
+        lines.append(
+            f"| {a['format']} {a['precision']} | {a['status']} | {_pct(a.get('wer'))} | {_pct(a.get('cer'))} "
+            f"| {_pct(a.get('agreement'))} | {_fmt(a.get('rtf_1thread'), '{:.4f}')} "
+            f"| {_mb(a.get('size_bytes'))} |"
+        )
+    lines += [
+        "",
+        "RTF is measured on the export machine's CPU, not on a phone: use it to compare artifacts, "
+        "and measure on your target devices.",
+        "",
+        "## Limitations",
+        "- Greedy CTC without a language model: errors are per character/token, spelling is not "
+        "corrected.",
+        f"- Audio longer than the largest window ({max(report.get('windows_seconds') or [0]):g} s) is "
+        "split into pieces without overlap (contract.json `long_audio`).",
+        "- Quantized artifacts are verified on this evaluation set only; check them on your data.",
+        "- Core ML artifacts can only be run on Apple platforms; when exported on Linux their "
+        "numbers are not measured (report status `not_run`).",
+        "",
+        "## License",
+        "The asrkd code is Apache-2.0. The weights inherit the terms of the data and teacher they "
+        "were trained on (see the training data above): check those before shipping.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f} %"
+
+
+def _fmt(x, spec: str) -> str:
+    return "–" if x is None else spec.format(x)
+
+
+def _mb(x) -> str:
+    return "–" if x is None else f"{x / 1e6:.2f} MB"
+
+
+def zip_bundle(out_dir: Path) -> Path:
+    """``OUT.zip`` next to ``OUT`` with the folder's content (an .mlpackage stays a folder inside)."""
+    out_dir = Path(out_dir)
+    target = out_dir.with_name(out_dir.name + ".zip")
+    tmp = target.with_name(target.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(out_dir.rglob("*")):
+            if p.is_file():
+                zf.write(p, Path(out_dir.name) / p.relative_to(out_dir))
+    os.replace(tmp, target)
+    return target
+
+
+def remove_path(path: Path) -> None:
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
