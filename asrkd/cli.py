@@ -213,8 +213,97 @@ def _add_distill_commands(sub) -> None:
 
 
 # ---------------------------------------------------------------- mobile export (export)
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mobile_export.export import ExportError, ExportOptions, export_bundle
+
+    def csv(text: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    # Options left unset take ExportOptions' defaults (the parser does not import the exporters).
+    given = dict(
+        formats=args.formats and csv(args.formats),
+        precisions=args.quantize and csv(args.quantize),
+        max_wer_increase=args.max_wer_increase,
+        threads=args.threads,
+        rtf_repeats=args.rtf_repeats,
+        rtf_utterances=args.rtf_utterances,
+        max_utterances=args.max_utterances,
+        zip=args.zip,
+        coreml_shapes=args.coreml_shapes,
+        coreml_target=args.coreml_target,
+    )
+    try:
+        if args.windows:
+            given["windows"] = tuple(float(w) for w in csv(args.windows))
+        options = ExportOptions(**{k: v for k, v in given.items() if v is not None})
+    except (ExportError, ValueError) as e:
+        print(f"asrkd export: error: {e}", file=sys.stderr)
+        return 2
+    report_path = Path(args.out) / "report.json"
+    try:
+        report = export_bundle(args.checkpoint, args.out, args.eval_manifest, options,
+                               verify_only=args.verify_only,
+                               log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except Exception as e:
+        print(f"asrkd export: error: {type(e).__name__}: {e}\n(report: {report_path})", file=sys.stderr)
+        return 1
+    ref = report["reference"]
+    print(f"{'artifact':<20} {'status':<12} {'WER %':>7} {'agree %':>8} {'RTF 1thr':>9} {'MB':>7}")
+    print(f"{'pytorch':<20} {'reference':<12} {100 * ref['wer']:>7.2f} {100.0:>8.1f} {ref['rtf_1thread']:>9.4f} {'':>7}")
+    for a in report["artifacts"]:
+        def num(x, scale=1.0, spec="{:.2f}"):
+            return "-" if x is None else spec.format(scale * x)
+        print(f"{a['format'] + ' ' + a['precision']:<20} {a['status']:<12} {num(a['wer'], 100):>7} "
+              f"{num(a['agreement'], 100, '{:.1f}'):>8} {num(a['rtf_1thread'], 1, '{:.4f}'):>9} "
+              f"{num(a['size_bytes'], 1e-6):>7}")
+    gate = report["gate"]
+    print(f"wrote {args.out} (report.json, REPORT.md, contract.json, MODEL_CARD.md)"
+          + (f" and {report['zip']}" if report.get("zip") else ""))
+    if not gate["passed"]:
+        print(f"asrkd export: gate FAILED: {gate['reason']}", file=sys.stderr)
+        return 1
+    print(f"gate passed: every artifact within {gate['max_wer_increase']:g} WER points of PyTorch")
+    return 0
+
+
 def _add_export_commands(sub) -> None:
-    pass
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to mobile formats, verify every artifact against PyTorch, write a bundle",
+        description="Export CKPT to Core ML / TFLite / ONNX / ExecuTorch, run every artifact on the "
+        "evaluation manifest, compare it with the PyTorch model and write OUT/ with the artifacts, "
+        "tokens.txt, contract.json, report.json, REPORT.md and MODEL_CARD.md. Exit status 1 when an "
+        "artifact fails the WER gate or could not be exported/run; report.json is written in every "
+        "case. See docs/EXPORT.md.",
+    )
+    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("--eval-manifest", required=True, help="labelled JSONL manifest to verify on")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--formats", help="comma-separated subset of coreml,tflite,onnx,executorch (default: all)")
+    p.add_argument("--quantize",
+                   help="comma-separated precisions from fp32,fp16,int8,pal6,pal4 (default: fp32,fp16,int8); "
+                   "pal6/pal4 are Core ML palettization; a combination a format does not offer is "
+                   "reported as not_run with the reason")
+    p.add_argument("--max-wer-increase", type=float, default=None,
+                   help="gate: largest allowed WER increase of an artifact over PyTorch, in WER "
+                   "percentage points (0.5 = half a point, e.g. 10.0 %% -> 10.5 %%; default 0.5)")
+    p.add_argument("--windows",
+                   help="comma-separated fixed input windows in seconds for the TFLite signatures and "
+                   "Core ML shapes; the largest is also the ExecuTorch maximum and where runners "
+                   "start splitting long audio (default 2,5,10,20)")
+    p.add_argument("--threads", type=int, help="threads for the all-threads RTF (default: every core)")
+    p.add_argument("--rtf-repeats", type=int, help="timed passes per RTF measurement, median taken (default 5)")
+    p.add_argument("--rtf-utterances", type=int,
+                   help="number of evaluation utterances (the first N) timed for RTF (default 10)")
+    p.add_argument("--max-utterances", type=int, help="verify on the first N utterances of the manifest only")
+    p.add_argument("--zip", action="store_true", default=None, help="also write OUT.zip")
+    p.add_argument("--coreml-shapes", choices=["enumerated", "range"],
+                   help="Core ML input lengths: the windows (can run on the Neural Engine; default) or a "
+                   "range up to the largest window (no padding, typically GPU/CPU only)")
+    p.add_argument("--coreml-target", help="Core ML minimum_deployment_target, e.g. iOS16, iOS17, iOS18 (default iOS17)")
+    p.add_argument("--verify-only", action="store_true",
+                   help="do not export: re-verify the artifacts listed in OUT/contract.json and rewrite the report")
+    p.set_defaults(func=_cmd_export)
 
 
 def main(argv: list[str] | None = None) -> int:
