@@ -27,6 +27,7 @@ contract.json (e.g. after post-processing one of them).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import sys
@@ -270,6 +271,11 @@ class _Export:
         return results
 
     def _export_format(self, fmt: str, precisions: list[str]) -> dict[str, Artifact | Exception]:
+        # Converters print progress to stdout; stdout is the CLI's result table.
+        with contextlib.redirect_stdout(sys.stderr):
+            return self._convert(fmt, precisions)
+
+    def _convert(self, fmt: str, precisions: list[str]) -> dict[str, Artifact | Exception]:
         o = self.options
         try:
             if fmt == "onnx":
