@@ -38,6 +38,9 @@ class DataConfig:
 class ModelConfig:
     preset: str = "student"
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Start from this checkpoint's weights (and tokenizer) instead of a random init: fine-tuning,
+    # or a curriculum whose first stage trains on short utterances only.
+    init_from: str | None = None
 
 
 @dataclass
@@ -123,6 +126,7 @@ class TrainConfig:
         self.kd.cache = fix(self.kd.cache)
         self.kd.teacher = fix(self.kd.teacher)
         self.run.out_dir = fix(self.run.out_dir)
+        self.model.init_from = fix(self.model.init_from)
 
 
 def _build(cls, d: Any, where: str):

@@ -32,7 +32,9 @@ from torch.utils.data import DataLoader
 
 from asrkd.checkpoint import (
     list_step_checkpoints,
+    load_checkpoint,
     load_trainer_state,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from asrkd.config import ConfigError, TrainConfig
@@ -136,6 +138,8 @@ class Trainer:
         self.batch_in_epoch = 0  # batches of the current epoch already trained on
         self.best_wer: float | None = None
         self._sampler_state: dict | None = None  # set by a resume: the position in the epoch
+        if config.model.init_from:
+            self._init_weights(config.model.init_from)
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model)
@@ -166,6 +170,8 @@ class Trainer:
     def _make_tokenizer(self):
         if self.cfg.data.tokens:
             return load_tokenizer(self.cfg.data.tokens)
+        if self.cfg.model.init_from:  # keep the vocabulary the initial weights were trained with
+            return load_checkpoint(resolve_checkpoint(self.cfg.model.init_from)).tokenizer
         texts = [u.text for u in self.train_utts if u.text]
         if not texts:
             raise ConfigError("data.train: no transcripts to build a vocabulary from; give data.tokens")
@@ -181,6 +187,23 @@ class Trainer:
         if a.noise_prob > 0:
             parts.append(AddNoise(snr_db=tuple(a.snr_db), prob=a.noise_prob))
         return Compose(parts) if parts else None
+
+    def _init_weights(self, path: str) -> None:
+        """Copy the weights of checkpoint ``path``; its model shape and vocabulary must match."""
+        init = load_checkpoint(resolve_checkpoint(path))
+        if init.model.config != self.model.config:
+            raise ConfigError(
+                f"model.init_from: {init.path} is a {init.model.config} but this run builds "
+                f"{self.model.config}; use the same preset and overrides"
+            )
+        if init.tokenizer.fingerprint() != self.tokenizer.fingerprint():
+            raise ConfigError(
+                f"model.init_from: {init.path} was trained with another vocabulary than data.tokens "
+                f"gives; leave data.tokens unset to reuse the checkpoint's"
+            )
+        self.model.load_state_dict(init.model.state_dict())
+        if self.is_main:
+            print(f"initialised from {init.path} (step {init.config.get('step')})")
 
     def _batches_in_epoch(self, epoch: int) -> int:
         current = self.sampler.epoch

@@ -202,3 +202,17 @@ def test_every_epoch_ends_once_even_when_batch_counts_vary(ten_utts, tmp_path):
     dev_rows = [r for r in read_log(tmp_path / "run") if "dev_wer" in r]
     ends = list(itertools.accumulate(counts(budget)))
     assert [int(r["step"]) for r in dev_rows] == ends
+
+
+def test_init_from_starts_from_a_checkpoint_and_refuses_another_shape(ten_utts, tmp_path):
+    first = Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "a", optim={"max_steps": 3}))).fit()
+    cfg = tiny_config(ten_utts, tmp_path / "b")
+    cfg["model"]["init_from"] = str(first)
+    second = Trainer(TrainConfig.from_dict(cfg))
+    trained = load_checkpoint(first).model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in second.model.state_dict().items())
+    assert second.tokenizer == load_checkpoint(first).tokenizer
+
+    cfg["model"]["overrides"] = {"dropout": 0.0, "n_layers": 2}
+    with pytest.raises(ConfigError, match="model.init_from: .* use the same preset and overrides"):
+        Trainer(TrainConfig.from_dict(cfg))
