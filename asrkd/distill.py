@@ -178,8 +178,8 @@ class Distiller(Trainer):
                                         "threshold": self.cfg.kd.pseudo_label.min_confidence, "reason": reason})
 
     def _unlabelled_tokenizer(self):
-        if self.cfg.data.tokens:
-            return super()._make_tokenizer()
+        if self.cfg.data.tokens or self.cfg.model.init_from:
+            return super()._make_tokenizer()  # given, or the initial checkpoint's
         vocab = self.cache.vocabulary
         tokens = [BLANK] + [t for t in vocab if t != BLANK and (len(t) == 1 or t == UNK)]
         if not is_char_vocabulary(vocab) or WORD_SEP not in tokens:

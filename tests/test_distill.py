@@ -192,8 +192,12 @@ def test_unlabelled_audio_gets_pseudo_labels_and_the_filter_records_its_drops(co
     teacher_cache = PosteriorCache(cache)
     assert [u.text for u in kept] == [teacher_cache.nbest(u.utt_id)[0].text for u in kept]
     assert distiller.tokenizer.tokens == teacher_cache.vocabulary  # the teacher's characters
-    distiller.fit()
+    first = distiller.fit()
     assert all(r["ctc"] > 0 and r["frame"] > 0 for r in read_log(tmp_path / "run") if "loss" in r)
+    # a second stage starts from the first one's weights and keeps its vocabulary
+    cfg["model"]["init_from"] = str(first)
+    cfg["run"]["out_dir"] = str(tmp_path / "stage2")
+    assert Distiller(TrainConfig.from_dict(cfg)).tokenizer.tokens == distiller.tokenizer.tokens
 
 
 def test_word_piece_teacher_refuses_frame_kd_but_sequence_kd_still_works(corpus, teacher_ckpt, tmp_path):
