@@ -77,15 +77,24 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(ten_utts, tmp_path)
         optim={"max_steps": 40, "schedule": "cosine"},
         run={"checkpoint_every": 5, "log_every": 1, "keep_last": 2},
     )
+    # Both runs in fresh processes: the DataLoader worker is forked, and forking this pytest
+    # process after other tests loaded multithreaded libraries (JAX, via the TFLite converter)
+    # can deadlock.
+    def train(out: Path, *extra: str, wait: bool = True):
+        config = _write_config(tmp_path / f"{out.name}.yaml", tiny_config(ten_utts, out, **changes))
+        cmd = [sys.executable, "-m", "asrkd.cli", "train", "--config", str(config), *extra]
+        if not wait:
+            return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+
     straight = tmp_path / "straight"
-    Trainer(TrainConfig.from_dict(tiny_config(ten_utts, straight, **changes))).fit()
+    train(straight)
     expected = {int(r["step"]): r["loss"] for r in read_log(straight) if "loss" in r}
     assert sorted(expected) == list(range(1, 41))
 
     killed = tmp_path / "killed"
-    config = _write_config(tmp_path / "killed.yaml", tiny_config(ten_utts, killed, **changes))
-    cmd = [sys.executable, "-m", "asrkd.cli", "train", "--config", str(config)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = train(killed, wait=False)
     deadline = time.time() + 120
     while not list_step_checkpoints(killed / "checkpoints") and time.time() < deadline:
         time.sleep(0.02)
@@ -94,8 +103,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(ten_utts, tmp_path)
     resumed_from = int(list_step_checkpoints(killed / "checkpoints")[-1].name[5:])
     assert resumed_from < 40, "the run finished before it could be killed; nothing was tested"
 
-    done = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    train(killed, "--resume")
     got = {int(r["step"]): r["loss"] for r in read_log(killed) if "loss" in r}
     assert sorted(got) == list(range(1, 41))
     for step in range(resumed_from + 1, 41):
