@@ -247,12 +247,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except Exception as e:
         print(f"asrkd export: error: {type(e).__name__}: {e}\n(report: {report_path})", file=sys.stderr)
         return 1
+    def num(x, scale=1.0, spec="{:.2f}"):
+        return "-" if x is None else spec.format(scale * x)
+
     ref = report["reference"]
     print(f"{'artifact':<20} {'status':<12} {'WER %':>7} {'agree %':>8} {'RTF 1thr':>9} {'MB':>7}")
-    print(f"{'pytorch':<20} {'reference':<12} {100 * ref['wer']:>7.2f} {100.0:>8.1f} {ref['rtf_1thread']:>9.4f} {'':>7}")
+    print(f"{'pytorch':<20} {'reference':<12} {num(ref['wer'], 100):>7} {100.0:>8.1f} "
+          f"{num(ref['rtf_1thread'], 1, '{:.4f}'):>9} {'':>7}")
     for a in report["artifacts"]:
-        def num(x, scale=1.0, spec="{:.2f}"):
-            return "-" if x is None else spec.format(scale * x)
         print(f"{a['format'] + ' ' + a['precision']:<20} {a['status']:<12} {num(a['wer'], 100):>7} "
               f"{num(a['agreement'], 100, '{:.1f}'):>8} {num(a['rtf_1thread'], 1, '{:.4f}'):>9} "
               f"{num(a['size_bytes'], 1e-6):>7}")
@@ -292,7 +294,8 @@ def _add_export_commands(sub) -> None:
                    "Core ML shapes; the largest is also the ExecuTorch maximum and where runners "
                    "start splitting long audio (default 2,5,10,20)")
     p.add_argument("--threads", type=int, help="threads for the all-threads RTF (default: every core)")
-    p.add_argument("--rtf-repeats", type=int, help="timed passes per RTF measurement, median taken (default 5)")
+    p.add_argument("--rtf-repeats", type=int,
+                   help="timed passes per RTF measurement, median taken (default 5; 0: measure no speed)")
     p.add_argument("--rtf-utterances", type=int,
                    help="number of evaluation utterances (the first N) timed for RTF (default 10)")
     p.add_argument("--max-utterances", type=int, help="verify on the first N utterances of the manifest only")

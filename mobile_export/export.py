@@ -76,7 +76,7 @@ class ExportOptions:
     windows: tuple[float, ...] = tflite_export.DEFAULT_WINDOWS
     max_wer_increase: float = 0.5  # WER percentage points
     threads: int | None = None  # the "all threads" RTF setting; None: every core
-    rtf_repeats: int = 5
+    rtf_repeats: int = 5  # 0: no speed or cold-start measurement (numbers null)
     rtf_utterances: int = 10
     max_utterances: int | None = None
     zip: bool = False
@@ -98,8 +98,8 @@ class ExportOptions:
             problems.append(f"windows must be positive seconds, got {list(self.windows)}")
         if self.max_wer_increase < 0:
             problems.append(f"max_wer_increase must be >= 0 WER points, got {self.max_wer_increase}")
-        if self.rtf_repeats < 1 or self.rtf_utterances < 1:
-            problems.append("rtf_repeats and rtf_utterances must be >= 1")
+        if self.rtf_repeats < 0 or self.rtf_utterances < 1:
+            problems.append("rtf_repeats must be >= 0 and rtf_utterances >= 1")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads must be >= 1, got {self.threads}")
         if self.max_utterances is not None and self.max_utterances < 1:
@@ -151,8 +151,9 @@ def _exception_text(e: BaseException) -> str:
 def _status_line(entry: dict) -> str:
     if entry["status"] == "not_run":
         return f"not_run ({entry['reason']})"
-    return (f"{entry['status']}: WER {100 * entry['wer']:.2f} %, agreement {100 * entry['agreement']:.1f} %, "
-            f"RTF {entry['rtf_1thread']:.4f}")
+    rtf = entry["rtf_1thread"]
+    return (f"{entry['status']}: WER {100 * entry['wer']:.2f} %, agreement {100 * entry['agreement']:.1f} %"
+            + ("" if rtf is None else f", RTF {rtf:.4f}"))
 
 
 class _Export:
@@ -206,12 +207,16 @@ class _Export:
         self.rtf_pcms = self.data.pcms[:n_rtf]
         self.report["eval"].update(utterances=len(self.data.pcms),
                                    audio_seconds=self.data.audio_seconds, rtf_utterances=n_rtf)
+        if self.options.rtf_repeats == 0:
+            self.report["eval"]["timing"] = "not measured (rtf_repeats 0): speed fields are null"
 
     def _timings(self, fmt: str, path: Path) -> dict:
         """Warm RTF at one thread and at ``threads_all`` (one Core ML measurement: Core ML picks
         its threads), then cold load time and peak memory in a fresh process (eval/rtf.py)."""
         reps = self.options.rtf_repeats
         out = {"rtf_1thread": None, "rtf_all_threads": None}
+        if reps == 0:
+            return out
         if fmt == "coreml":
             t = measure(lambda: open_runner(fmt, path, self.threads_all), self.rtf_pcms,
                         self.sample_rate, reps)
@@ -247,8 +252,9 @@ class _Export:
             wer=summary["wer"], cer=summary["cer"], words=summary["words"], chars=summary["chars"],
             per_speaker=summary["per_speaker"], **timings)
         self.per_utterance += [{"artifact": "torch", **r} for r in rows]
-        self.log(f"  WER {100 * summary['wer']:.2f} %, CER {100 * summary['cer']:.2f} %, "
-                 f"RTF {timings['rtf_1thread']:.4f} (1 thread)")
+        rtf = timings["rtf_1thread"]
+        self.log(f"  WER {100 * summary['wer']:.2f} %, CER {100 * summary['cer']:.2f} %"
+                 + ("" if rtf is None else f", RTF {rtf:.4f} (1 thread)"))
 
     def export_all(self) -> list[tuple[str, str, Artifact | Exception | str]]:
         """(format, precision, Artifact | exception | reason it is not offered) in report order."""

@@ -48,7 +48,7 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------- ONNX
 @pytest.fixture(scope="module")
 def onnx_artifacts(graph, tmp_path_factory):
-    return exported(onnx.export(graph, tmp_path_factory.mktemp("onnx"), ["fp32", "fp16", "int8"]))
+    return exported(onnx.export(graph, tmp_path_factory.mktemp("onnx"), ["fp32", "int8"]))
 
 
 def test_onnx_fp32_matches_pytorch_at_any_length_and_batch(graph, torch_runner, onnx_artifacts):
@@ -75,21 +75,29 @@ def test_onnx_padding_invariance_2s_vs_5s_window(onnx_artifacts):
     assert max_diff(in_2s, in_5s) <= 1e-5
 
 
-def test_onnx_int8_and_fp16_keep_the_front_end_in_float32(torch_runner, onnx_artifacts):
+def test_onnx_int8_keeps_the_front_end_in_float32(torch_runner, onnx_artifacts):
     import onnx as onnx_lib
 
     int8 = onnx_lib.load(str(onnx_artifacts["int8"].path))
     ops = {n.op_type for n in int8.graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops  # the encoder is int8
     assert "Conv" in ops  # the DFT of the front end was left alone
-    fp16 = onnx_lib.load(str(onnx_artifacts["fp16"].path))
-    dtypes = {i.data_type for i in fp16.graph.initializer if len(i.dims) >= 2}
-    assert dtypes == {onnx_lib.TensorProto.FLOAT16, onnx_lib.TensorProto.FLOAT}
     assert onnx_artifacts["int8"].size_bytes < onnx_artifacts["fp32"].size_bytes
     pcm = speechlike(1.3)
-    ref = torch_runner.run(pcm)
-    assert max_diff(OnnxRunner(onnx_artifacts["fp16"].path).run(pcm), ref) <= 1e-2
-    assert max_diff(OnnxRunner(onnx_artifacts["int8"].path).run(pcm), ref) <= 0.2
+    assert max_diff(OnnxRunner(onnx_artifacts["int8"].path).run(pcm), torch_runner.run(pcm)) <= 0.2
+
+
+@pytest.mark.slow
+def test_onnx_fp16_has_a_half_encoder_and_float32_io(graph, torch_runner, tmp_path):
+    import onnx as onnx_lib
+
+    fp16 = exported(onnx.export(graph, tmp_path, ["fp16"]))["fp16"]
+    model = onnx_lib.load(str(fp16.path))
+    dtypes = {i.data_type for i in model.graph.initializer if len(i.dims) >= 2}
+    assert dtypes == {onnx_lib.TensorProto.FLOAT16, onnx_lib.TensorProto.FLOAT}
+    assert [i.type.tensor_type.elem_type for i in model.graph.input][0] == onnx_lib.TensorProto.FLOAT
+    pcm = speechlike(1.3)
+    assert max_diff(OnnxRunner(fp16.path).run(pcm), torch_runner.run(pcm)) <= 1e-2
 
 
 # ----------------------------------------------------------------------------------- TFLite
@@ -227,3 +235,15 @@ def test_coreml_fp16_close_to_pytorch_on_macos(torch_runner, mlpackages):
     pcm = speechlike(1.3)
     assert max_diff(CoreMLRunner(mlpackages["fp16"].path).run(pcm), torch_runner.run(pcm)) <= 5e-2
 
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known asrkd.features issue: per-feature normalisation divides the fp32 rounding residue of a "
+    "constant band (an empty band of 8 kHz audio at the log floor) by (std + 1e-5), so each runtime "
+    "gets its own ±0.1 noise there; fixed when a constant band normalises to exactly 0"))
+def test_band_limited_audio_matches_pytorch(torch_runner, onnx_artifacts):
+    """8 kHz audio upsampled to 16 kHz (as FSDD): nothing above 4 kHz."""
+    from asrkd.audio import resample
+
+    pcm = resample(speechlike(2.6)[::2].copy(), SR // 2, SR)
+    assert max_diff(OnnxRunner(onnx_artifacts["fp32"].path).run(pcm), torch_runner.run(pcm)) <= 1e-4
