@@ -148,7 +148,7 @@ class LiteRTRunner(Runner):
         self.interpreter = Interpreter(model_path=str(path), num_threads=self.threads)
         self._runners = {}
         for name, sig in self.interpreter.get_signature_list().items():
-            if sig["inputs"] != ["pcm", "pcm_lens"] and sorted(sig["inputs"]) != ["pcm", "pcm_lens"]:
+            if sorted(sig["inputs"]) != ["pcm", "pcm_lens"]:
                 raise ValueError(f"{path}: signature {name} takes {sig['inputs']}, not (pcm, pcm_lens)")
             runner = self.interpreter.get_signature_runner(name)
             details = runner.get_input_details()
