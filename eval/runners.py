@@ -14,7 +14,8 @@
 
 What ``run`` does with lengths (the same for every runner, so artifacts are compared on equal
 terms; it is what contract.json tells apps to do):
-- shorter than the artifact's minimum: zero-padded, real length in ``pcm_lens``;
+- shorter than the artifact's minimum (only Core ML with a range input has one): zero-padded,
+  real length in ``pcm_lens``;
 - a fixed-window artifact: zero-padded to the smallest window that holds the audio;
 - longer than the artifact's maximum: split into consecutive pieces of the maximum length, each
   run on its own, valid frames concatenated (``last_chunks`` says how many pieces were used).
@@ -98,10 +99,9 @@ class TorchRunner(Runner):
 
     def __init__(self, path, threads: int = 1, graph=None):
         super().__init__(path, threads)
-        from mobile_export.graph import MIN_SECONDS, build_graph
+        from mobile_export.graph import build_graph
 
         self.graph = graph if graph is not None else build_graph(path)
-        self.min_samples = self.graph.facts.samples(MIN_SECONDS)
 
     def _forward(self, pcm, length):
         import torch
@@ -127,7 +127,6 @@ class OnnxRunner(Runner):
         names = [i.name for i in self.session.get_inputs()]
         if names != ["pcm", "pcm_lens"]:
             raise ValueError(f"{path}: inputs are {names}; runners take PCM-input graphs (pcm, pcm_lens)")
-        self.min_samples = _min_samples_from_contract(self.path)
 
     def _forward(self, pcm, length):
         log_probs, out_lens = self.session.run(
@@ -178,7 +177,6 @@ class ExecuTorchRunner(Runner):
         # Memory is planned for the upper bound of the dynamic length: that is the maximum.
         meta = self.method.metadata.input_tensor_meta(0)
         self.max_samples = int(meta.sizes()[1])
-        self.min_samples = _min_samples_from_contract(self.path)
 
     def _forward(self, pcm, length):
         torch = self._torch
@@ -232,22 +230,3 @@ def open_runner(fmt: str, path: str | Path, threads: int = 1) -> Runner:
     if fmt not in RUNNERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     return RUNNERS[fmt].load(path, threads)
-
-
-def _min_samples_from_contract(path: Path) -> int:
-    """``min_samples`` of a dynamic-length artifact: from its bundle's contract.json when it lies
-    in one, else ``MIN_SECONDS`` at asrkd's sample rate."""
-    import json
-
-    from asrkd.audio import SAMPLE_RATE
-    from mobile_export.graph import MIN_SECONDS
-
-    contract = path.parent / "contract.json"
-    rate, seconds = SAMPLE_RATE, MIN_SECONDS
-    if contract.is_file():
-        data = json.loads(contract.read_text(encoding="utf-8"))
-        rate = data["audio"]["sample_rate"]
-        for a in data.get("artifacts", []):
-            if Path(a["file"]).name == path.name and a.get("min_seconds"):
-                seconds = a["min_seconds"]
-    return round(seconds * rate)

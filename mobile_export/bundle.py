@@ -43,8 +43,9 @@ LONG_AUDIO_POLICY = (
     "pieces no longer than the largest window"
 )
 SHORT_AUDIO_POLICY = (
-    "inputs shorter than min_samples are zero-padded to min_samples with pcm_lens set to the real "
-    "length; because of the length masking this changes no valid output frame"
+    "artifacts with a min_seconds (Core ML with a range input) need at least that much: zero-pad "
+    "shorter audio with pcm_lens set to the real length, which changes no valid output frame; "
+    "the others accept any length from one sample"
 )
 DECODING = (
     "greedy CTC: per valid frame take the argmax token (or read token_ids), collapse repeats, drop "
@@ -204,6 +205,10 @@ def model_card(loaded_config: dict, graph: ExportGraph, report: dict, n_params: 
                   json.dumps(train, indent=2, ensure_ascii=False)[:4000], "```"]
     else:
         lines.append("Not recorded: the checkpoint's `train_config` is empty. Ask whoever trained it.")
+    kd = train.get("kd") if isinstance(train, dict) else None
+    if kd:
+        lines += ["", "Distillation settings recorded in the checkpoint:", "```json",
+                  json.dumps(kd, indent=2, ensure_ascii=False), "```"]
     metrics = loaded_config.get("metrics") or {}
     if metrics:
         lines += ["", "Metrics stored in the checkpoint at save time:", "```json",

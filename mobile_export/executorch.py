@@ -6,10 +6,11 @@
     int8  PT2E first: XNNPACKQuantizer with dynamic, per-channel symmetric int8 linear layers
           (no calibration data needed), then the same lowering
 
-The time axis is dynamic between ``MIN_SECONDS`` and ``max_seconds`` (default: the largest
-window): ExecuTorch plans memory for the upper bound, so the bound is part of the artifact
-(``Artifact.max_seconds``) and longer audio is split by the runner (contract ``long_audio``).
-Batch is 1.
+The time axis is dynamic up to ``max_seconds`` (default: the largest window): ExecuTorch plans
+memory for the upper bound, so the bound is part of the artifact (``Artifact.max_seconds``) and
+longer audio is split by the runner (contract ``long_audio``). The program is exported with a
+lower bound of ``MIN_SECONDS`` for the shape solver, but the runtime does not enforce lower
+bounds and shorter inputs (down to one sample) give the same frames as PyTorch. Batch is 1.
 
 Two things this module works around, both checked with torch 2.13 / executorch 1.5.1:
 - The program is traced with an input at the upper bound. The fake-tensor convolution rule picks
@@ -17,7 +18,7 @@ Two things this module works around, both checked with torch 2.13 / executorch 1
   ``samples + 400 > 20480``), which ExecuTorch then uses as the length's range: traced at 2 s,
   a program planned for 30 s refuses anything over 2.56 s. Traced at the maximum, the guards
   only raise the lower bound, which the runtime does not enforce (memory is planned for the
-  maximum), and every length down to ``MIN_SECONDS`` runs (tests/test_export_executorch.py).
+  maximum), and every shorter length runs (tests/test_export_formats.py).
 - Non-persistent buffers (the front end's DFT basis and mel filterbank, RoPE frequencies) are
   made persistent on a copy: XNNPACK's lowering otherwise fails with "Non-persistent buffer ...
   is in the state dict".
@@ -112,8 +113,7 @@ def export(graph: ExportGraph, out_dir: Path, precisions: list[str],
         try:
             path.write_bytes(lower(export_program(graph, max_seconds, precision)))
             results[precision] = Artifact(
-                FORMAT, precision, path, max_seconds=float(max_seconds), min_seconds=MIN_SECONDS,
-                description=PRECISIONS[precision],
+                FORMAT, precision, path, max_seconds=float(max_seconds), description=PRECISIONS[precision],
             )
         except Exception as e:
             if path.exists():

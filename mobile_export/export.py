@@ -332,7 +332,8 @@ class _Export:
             summary, rows = rep.compare(self.ref, out, self.data.refs, self.data.utt_ids,
                                         self.data.speakers)
             entry.update({k: summary[k] for k in ("wer", "cer", "words", "chars", "agreement",
-                                                  "max_abs_logprob_diff", "chunked_utterances")})
+                                                  "max_abs_logprob_diff", "logprob_compared_utterances",
+                                                  "chunked_utterances")})
             entry.update(self._timings(fmt, a.path))
             self.per_utterance += [{"artifact": a.name, **r} for r in rows]
             rep.apply_gate(entry, self.report["reference"]["wer"], self.options.max_wer_increase)

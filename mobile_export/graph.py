@@ -35,9 +35,9 @@ PCM_INPUTS = ("pcm", "pcm_lens")
 FEATURE_INPUTS = ("feats", "feat_lens")
 ALL_OUTPUTS = ("log_probs", "out_lens", "token_ids", "confidence")
 
-# Shortest input every artifact is built for. Runners zero-pad shorter audio up to it (with the
-# real length in pcm_lens, so the valid frames do not change): ExecuTorch plans memory for a
-# bounded range, and a window of a few frames is where converters' shape rules get brittle.
+# Lower bound of the length range in exported programs with a dynamic length: the ExecuTorch
+# shape solver needs one, and it is the Core ML RangeDim minimum (which Core ML enforces; runners
+# zero-pad shorter audio with the real length in pcm_lens, which leaves the valid frames alone).
 MIN_SECONDS = 0.1
 
 # What each tensor is; contract.json and the Core ML descriptions quote these.

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mobile_export.bundle import Artifact, artifact_stem
-from mobile_export.graph import MIN_SECONDS, ExportGraph, with_encoder_dtype
+from mobile_export.graph import ExportGraph, with_encoder_dtype
 
 FORMAT = "onnx"
 SUFFIX = ".onnx"
@@ -129,10 +129,7 @@ def export(graph: ExportGraph, out_dir: Path, precisions: list[str]) -> dict[str
                     export_fp16(graph, path)
                 elif precision != "fp32":
                     raise ValueError(f"ONNX precision {precision!r} unknown; choose from {sorted(PRECISIONS)}")
-                results[precision] = Artifact(
-                    FORMAT, precision, path, description=PRECISIONS[precision],
-                    min_seconds=MIN_SECONDS,
-                )
+                results[precision] = Artifact(FORMAT, precision, path, description=PRECISIONS[precision])
             except Exception as e:
                 if path.exists():
                     os.unlink(path)

@@ -53,7 +53,7 @@ def onnx_artifacts(graph, tmp_path_factory):
 
 def test_onnx_fp32_matches_pytorch_at_any_length_and_batch(graph, torch_runner, onnx_artifacts):
     runner = OnnxRunner(onnx_artifacts["fp32"].path)
-    for seconds in (0.05, 1.3, 3.7):  # 0.05 s: shorter than MIN_SECONDS, padded by the runner
+    for seconds in (1 / SR, 0.05, 1.3, 3.7):  # from one sample up
         pcm = speechlike(seconds)
         assert max_diff(runner.run(pcm), torch_runner.run(pcm)) <= 1e-4
     # A padded batch of two in one session call (the time and batch axes are both dynamic).
@@ -119,7 +119,7 @@ def test_tflite_signatures_are_the_windows(tflite_artifacts):
 
 def test_tflite_fp32_matches_pytorch(torch_runner, tflite_artifacts):
     runner = LiteRTRunner(tflite_artifacts["fp32"].path)
-    for seconds in (0.05, 1.3, 4.2):
+    for seconds in (1 / SR, 0.05, 1.3, 4.2):
         pcm = speechlike(seconds)
         assert max_diff(runner.run(pcm), torch_runner.run(pcm)) <= 1e-4
 
@@ -162,7 +162,7 @@ def pte_fp32(graph, tmp_path_factory):
 def test_executorch_fp32_matches_pytorch_at_dynamic_lengths(torch_runner, pte_fp32):
     runner = ExecuTorchRunner(pte_fp32.path)
     assert runner.max_samples == 3 * SR  # memory is planned for the upper bound
-    for seconds in (0.05, 1.3, 3.0):
+    for seconds in (1 / SR, 0.05, 1.3, 3.0):  # below the exported lower bound (0.1 s) too
         pcm = speechlike(seconds)
         assert max_diff(runner.run(pcm), torch_runner.run(pcm)) <= 1e-4
     runner.run(speechlike(3.5))
