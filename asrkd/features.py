@@ -46,8 +46,13 @@ NORMALIZE_MODES = ("per_feature", "none")
 # recordings.
 DEFAULT_LOG_FLOOR = 1e-6
 
-# Added to the standard deviation in per-feature normalisation, as NeMo does.
-_STD_EPS = 1e-5
+# Lower bound on a band's standard deviation in per-feature normalisation. A band that sits at
+# the log floor (e.g. everything above 4 kHz of 8 kHz audio upsampled to 16 kHz) is constant up to
+# fp32 rounding of its mean (~1e-7), and each runtime rounds differently; NeMo's `std + 1e-5`
+# would turn that residue into +-0.1 of runtime-specific noise. With std >= 1e-2 a constant band
+# normalises to within ~1e-5 of 0 everywhere, while real speech bands (log-mel std ~1-3 per
+# utterance) are unchanged.
+_STD_FLOOR = 1e-2
 
 
 @dataclass(frozen=True)
@@ -220,4 +225,4 @@ def _normalize_per_feature(logmel: Tensor, valid: Tensor, frame_lengths: Tensor)
     mean = torch.where(valid, logmel, 0.0).sum(dim=2, keepdim=True) / n  # [B, n_mels, 1]
     centered = torch.where(valid, logmel - mean, 0.0)
     var = (centered * centered).sum(dim=2, keepdim=True) / (n - 1).clamp(min=1)
-    return centered / (var.sqrt() + _STD_EPS)
+    return centered / var.sqrt().clamp(min=_STD_FLOOR)

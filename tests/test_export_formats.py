@@ -237,10 +237,6 @@ def test_coreml_fp16_close_to_pytorch_on_macos(torch_runner, mlpackages):
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known asrkd.features issue: per-feature normalisation divides the fp32 rounding residue of a "
-    "constant band (an empty band of 8 kHz audio at the log floor) by (std + 1e-5), so each runtime "
-    "gets its own ±0.1 noise there; fixed when a constant band normalises to exactly 0"))
 def test_band_limited_audio_matches_pytorch(torch_runner, onnx_artifacts):
     """8 kHz audio upsampled to 16 kHz (as FSDD): nothing above 4 kHz."""
     from asrkd.audio import resample
