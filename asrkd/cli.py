@@ -214,7 +214,7 @@ def _add_distill_commands(sub) -> None:
 
 # ---------------------------------------------------------------- mobile export (export)
 def _cmd_export(args: argparse.Namespace) -> int:
-    from mobile_export.export import ExportError, ExportOptions, export_bundle
+    from mobile_export.export import ExportError, ExportOptions, export_bundle, write_error_report
 
     def csv(text: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in text.split(",") if x.strip())
@@ -237,7 +237,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
             given["windows"] = tuple(float(w) for w in csv(args.windows))
         options = ExportOptions(**{k: v for k, v in given.items() if v is not None})
     except (ExportError, ValueError) as e:
-        print(f"asrkd export: error: {e}", file=sys.stderr)
+        path = write_error_report(args.out, args.checkpoint, args.eval_manifest,
+                                  {k: v for k, v in given.items() if v is not None}, str(e))
+        print(f"asrkd export: error: {e}\n(report: {path})", file=sys.stderr)
         return 2
     report_path = Path(args.out) / "report.json"
     try:

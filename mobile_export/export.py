@@ -156,6 +156,43 @@ def _status_line(entry: dict) -> str:
             + ("" if rtf is None else f", RTF {rtf:.4f}"))
 
 
+def empty_report(checkpoint, eval_manifest, options: dict, threads_all: int) -> dict:
+    """The report before anything is measured: every contract key present, numbers null, the
+    gate not passed."""
+    return {
+        "format": "asrkd-export-report",
+        "version": 1,
+        "asrkd_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": str(checkpoint),
+        "options": options,
+        "windows_seconds": list(options.get("windows") or []),
+        "machine": {**rep.machine(), "threads_all": threads_all},
+        "eval": {"manifest": str(eval_manifest), "utterances": None, "audio_seconds": None,
+                 "rtf_utterances": None, "rtf_repeats": options.get("rtf_repeats")},
+        "reference": {"format": "torch", "wer": None, "cer": None, "rtf_1thread": None,
+                      "rtf_all_threads": None, "load_seconds": None},
+        "gate": {"max_wer_increase": options.get("max_wer_increase"), "unit": "WER percentage points",
+                 "passed": False, "failed": [], "reason": "export did not finish"},
+        "artifacts": [],
+        "definitions": rep.DEFINITIONS,
+        "error": None,
+    }
+
+
+def write_error_report(out_dir, checkpoint, eval_manifest, options: dict, error: str) -> Path:
+    """``OUT/report.json`` (and REPORT.md) for an export that could not start, e.g. invalid
+    options: CI finds a report with ``error`` set and the gate not passed."""
+    report = empty_report(checkpoint, eval_manifest, options, all_threads())
+    report["error"] = error
+    report["gate"]["reason"] = f"export did not start: {error}"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bundle.write_json(out_dir / bundle.REPORT_FILE, report)
+    bundle.write_text(out_dir / bundle.REPORT_MD, rep.render_markdown(report))
+    return out_dir / bundle.REPORT_FILE
+
+
 class _Export:
     """One export run; holds what the steps share. Use ``export_bundle``."""
 
@@ -168,25 +205,8 @@ class _Export:
         self.verify_only = verify_only
         self.log = log
         self.threads_all = options.threads or all_threads()
-        self.report: dict = {
-            "format": "asrkd-export-report",
-            "version": 1,
-            "asrkd_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "checkpoint": str(self.checkpoint),
-            "options": {**asdict(options), "verify_only": verify_only},
-            "windows_seconds": list(options.windows),
-            "machine": {**rep.machine(), "threads_all": self.threads_all},
-            "eval": {"manifest": str(self.manifest), "utterances": None, "audio_seconds": None,
-                     "rtf_utterances": None, "rtf_repeats": options.rtf_repeats},
-            "reference": {"format": "torch", "wer": None, "cer": None, "rtf_1thread": None,
-                          "rtf_all_threads": None, "load_seconds": None},
-            "gate": {"max_wer_increase": options.max_wer_increase, "unit": "WER percentage points",
-                     "passed": False, "failed": [], "reason": "export did not finish"},
-            "artifacts": [],
-            "definitions": rep.DEFINITIONS,
-            "error": None,
-        }
+        self.report = empty_report(self.checkpoint, self.manifest,
+                                   {**asdict(options), "verify_only": verify_only}, self.threads_all)
         self.per_utterance: list[dict] = []
 
     # -------------------------------------------------------------------------------- steps

@@ -187,4 +187,6 @@ def test_report_is_written_when_the_export_cannot_start(labelled, tmp_path, caps
 def test_bad_options_are_refused_before_any_work(labelled, tmp_path, capsys):
     assert export(*labelled, tmp_path / "out", "--formats", "onnx,tensorrt") == 2
     assert "unknown format(s) ['tensorrt']" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    report = read_report(tmp_path / "out")  # written even so, for CI to find
+    assert "tensorrt" in report["error"] and report["gate"]["passed"] is False
+    assert report["artifacts"] == [] and not list((tmp_path / "out").glob("model.*"))
