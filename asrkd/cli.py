@@ -55,17 +55,23 @@ def _cmd_manifest_filter(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _fit(args: argparse.Namespace, trainer_class) -> int:
+    """`asrkd train` and `asrkd distill`: a YAML config in, the best checkpoint's path out."""
     from asrkd.config import TrainConfig
-    from asrkd.train import Trainer
 
     cfg = TrainConfig.from_yaml(args.config)
     if args.out:
         cfg.run.out_dir = args.out
-    best = Trainer(cfg, resume=args.resume).fit()
+    best = trainer_class(cfg, resume=args.resume).fit()
     if best is not None:
         print(f"best checkpoint: {best}")
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from asrkd.train import Trainer
+
+    return _fit(args, Trainer)
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
@@ -173,16 +179,9 @@ def _cmd_cache_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from asrkd.config import TrainConfig
     from asrkd.distill import Distiller
 
-    cfg = TrainConfig.from_yaml(args.config)
-    if args.out:
-        cfg.run.out_dir = args.out
-    best = Distiller(cfg, resume=args.resume).fit()
-    if best is not None:
-        print(f"best checkpoint: {best}")
-    return 0
+    return _fit(args, Distiller)
 
 
 def _add_distill_commands(sub) -> None:
