@@ -156,23 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_cache_build(args: argparse.Namespace) -> int:
     import torch
 
-    from asrkd.cache import build_cache
+    from asrkd.cache import CacheError, build_cache
     from asrkd.teacher import load_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = build_cache(
-        load_teacher(args.teacher, device=args.device),
-        args.manifest,
-        args.out,
-        top_k=args.top_k,
-        nbest=args.nbest,
-        beam=args.beam,
-        hidden_layers=args.hidden_layers,
-        shard_size=args.shard_size,
-        max_batch_seconds=args.max_batch_seconds,
-        force=args.force,
-    )
+    try:
+        report = build_cache(
+            load_teacher(args.teacher, device=args.device),
+            args.manifest,
+            args.out,
+            top_k=args.top_k,
+            nbest=args.nbest,
+            beam=args.beam,
+            hidden_layers=args.hidden_layers,
+            shard_size=args.shard_size,
+            max_batch_seconds=args.max_batch_seconds,
+            force=args.force,
+        )
+    except CacheError as e:  # a stale or foreign folder: the message says what changed and what to do
+        print(f"asrkd cache build: {e}", file=sys.stderr)
+        return 2
     if report.utterances:  # rank 0
         print(report.summary())
     return 0
