@@ -209,3 +209,13 @@ def test_cache_build_command_prints_bytes_per_frame(corpus, teacher_ckpt, tmp_pa
     vocab = len(CheckpointTeacher(teacher_ckpt).vocabulary)
     assert f"14 bytes/frame vs {4 * vocab} for dense fp32 posteriors" in out
     assert math.isclose(PosteriorCache(tmp_path / "c").info["bytes_per_frame"], 14)
+
+
+def test_cache_build_command_refuses_a_stale_folder_with_the_reason(corpus, teacher_ckpt, tmp_path, capsys):
+    args = ["cache", "build", "--teacher", str(teacher_ckpt), "--manifest", str(corpus), "--out", str(tmp_path / "c")]
+    assert cli_main(args + ["--top-k", "3"]) == 0
+    capsys.readouterr()
+    assert cli_main(args + ["--top-k", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "setting top_k: 3 → 4" in err and "--force" in err
+    assert cli_main(args + ["--top-k", "4", "--force"]) == 0
