@@ -52,6 +52,7 @@ from torch import Tensor
 from asrkd.audio import SAMPLE_RATE
 from asrkd.data import AudioDataset, BucketingBatchSampler, Utterance, collate, read_manifest
 from asrkd.decoding import prefix_beam_search, utterance_confidence
+from asrkd.fileio import atomic_write_text
 
 FORMAT = "asrkd-posterior-cache"
 VERSION = 1
@@ -215,12 +216,6 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _read_entries(folder: Path) -> tuple[list[str], dict[str, dict]]:
     ids, entries = [], {}
     with open(folder / ENTRIES_FILE, encoding="utf-8") as f:
@@ -278,9 +273,9 @@ def build_cache(
         if not (out / REQUEST_FILE).exists():
             out.mkdir(parents=True, exist_ok=True)
             (out / "shards").mkdir(exist_ok=True)
-            _atomic_write(out / ENTRIES_FILE, "".join(
+            atomic_write_text(out / ENTRIES_FILE, "".join(
                 json.dumps({"utt_id": u.utt_id, **entries[u.utt_id]}, ensure_ascii=False) + "\n" for u in utts))
-            _atomic_write(out / REQUEST_FILE, json.dumps(request, indent=1) + "\n")
+            atomic_write_text(out / REQUEST_FILE, json.dumps(request, indent=1) + "\n")
     _barrier(world)
     if rank != 0 and json.loads((out / REQUEST_FILE).read_text()) != request:
         raise CacheError(f"{out}: rank {rank} sees another request than rank 0 (different manifests?)")
@@ -433,7 +428,7 @@ def _write_index(out: Path, request: dict, utts: list[Utterance], n_shards: int,
         "hidden_bytes_per_frame": report.hidden_bytes_per_frame,
         "index": index,
     }
-    _atomic_write(out / INDEX_FILE, json.dumps(summary, ensure_ascii=False) + "\n")
+    atomic_write_text(out / INDEX_FILE, json.dumps(summary, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from asrkd.audio import SAMPLE_RATE, AudioError, audio_duration, load_audio, resample
+from asrkd.fileio import atomic_write_text
 from asrkd.text import Tokenizer, UnknownCharactersError, normalize_text
 
 # ---------------------------------------------------------------------------------------------
@@ -215,20 +215,6 @@ def read_manifest(
     return utts
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
     """Write `utts` as JSONL, atomically. Audio paths under the manifest's folder become relative."""
     path = Path(path)
@@ -250,7 +236,7 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
         obj["utt_id"] = u.utt_id
         obj.update((k, v) for k, v in u.extra.items() if k not in obj)
         lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
-    _atomic_write_text(path, "".join(lines))
+    atomic_write_text(path, "".join(lines))
 
 
 def _ctc_min_frames(ids: Sequence[int]) -> int:

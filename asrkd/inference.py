@@ -22,6 +22,7 @@ from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
 from asrkd.data import AudioDataset, BucketingBatchSampler, Utterance, collate, read_manifest
 from asrkd.decoding import greedy_decode, prefix_beam_search, utterance_confidence
 from asrkd.features import LogMel
+from asrkd.fileio import atomic_write_text
 from asrkd.models.conformer import ConformerCTC
 from asrkd.text import normalize_text
 from eval.wer import score, utterance_wer
@@ -109,15 +110,9 @@ def evaluate_checkpoint(
                         "wer": utterance_wer(ref, hyp), "confidence": round(conf, 4)})
             for u, ref, hyp, conf in zip(utts, result["refs"], result["hyps"], result["confidences"])
         ]
-        _atomic_write(json_out.with_suffix(".utterances.jsonl"), "\n".join(lines) + "\n")
-        _atomic_write(json_out, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(json_out.with_suffix(".utterances.jsonl"), "\n".join(lines) + "\n")
+        atomic_write_text(json_out, json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class Transcriber:

@@ -561,7 +561,8 @@ def synthesize_corpus(
     espeak_paths()  # fail here, with the install hint, rather than in a worker
 
     # asrkd.data imports torch: keep it out of this module's import, which every worker pays.
-    from asrkd.data import Utterance, _atomic_write_text, write_manifest
+    from asrkd.data import Utterance, write_manifest
+    from asrkd.fileio import atomic_write_text
 
     out_dir = Path(out_dir)
     wav_dir = out_dir / "wavs"
@@ -600,7 +601,7 @@ def synthesize_corpus(
         manifest.unlink(missing_ok=True)
         for old in wav_dir.glob("*.wav"):
             old.unlink()
-        _atomic_write_text(record_path, json.dumps(request, indent=2) + "\n")
+        atomic_write_text(record_path, json.dumps(request, indent=2) + "\n")
         todo = specs
     wav_dir.mkdir(parents=True, exist_ok=True)
     for stale in wav_dir.glob(".*.wav.*.tmp"):  # left by a killed run; never a finished file

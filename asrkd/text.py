@@ -29,11 +29,12 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from asrkd.fileio import atomic_write_bytes
 
 BLANK = "<blk>"
 UNK = "<unk>"
@@ -108,20 +109,6 @@ class UnknownCharactersError(ValueError):
 
 class TokenizerFileError(ValueError):
     """A `tokens.txt` or tokenizer dict is malformed; the message names file:line."""
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _tokens_txt(tokens: Sequence[str]) -> str:
@@ -295,7 +282,7 @@ class CharTokenizer:
         path = Path(path)
         if path.is_dir():
             path = path / TOKENS_FILENAME
-        _atomic_write_bytes(path, self.tokens_txt().encode("utf-8"))
+        atomic_write_bytes(path, self.tokens_txt().encode("utf-8"))
         return path
 
     def fingerprint(self) -> str:
@@ -467,8 +454,8 @@ class BPETokenizer:
             model, tokens = path.with_name(BPE_MODEL_FILENAME), path
         else:
             model, tokens = path / BPE_MODEL_FILENAME, path / TOKENS_FILENAME
-        _atomic_write_bytes(model, self._proto)
-        _atomic_write_bytes(tokens, self.tokens_txt().encode("utf-8"))
+        atomic_write_bytes(model, self._proto)
+        atomic_write_bytes(tokens, self.tokens_txt().encode("utf-8"))
         return model
 
     def fingerprint(self) -> str:

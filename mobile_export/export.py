@@ -41,6 +41,7 @@ import numpy as np
 from asrkd import __version__
 from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
 from asrkd.data import AudioDataset, read_manifest
+from asrkd.fileio import atomic_write_text, write_json
 from asrkd.models.conformer import count_parameters
 from asrkd.text import normalize_text
 from eval import report as rep
@@ -188,8 +189,8 @@ def write_error_report(out_dir, checkpoint, eval_manifest, options: dict, error:
     report["gate"]["reason"] = f"export did not start: {error}"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bundle.write_json(out_dir / bundle.REPORT_FILE, report)
-    bundle.write_text(out_dir / bundle.REPORT_MD, rep.render_markdown(report))
+    write_json(out_dir / bundle.REPORT_FILE, report)
+    atomic_write_text(out_dir / bundle.REPORT_MD, rep.render_markdown(report))
     return out_dir / bundle.REPORT_FILE
 
 
@@ -212,8 +213,8 @@ class _Export:
     # -------------------------------------------------------------------------------- steps
     def save_report(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        bundle.write_json(self.out_dir / bundle.REPORT_FILE, self.report)
-        bundle.write_text(self.out_dir / bundle.REPORT_MD, rep.render_markdown(self.report))
+        write_json(self.out_dir / bundle.REPORT_FILE, self.report)
+        atomic_write_text(self.out_dir / bundle.REPORT_MD, rep.render_markdown(self.report))
 
     def load(self) -> None:
         path = resolve_checkpoint(self.checkpoint)
@@ -366,10 +367,10 @@ class _Export:
         self.tokenizer.save(self.out_dir)
         contract = bundle.contract(self.graph, self.loaded.config, self.tokenizer, artifacts,
                                    list(self.options.windows), self.out_dir)
-        bundle.write_json(self.out_dir / bundle.CONTRACT_FILE, contract)
+        write_json(self.out_dir / bundle.CONTRACT_FILE, contract)
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.per_utterance)
-        bundle.write_text(self.out_dir / bundle.UTTERANCES_FILE, lines)
-        bundle.write_text(self.out_dir / bundle.MODEL_CARD,
+        atomic_write_text(self.out_dir / bundle.UTTERANCES_FILE, lines)
+        atomic_write_text(self.out_dir / bundle.MODEL_CARD,
                           bundle.model_card(self.loaded.config, self.graph, self.report,
                                             count_parameters(self.loaded.model)))
 
