@@ -1,0 +1,172 @@
+"""`asrkd demo`: every stage on the smoke plan, resuming, refusing a mixed folder, the report and plots.
+
+The smoke plan trains for seconds (its WERs mean nothing); the `--quick` plan itself runs as a
+slow test (`pytest -m slow tests/test_demo.py`, run by .ci/run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asrkd.demo import STAGES, Demo, DemoError, DemoPlan, render_demo_markdown, run_demo, summary_table
+from eval import plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MODEL_KEYS = {"checkpoint", "params", "wer", "cer", "rtf_1thread"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("demo")
+    logs: list[str] = []
+    report = run_demo(out, "smoke", threads=2, log=logs.append)
+    return out, report, logs
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000
+
+
+def test_smoke_demo_writes_the_report_contract(smoke):
+    out, report, logs = smoke
+    assert json.loads((out / "report.json").read_text()) == report
+    for key in ("teacher", "student_kd", "student_ctc"):
+        m = report[key]
+        assert MODEL_KEYS <= set(m), key
+        assert Path(m["checkpoint"]).is_dir()
+        assert 0.0 <= m["wer"] and 0.0 <= m["cer"]
+        assert m["rtf_1thread"] > 0
+    assert report["teacher"]["params"] > report["student_kd"]["params"] == report["student_ctc"]["params"]
+    export = report["export"]
+    assert {"reference", "gate", "artifacts"} <= set(export)
+    assert [(a["format"], a["precision"]) for a in export["artifacts"]] == [("onnx", "fp32"), ("onnx", "int8")]
+    assert all(a["status"] == "ok" and (out / "bundle" / a["path"]).is_file() for a in export["artifacts"])
+    assert (out / "bundle" / "contract.json").is_file()
+    for name in ("pareto", "training", "sizes"):
+        assert _is_png(out / report["plots"][name]), name
+    md = (out / "REPORT.md").read_text()
+    for needle in ("Teacher vs students", "student + KD", "student, CTC only", "onnx int8", "plots/pareto.png"):
+        assert needle in md
+    assert all((out / "stages" / f"{s}.json").is_file() for s in STAGES if s != "report")
+    assert logs[-1].startswith("demo finished")
+    # The summary table printed at the end names every model and artifact.
+    table = "\n".join(summary_table(report))
+    assert "teacher" in table and "onnx fp32" in table
+
+
+def test_rerun_reuses_finished_stages_and_redoes_an_unfinished_one(smoke):
+    out, report, _ = smoke
+    ctc_ckpt = Path(report["student_ctc"]["checkpoint"])
+    weights_mtime = (ctc_ckpt / "model.safetensors").stat().st_mtime_ns
+    (out / "stages" / "student_ctc.json").unlink()  # as if killed during that stage
+    logs: list[str] = []
+    again = Demo(out, "smoke", threads=2, log=logs.append).run()
+    reused = [s for s in STAGES if any(line.startswith(f"[") and f"] {s}: done earlier" in line for line in logs)]
+    assert reused == ["data", "teacher", "cache", "student_kd", "export"]
+    assert any("] student_ctc: finished" in line for line in logs)
+    # The finished training resumed from its last checkpoint: nothing was retrained.
+    assert (ctc_ckpt / "model.safetensors").stat().st_mtime_ns == weights_mtime
+    assert again["student_ctc"]["wer"] == report["student_ctc"]["wer"]
+
+
+def test_real_manifest_adds_a_column(smoke):
+    out, report, _ = smoke
+    real = report["demo"]["test_manifest"]  # any labelled manifest will do
+    again = Demo(out, "smoke", threads=2, real_manifest=real, log=lambda m: None).run()
+    for key in ("teacher", "student_kd", "student_ctc"):
+        assert again[key]["wer_real"] == pytest.approx(again[key]["wer"])
+    assert "real-speech WER" in (out / "REPORT.md").read_text()
+
+
+def test_another_plan_in_the_same_folder_is_refused(smoke):
+    out, _, _ = smoke
+    with pytest.raises(DemoError, match="--force"):
+        Demo(out, "quick", log=lambda m: None).run()
+
+
+def test_missing_real_manifest_is_refused(tmp_path):
+    with pytest.raises(DemoError, match="not found"):
+        Demo(tmp_path, "smoke", real_manifest=tmp_path / "nope.jsonl")
+
+
+def test_unknown_plan_is_refused():
+    with pytest.raises(DemoError, match="unknown demo plan"):
+        DemoPlan.named("huge")
+
+
+def _fake_report(tmp_path: Path) -> dict:
+    def model(params, wer, rtf):
+        return {"checkpoint": "x", "params": params, "wer": wer, "cer": wer / 3, "rtf_1thread": rtf,
+                "gflops_per_audio_second": params / 1e7, "run_dir": str(tmp_path / f"run{params}")}
+
+    for params, steps in ((7_500_000, 30), (750_000, 40)):
+        run = tmp_path / f"run{params}"
+        run.mkdir()
+        rows = ["step,loss,ctc,lr,grad_norm,audio_sec_per_sec,epoch,dev_wer,dev_cer"]
+        rows += [f"{s},{100 / s},{90 / s},0.001,1.0,20.0,0,," for s in range(1, steps)]
+        rows += [f"{steps},,,,,,,{0.5},{0.2}", f"{2 * steps},,,,,,,{0.2},{0.1}"]
+        (run / "train_log.csv").write_text("\n".join(rows) + "\n")
+
+    def art(fmt, prec, wer, rtf, size, status="ok"):
+        return {"format": fmt, "precision": prec, "status": status, "wer": wer, "cer": None,
+                "agreement": 1.0 if wer is not None else None, "rtf_1thread": rtf,
+                "rtf_all_threads": rtf, "size_bytes": size, "reason": None if status == "ok" else "needs macOS",
+                "load_seconds": 0.1, "path": "p"}
+
+    return {
+        "demo": {"plan": {"name": "test"}, "stage_seconds": {s: 1.0 for s in STAGES},
+                 "data": {"train": {"utterances": 10, "audio_seconds": 20.0, "voices": 5},
+                          "test": {"utterances": 4, "audio_seconds": 8.0, "voices": 2}},
+                 "cache": "c", "real_manifest": None},
+        "teacher": model(7_500_000, 0.05, 0.05),
+        "student_kd": model(750_000, 0.10, 0.01),
+        "student_ctc": model(750_000, 0.14, 0.01),
+        "export": {"gate": {"max_wer_increase": 1.0, "passed": True},
+                   "artifacts": [art("onnx", "fp32", 0.10, 0.005, 3_000_000),
+                                 art("tflite", "int8", 0.11, 0.004, 1_000_000),
+                                 art("coreml", "fp16", None, None, 1_500_000, "not_run")]},
+    }
+
+
+def test_plots_and_markdown_from_a_report(tmp_path):
+    report = _fake_report(tmp_path)
+    paths = plots.demo_plots(report, tmp_path / "plots")
+    assert set(paths) == {"pareto", "training", "sizes"}
+    assert all(_is_png(p) for p in paths.values())
+    loss, dev = plots.read_train_log(tmp_path / "run750000")
+    assert len(loss) == 39 and dev == [(40, 0.5), (80, 0.2)]
+    md = render_demo_markdown(report)
+    assert "10.0x fewer parameters" in md and "5.0x faster" in md
+    assert "from 14.0 % (CTC only) to 10.0 % (0.71x)" in md
+    assert "coreml fp16 | not_run: needs macOS" in md
+
+
+def test_pareto_front():
+    pts = [(1.0, 10.0), (0.5, 20.0), (2.0, 5.0), (2.0, 12.0), (0.5, 25.0)]
+    assert plots.pareto_points(pts) == [1, 0, 2]
+
+
+@pytest.mark.slow
+def test_cli_demo_quick(tmp_path):
+    """The README's `asrkd demo --quick`, end to end (about 6 minutes on 2 cores)."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "quick"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "asrkd.cli", "demo", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    for key in ("teacher", "student_kd", "student_ctc"):
+        assert MODEL_KEYS <= set(report[key])
+    formats = {a["format"] for a in report["export"]["artifacts"]}
+    assert formats == {"coreml", "tflite", "onnx", "executorch"}
+    # Everything but Core ML (macOS only) ran in its runtime.
+    assert all(a["status"] == "ok" for a in report["export"]["artifacts"] if a["format"] != "coreml")
+    assert "report:" in proc.stdout
