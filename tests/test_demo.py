@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from asrkd.demo import STAGES, Demo, DemoError, DemoPlan, render_demo_markdown, run_demo, summary_table
+from asrkd.demo import (
+    STAGES,
+    Demo,
+    DemoError,
+    DemoPlan,
+    render_demo_markdown,
+    run_demo,
+    summary_table,
+)
 from eval import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -68,7 +76,7 @@ def test_rerun_reuses_finished_stages_and_redoes_an_unfinished_one(smoke):
     (out / "stages" / "student_ctc.json").unlink()  # as if killed during that stage
     logs: list[str] = []
     again = Demo(out, "smoke", threads=2, log=logs.append).run()
-    reused = [s for s in STAGES if any(line.startswith(f"[") and f"] {s}: done earlier" in line for line in logs)]
+    reused = [s for s in STAGES if any(line.startswith("[") and f"] {s}: done earlier" in line for line in logs)]
     assert reused == ["data", "teacher", "cache", "student_kd", "export"]
     assert any("] student_ctc: finished" in line for line in logs)
     # The finished training resumed from its last checkpoint: nothing was retrained.
