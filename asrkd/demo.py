@@ -13,8 +13,8 @@ checkpoint, the cache from its finished shards, synthesis from the wavs already 
 2. ``teacher``: the teacher preset trained with CTC;
 3. ``cache``: the teacher's top-k posteriors, N-best lists and hidden states over the training
    set (asrkd.cache);
-4. ``student_kd``: the default student distilled from the cache (frame KD + feature KD +
-   ground-truth CTC, the combination that did best in the FSDD ablation, docs/DISTILLATION.md);
+4. ``student_kd``: the default student distilled from the cache (feature KD + ground-truth CTC,
+   the term that did best in the FSDD ablation, docs/DISTILLATION.md);
 5. ``student_ctc``: the same student, data, augmentation, seed and steps with CTC only: the
    no-KD baseline;
 6. ``export``: the KD student to Core ML, TFLite, ONNX and ExecuTorch at fp32, fp16 and int8, each
@@ -74,7 +74,7 @@ class DemoPlan:
     max_batch_seconds: float = 15.0
     teacher_hidden_layers: tuple[int, ...] = (3, 7)
     layer_map: dict[int, int] = field(default_factory=lambda: {1: 3, 3: 7})
-    kd_weights: dict[str, float] = field(default_factory=lambda: {"ctc": 1.0, "frame": 1.0, "feature": 1.0})
+    kd_weights: dict[str, float] = field(default_factory=lambda: {"ctc": 1.0, "feature": 1.0})
     formats: tuple[str, ...] = ("coreml", "tflite", "onnx", "executorch")
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     windows: tuple[float, ...] = (2.0, 5.0, 10.0)
@@ -358,7 +358,7 @@ _STAGE_TEXT = {
     "data": "synthesizing spoken digits (espeak-ng), disjoint voices for train/dev/test",
     "teacher": "training the teacher with CTC",
     "cache": "caching the teacher's posteriors, N-best lists and hidden states",
-    "student_kd": "distilling the default student from the cache (frame + feature KD + CTC)",
+    "student_kd": "distilling the default student from the cache (feature KD + CTC)",
     "student_ctc": "training the same student with CTC only (the no-KD baseline)",
     "export": "exporting the KD student to every format and precision, running each artifact",
     "report": "measuring WER and speed, writing report.json, REPORT.md and plots",
