@@ -231,6 +231,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         threads=args.threads,
         rtf_repeats=args.rtf_repeats,
         rtf_utterances=args.rtf_utterances,
+        cold_start=False if args.no_cold_start else None,
         max_utterances=args.max_utterances,
         zip=args.zip,
         coreml_shapes=args.coreml_shapes,
@@ -304,6 +305,9 @@ def _add_export_commands(sub) -> None:
                    help="timed passes per RTF measurement, median taken (default 5; 0: measure no speed)")
     p.add_argument("--rtf-utterances", type=int,
                    help="number of evaluation utterances (the first N) timed for RTF (default 10)")
+    p.add_argument("--no-cold-start", action="store_true",
+                   help="skip the fresh-process load time / first run / peak memory measurement "
+                   "of every artifact (those report fields are null); saves a few seconds per artifact")
     p.add_argument("--max-utterances", type=int, help="verify on the first N utterances of the manifest only")
     p.add_argument("--zip", action="store_true", default=None, help="also write OUT.zip")
     p.add_argument("--coreml-shapes", choices=["enumerated", "range"],

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from asrkd.fileio import atomic_write_bytes
 from mobile_export.bundle import Artifact, artifact_stem
 from mobile_export.graph import MIN_SECONDS, ExportGraph, with_encoder_dtype
 
@@ -111,7 +112,7 @@ def export(graph: ExportGraph, out_dir: Path, precisions: list[str],
     for precision in precisions:
         path = out_dir / (artifact_stem(precision) + SUFFIX)
         try:
-            path.write_bytes(lower(export_program(graph, max_seconds, precision)))
+            atomic_write_bytes(path, lower(export_program(graph, max_seconds, precision)))
             results[precision] = Artifact(
                 FORMAT, precision, path, max_seconds=float(max_seconds), description=PRECISIONS[precision],
             )

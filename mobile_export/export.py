@@ -78,6 +78,7 @@ class ExportOptions:
     max_wer_increase: float = 0.5  # WER percentage points
     threads: int | None = None  # the "all threads" RTF setting; None: every core
     rtf_repeats: int = 5  # 0: no speed or cold-start measurement (numbers null)
+    cold_start: bool = True  # load time, first run and peak memory in a fresh process per artifact
     rtf_utterances: int = 10
     max_utterances: int | None = None
     zip: bool = False
@@ -230,6 +231,9 @@ class _Export:
                                    audio_seconds=self.data.audio_seconds, rtf_utterances=n_rtf)
         if self.options.rtf_repeats == 0:
             self.report["eval"]["timing"] = "not measured (rtf_repeats 0): speed fields are null"
+        elif not self.options.cold_start:
+            self.report["eval"]["timing"] = ("cold start not measured (cold_start false): load_seconds, "
+                                             "first_run_seconds and peak_rss_delta_bytes are null")
 
     def _timings(self, fmt: str, path: Path) -> dict:
         """Warm RTF at one thread and at ``threads_all`` (one Core ML measurement: Core ML picks
@@ -248,6 +252,8 @@ class _Export:
             out["rtf_1thread"] = timings["1thread"].rtf
             if "all_threads" in timings:
                 out["rtf_all_threads"] = timings["all_threads"].rtf
+        if not self.options.cold_start:
+            return out
         longest = max(self.rtf_pcms, key=len)
         cold = measure_cold(fmt, path, longest)
         out.update(load_seconds=cold["load_seconds"], first_run_seconds=cold["first_run_seconds"],

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from asrkd.fileio import atomic_write_bytes
 from mobile_export.bundle import Artifact, artifact_stem
 from mobile_export.graph import ExportGraph
 
@@ -126,7 +127,7 @@ def quantize(fp32_path: Path, path: Path, precision: str) -> Path:
     from ai_edge_quantizer import quantizer
 
     result = quantizer.Quantizer(str(fp32_path), _recipe(precision)).quantize()
-    Path(path).write_bytes(bytes(result.quantized_model))
+    atomic_write_bytes(path, bytes(result.quantized_model))
     return Path(path)
 
 
