@@ -50,6 +50,9 @@ from typing import Any
 from asrkd.fileio import atomic_write_text, write_json
 
 STAGES = ("data", "teacher", "cache", "student_kd", "student_ctc", "export", "report")
+# What each stage reads: a stage that runs again makes the stages that read it run again too.
+DEPENDS = {"data": (), "teacher": ("data",), "cache": ("teacher",), "student_kd": ("cache",),
+           "student_ctc": ("data",), "export": ("student_kd",), "report": STAGES[:-1]}
 DEMO_FILE = "demo.json"
 
 
@@ -154,7 +157,7 @@ class Demo:
         demo_file = self.out / DEMO_FILE
         if self.force and self.out.exists():
             self.log(f"--force: removing the previous demo in {self.out}")
-            for name in ["data", "stages", "runs", "cache", "bundle", "plots", DEMO_FILE,
+            for name in ["data", "stages", "runs", "cache", "bundle", "plots", "logs", DEMO_FILE,
                          "report.json", "REPORT.md"]:
                 p = self.out / name
                 if p.is_dir():
@@ -178,8 +181,10 @@ class Demo:
         torch.set_num_threads(self.threads)
         t_all = time.perf_counter()
         outputs: dict[str, dict] = {}
+        redone: set[str] = set()
         for i, stage in enumerate(STAGES, 1):
-            record = None if stage == "report" else self._done(stage)
+            stale = stage == "report" or any(d in redone for d in DEPENDS[stage])
+            record = None if stale else self._done(stage)
             if record is not None:
                 self.log(f"[{i}/{len(STAGES)}] {stage}: done earlier ({record['seconds']:.0f} s), reusing "
                          f"{self.out / 'stages' / (stage + '.json')}")
@@ -187,6 +192,7 @@ class Demo:
                 self.stage_seconds[stage] = record["seconds"]
                 continue
             self.log(f"[{i}/{len(STAGES)}] {stage}: {_STAGE_TEXT[stage]}")
+            redone.add(stage)
             t0 = time.perf_counter()
             outputs[stage] = getattr(self, f"_stage_{stage}")(outputs)
             seconds = time.perf_counter() - t0
@@ -258,12 +264,20 @@ class Demo:
         return self._fit(Trainer, cfg, "teacher")
 
     def _stage_cache(self, outputs) -> dict:
-        from asrkd.cache import build_cache
+        from asrkd.cache import StaleCacheError, build_cache
         from asrkd.teacher import load_teacher
 
         teacher = load_teacher(outputs["teacher"]["checkpoint"])
-        report = build_cache(teacher, [self.manifests["train"]], self.out / "cache",
-                             hidden_layers=self.plan.teacher_hidden_layers)
+
+        def build(force: bool):
+            return build_cache(teacher, [self.manifests["train"]], self.out / "cache",
+                               hidden_layers=self.plan.teacher_hidden_layers, force=force)
+
+        try:
+            report = build(force=False)  # resumes an interrupted build
+        except StaleCacheError as e:  # the teacher or the data were redone since
+            self.log(f"  rebuilding the cache: {e}")
+            report = build(force=True)
         self.log("  " + report.summary())
         return {"cache": str(self.out / "cache"), "summary": report.summary()}
 

@@ -79,7 +79,7 @@ def plot_pareto(report: dict, path: Path) -> Path:
         front = pareto_points(pts)
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", c="grey", lw=1,
                 zorder=1, label="Pareto front")
-        offsets = iter([(10, 8), (10, -26), (-12, 14)])  # teacher, KD student, CTC student
+        offsets = iter([(-12, 10), (10, -26), (-12, 14)])  # teacher, KD student, CTC student
         for (x, y), text in zip(pts, labels):
             if text:
                 dx, dy = next(offsets)
