@@ -551,7 +551,8 @@ def render_demo_markdown(report: dict) -> str:
     for a in report["export"]["artifacts"]:
         size = "-" if a["size_bytes"] is None else f"{a['size_bytes'] / 1e6:.2f}"
         load = "-" if a.get("load_seconds") is None else f"{a['load_seconds']:.2f}"
-        status = a["status"] + (f": {a['reason']}" if a["status"] != "ok" and a.get("reason") else "")
+        reason = (a.get("reason") or "").removeprefix("not run: ")
+        status = a["status"] + (f": {reason}" if a["status"] != "ok" and reason else "")
         lines.append(f"| {a['format']} {a['precision']} | {status} | {_pct(a['wer'])} | "
                      f"{_pct(a['agreement'])} | {_rtf(a['rtf_1thread'])} | {_rtf(a['rtf_all_threads'])} | "
                      f"{size} | {load} |")
@@ -565,6 +566,9 @@ def render_demo_markdown(report: dict) -> str:
               "![training curves](plots/training.png)", "",
               "| stage | seconds |", "|---|---:|"]
     lines += [f"| {s} | {v:.0f} |" for s, v in d["stage_seconds"].items() if s != "report"]
+    if plan.get("parallel_students"):
+        lines += ["", "The CTC-only student trains in a second process during the student_kd stage (one "
+                  "thread each); its own stage only waits for it to finish."]
     lines += ["", f"Posterior cache: {d['cache']}", ""]
     return "\n".join(lines)
 

@@ -56,15 +56,15 @@ def pareto_points(points: list[tuple[float, float]]) -> list[int]:
 def plot_pareto(report: dict, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    pts, labels = [], []
+    pts = []
     for key, (label, colour, marker) in MODEL_STYLE.items():
         m = report[key]
         if m.get("rtf_1thread") is None or m.get("wer") is None:
             continue
+        label = label.replace("(PyTorch)", f"(PyTorch, {m['params'] / 1e6:.2f} M params)")
         ax.scatter(m["rtf_1thread"], 100 * m["wer"], s=140, c=colour, marker=marker, label=label,
                    zorder=3, edgecolors="black", linewidths=0.6)
         pts.append((m["rtf_1thread"], 100 * m["wer"]))
-        labels.append(f"{label.split(' (')[0]}\n{m['params'] / 1e6:.2f} M params")
     skipped = []
     for a in report["export"]["artifacts"]:
         if a.get("rtf_1thread") is None or a.get("wer") is None:
@@ -72,19 +72,12 @@ def plot_pareto(report: dict, path: Path) -> Path:
             continue
         ax.scatter(a["rtf_1thread"], 100 * a["wer"], s=60, c=FORMAT_COLOUR.get(a["format"], "grey"),
                    marker=PRECISION_MARKER.get(a["precision"], "o"), zorder=3, alpha=0.85,
-                   label=f"{a['format']} {a['precision']}")
+                   label=f"{a['format']} {a['precision']} (KD student)")
         pts.append((a["rtf_1thread"], 100 * a["wer"]))
-        labels.append(None)
     if pts:
         front = pareto_points(pts)
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", c="grey", lw=1,
                 zorder=1, label="Pareto front")
-        offsets = iter([(-12, 10), (10, -26), (-12, 14)])  # teacher, KD student, CTC student
-        for (x, y), text in zip(pts, labels):
-            if text:
-                dx, dy = next(offsets)
-                ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
-                            ha="left" if dx > 0 else "right")
         ax.set_xscale("log")
         top = max(y for _, y in pts)
         ax.set_ylim(0, max(5.0, 1.15 * top))
