@@ -395,7 +395,8 @@ class Demo:
         import torch
 
         from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
-        from asrkd.inference import evaluate_checkpoint
+        from asrkd.data import read_manifest
+        from asrkd.inference import evaluate
         from asrkd.models.conformer import count_parameters, flops_per_second
         from eval.rtf import measure
         from eval.runners import TorchRunner
@@ -403,7 +404,11 @@ class Demo:
         from mobile_export.graph import ExportGraph
 
         loaded = load_checkpoint(resolve_checkpoint(checkpoint))
-        test = evaluate_checkpoint(checkpoint, self.manifests["test"])
+
+        def score(manifest):
+            return evaluate(loaded.model, loaded.frontend, loaded.tokenizer, read_manifest(manifest))
+
+        test = score(self.manifests["test"])
         m = {"checkpoint": checkpoint, "params": count_parameters(loaded.model),
              "wer": test["wer"], "cer": test["cer"],
              "gflops_per_audio_second": flops_per_second(loaded.model_config) / 1e9}
@@ -418,7 +423,7 @@ class Demo:
             torch.set_num_threads(threads_before)
         m["rtf_1thread"] = timing.rtf
         if self.real_manifest is not None:
-            real = evaluate_checkpoint(checkpoint, self.real_manifest)
+            real = score(self.real_manifest)
             m["wer_real"], m["cer_real"] = real["wer"], real["cer"]
         return m
 
