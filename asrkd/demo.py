@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from asrkd.fileio import atomic_write_text, write_json
+from eval.rtf import all_threads
 
 STAGES = ("data", "teacher", "cache", "student_kd", "student_ctc", "export", "report")
 # What each stage reads: a stage that runs again makes the stages that read it run again too.
@@ -139,7 +140,7 @@ class Demo:
         if self.real_manifest is not None and not self.real_manifest.is_file():
             raise DemoError(f"--real-manifest {real_manifest}: file not found")
         self.force = force
-        self.threads = threads or min(os.cpu_count() or 1, 8)
+        self.threads = threads or min(all_threads(), 8)  # cores this process may use
         self.log = log
         self.data_dir = self.out / "data"
         self.manifests = {s: self.data_dir / s / "manifest.jsonl" for s in ("train", "dev", "test")}
