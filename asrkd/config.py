@@ -50,10 +50,26 @@ class AugmentConfig:
     snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])
     bandlimit_prob: float = 0.0  # low-pass wideband audio to look like 8 kHz recordings
     bandlimit_hz: list[float] = field(default_factory=lambda: [3400.0, 4000.0])
+    gain_prob: float = 0.0  # scale the audio by a random gain (quiet recordings; last transform)
+    gain_db: list[float] = field(default_factory=lambda: [-25.0, 0.0])
     freq_masks: int = 2
     freq_width: int = 15
     time_masks: int = 2
     time_width: float = 0.05  # fraction of the utterance per mask
+
+    def __post_init__(self) -> None:
+        for name in ("noise_prob", "bandlimit_prob", "gain_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ConfigError(f"{name} must be a probability in [0, 1], got {value!r}")
+        for name in ("snr_db", "bandlimit_hz", "gain_db"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, list | tuple) or len(value) != 2
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+                or value[0] > value[1]
+            ):
+                raise ConfigError(f"{name} must be a range [low, high] with low <= high, got {value!r}")
 
 
 @dataclass

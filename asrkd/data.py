@@ -820,6 +820,28 @@ class BandLimit:
         return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
 
 
+@dataclass
+class Gain:
+    """Scale the waveform by a gain drawn uniformly from `gain_db` (dB), with probability `prob`.
+
+    Recording level matters to a log-mel front end even with per-utterance normalisation: the
+    log floor (FrontendConfig.log_floor, about -66 dBFS) clips the weak parts of quiet speech
+    (fricatives, nasals) but not of loud speech. A speaker recorded 15 dB quieter than the
+    training speakers loses exactly those sounds; training on randomly attenuated copies teaches
+    the model what quiet speech looks like. Apply it last, after noise, so that the noise is
+    attenuated with the speech as in a quiet recording. Results are clipped to [-1, 1].
+    """
+
+    gain_db: tuple[float, float] = (-25.0, 0.0)
+    prob: float = 0.5
+
+    def __call__(self, wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.random() >= self.prob:
+            return wav
+        scale = 10.0 ** (rng.uniform(*self.gain_db) / 20.0)
+        return np.clip(wav * scale, -1.0, 1.0).astype(np.float32)
+
+
 class SpecAugment(nn.Module):
     """SpecAugment masks on a padded batch of features; identity in eval mode.
 

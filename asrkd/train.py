@@ -44,6 +44,7 @@ from asrkd.data import (
     BandLimit,
     BucketingBatchSampler,
     Compose,
+    Gain,
     SpecAugment,
     SpeedPerturb,
     collate,
@@ -186,6 +187,8 @@ class Trainer:
             parts.append(BandLimit(prob=a.bandlimit_prob, cutoff_hz=tuple(a.bandlimit_hz)))
         if a.noise_prob > 0:
             parts.append(AddNoise(snr_db=tuple(a.snr_db), prob=a.noise_prob))
+        if a.gain_prob > 0:
+            parts.append(Gain(gain_db=tuple(a.gain_db), prob=a.gain_prob))
         return Compose(parts) if parts else None
 
     def _init_weights(self, path: str) -> None:

@@ -18,6 +18,7 @@ from asrkd.data import (
     BandLimit,
     BucketingBatchSampler,
     Compose,
+    Gain,
     ManifestError,
     SpecAugment,
     SpeedPerturb,
@@ -327,9 +328,10 @@ def _power_above(wav, hz):
         SpeedPerturb(),
         AddNoise(),
         BandLimit(prob=1.0),
-        Compose([SpeedPerturb(), AddNoise(), BandLimit()]),
+        Gain(prob=1.0),
+        Compose([SpeedPerturb(), AddNoise(), BandLimit(), Gain()]),
     ],
-    ids=["speed", "noise", "bandlimit", "compose"],
+    ids=["speed", "noise", "bandlimit", "gain", "compose"],
 )
 def test_augmentation_is_reproducible_for_a_seed(transform):
     wav = _speechlike()
@@ -344,6 +346,18 @@ def test_speed_perturb_changes_length_by_the_factor(factor):
     wav = _speechlike(2.0)
     out = SpeedPerturb(factors=(factor,))(wav, np.random.default_rng(0))
     assert abs(len(out) - len(wav) / factor) <= 1
+
+
+def test_gain_scales_within_its_range_and_clips():
+    wav = _speechlike(1.0)
+    for seed in range(8):
+        out = Gain(gain_db=(-20.0, -10.0), prob=1.0)(wav, np.random.default_rng(seed))
+        ratio = out.astype(np.float64) / np.where(wav == 0, 1, wav)
+        gain_db = 20 * np.log10(np.median(ratio[wav != 0]))
+        assert -20.0 - 1e-3 <= gain_db <= -10.0 + 1e-3 and np.allclose(ratio[wav != 0], ratio[wav != 0][0], rtol=1e-4)
+    loud = Gain(gain_db=(20.0, 20.0), prob=1.0)(wav, np.random.default_rng(0))
+    assert loud.max() == 1.0 and loud.min() == -1.0 and loud.dtype == np.float32
+    assert Gain(prob=0.0)(wav, np.random.default_rng(0)) is wav
 
 
 def _snr_db(clean, noisy):
