@@ -21,6 +21,8 @@ checkpoint, the cache from its finished shards, synthesis from the wavs already 
    artifact run in its own runtime on the test split (mobile_export.export);
 7. ``report``: WER, CER and one-thread RTF of teacher and both students on the test split (and on
    ``real_manifest``, if given), ``report.json``, ``REPORT.md`` and PNG plots (eval/plots.py).
+   It runs every time; each model's figures are measured once per set of weights and kept in
+   ``stages/measure_<model>.json``, so a rerun on a busy machine does not replace the timings.
 
 ``report.json`` keeps ``{"teacher": M, "student_kd": M, "student_ctc": M, "export": <the export
 report>}``, each ``M = {"checkpoint", "params", "wer", "cer", "rtf_1thread"}`` (+ ``"wer_real"``
@@ -369,8 +371,7 @@ class Demo:
         export_report = json.loads((Path(outputs["export"]["bundle"]) / "report.json").read_text())
         models = {}
         for name in ("teacher", "student_kd", "student_ctc"):
-            self.log(f"  measuring {name}")
-            models[name] = self._measure_model(outputs[name]["checkpoint"])
+            models[name] = self._measured(name, outputs[name]["checkpoint"])
             models[name]["run_dir"] = outputs[name]["run_dir"]
         report = {
             "demo": {"plan": self.plan.to_dict(), "out": str(self.out),
@@ -390,6 +391,28 @@ class Demo:
         self.log(f"report: {self.out / 'REPORT.md'} (report.json, plots/*.png beside it)")
         return {"report": str(self.out / "report.json")}
 
+    def _measured(self, name: str, checkpoint: str) -> dict:
+        """`_measure_model`'s figures, kept in ``stages/measure_<name>.json`` and reused while the
+        checkpoint's weights, the plan and the real manifest are unchanged. The report is rendered
+        on every run; re-timing the models each time would let a rerun on a busy machine replace
+        the figures of the run that trained them (and disagree with the export's own timings)."""
+        from asrkd.checkpoint import MODEL_FILE, resolve_checkpoint
+
+        weights = resolve_checkpoint(checkpoint) / MODEL_FILE
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        key = {"plan": self.plan.fingerprint(), "weights_sha256": digest,
+               "real_manifest": str(self.real_manifest) if self.real_manifest else None}
+        path = self._stage_file(f"measure_{name}")
+        if path.is_file():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record.get("key") == key:
+                self.log(f"  {name}: measured earlier, reusing {path}")
+                return record["figures"]
+        self.log(f"  measuring {name}")
+        figures = self._measure_model(checkpoint)
+        write_json(path, {"key": key, "figures": figures})
+        return figures
+
     def _measure_model(self, checkpoint: str) -> dict:
         """WER/CER on the test split (and the real manifest), params, FLOPs, one-thread RTF of
         PyTorch eager measured exactly as the export measures its reference (eval/rtf.py)."""
@@ -401,7 +424,7 @@ class Demo:
         from asrkd.models.conformer import count_parameters, flops_per_second
         from eval.rtf import measure
         from eval.runners import TorchRunner
-        from mobile_export.export import _read_eval_set
+        from mobile_export.export import read_eval_set
         from mobile_export.graph import ExportGraph
 
         loaded = load_checkpoint(resolve_checkpoint(checkpoint))
@@ -414,7 +437,7 @@ class Demo:
              "wer": test["wer"], "cer": test["cer"],
              "gflops_per_audio_second": flops_per_second(loaded.model_config) / 1e9}
         sample_rate = loaded.frontend.config.sample_rate
-        pcms = _read_eval_set(self.manifests["test"], sample_rate, self.plan.rtf_utterances).pcms
+        pcms = read_eval_set(self.manifests["test"], sample_rate, self.plan.rtf_utterances).pcms
         graph = ExportGraph.from_loaded(loaded)
         threads_before = torch.get_num_threads()
         try:

@@ -113,7 +113,9 @@ class ExportOptions:
 
 
 @dataclass
-class _EvalSet:
+class EvalSet:
+    """A labelled evaluation set held in memory (see `read_eval_set`)."""
+
     utt_ids: list[str]
     refs: list[str]
     speakers: list[str | None]
@@ -125,7 +127,9 @@ class _EvalSet:
         return sum(len(p) for p in self.pcms) / self.sample_rate
 
 
-def _read_eval_set(manifest: Path, sample_rate: int, max_utterances: int | None) -> _EvalSet:
+def read_eval_set(manifest: Path, sample_rate: int, max_utterances: int | None) -> EvalSet:
+    """The first ``max_utterances`` utterances of ``manifest`` decoded to float32 PCM at
+    ``sample_rate``, with their normalised references: what every artifact is scored on."""
     utts = read_manifest(manifest)
     if max_utterances is not None:
         utts = utts[:max_utterances]
@@ -139,7 +143,7 @@ def _read_eval_set(manifest: Path, sample_rate: int, max_utterances: int | None)
         )
     dataset = AudioDataset(utts, sample_rate=sample_rate)
     pcms = [dataset[i]["wav"].numpy() for i in range(len(utts))]
-    return _EvalSet(
+    return EvalSet(
         utt_ids=[u.utt_id for u in utts], refs=[normalize_text(u.text or "") for u in utts],
         speakers=[u.speaker for u in utts], pcms=pcms, sample_rate=sample_rate,
     )
@@ -224,7 +228,7 @@ class _Export:
         self.graph = ExportGraph.from_loaded(self.loaded)
         self.tokenizer = self.loaded.tokenizer
         self.sample_rate = self.graph.facts.sample_rate
-        self.data = _read_eval_set(self.manifest, self.sample_rate, self.options.max_utterances)
+        self.data = read_eval_set(self.manifest, self.sample_rate, self.options.max_utterances)
         n_rtf = min(self.options.rtf_utterances, len(self.data.pcms))
         self.rtf_pcms = self.data.pcms[:n_rtf]
         self.report["eval"].update(utterances=len(self.data.pcms),

@@ -82,12 +82,19 @@ def test_rerun_reuses_finished_stages_and_redoes_an_unfinished_one(smoke):
     # The finished training resumed from its last checkpoint: nothing was retrained.
     assert (ctc_ckpt / "model.safetensors").stat().st_mtime_ns == weights_mtime
     assert again["student_ctc"]["wer"] == report["student_ctc"]["wer"]
+    # Same weights: the report keeps the first measurement instead of re-timing the models.
+    for key in ("teacher", "student_kd", "student_ctc"):
+        assert any(line.strip() == f"{key}: measured earlier, reusing {out / 'stages' / f'measure_{key}.json'}"
+                   for line in logs), key
+        assert again[key]["rtf_1thread"] == report[key]["rtf_1thread"]
 
 
 def test_real_manifest_adds_a_column(smoke):
     out, report, _ = smoke
     real = report["demo"]["test_manifest"]  # any labelled manifest will do
-    again = Demo(out, "smoke", threads=2, real_manifest=real, log=lambda m: None).run()
+    logs: list[str] = []
+    again = Demo(out, "smoke", threads=2, real_manifest=real, log=logs.append).run()
+    assert sum(line.strip().startswith("measuring ") for line in logs) == 3  # another key: measured anew
     for key in ("teacher", "student_kd", "student_ctc"):
         assert again[key]["wer_real"] == pytest.approx(again[key]["wer"])
     assert "real-speech WER" in (out / "REPORT.md").read_text()
