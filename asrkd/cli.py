@@ -26,10 +26,25 @@ def _cmd_manifest_check(args: argparse.Namespace) -> int:
     from asrkd.data import check_manifest
     from asrkd.text import CharTokenizer, load_tokenizer
 
-    tokenizer = load_tokenizer(args.tokens) if args.tokens else CharTokenizer.default_english()
+    frame_rate = args.ctc_frame_rate
+    if args.checkpoint:
+        from asrkd.checkpoint import read_config, resolve_checkpoint
+
+        config = read_config(resolve_checkpoint(args.checkpoint))
+        tokenizer = load_tokenizer(config["tokenizer"])
+        # output frames per second: feature frames per second / the model's time subsampling
+        frame_rate = frame_rate or (
+            config["frontend"]["sample_rate"] / config["frontend"]["hop_length"] / config["model"]["subsampling"]
+        )
+    else:
+        tokenizer = load_tokenizer(args.tokens) if args.tokens else CharTokenizer.default_english()
+    if frame_rate is not None and frame_rate <= 0:
+        print(f"asrkd manifest check: --ctc-frame-rate must be positive, got {frame_rate}", file=sys.stderr)
+        return 2
     total = 0
     for path in args.manifest:
-        problems = check_manifest(path, tokenizer=tokenizer, duration_tolerance=args.duration_tolerance)
+        problems = check_manifest(path, tokenizer=tokenizer, duration_tolerance=args.duration_tolerance,
+                                  ctc_frame_rate=frame_rate)
         for p in problems:
             print(f"{path}:{p.line}: {p.kind}: {p.message}")
         total += len(problems)
@@ -118,8 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="manifest_command", required=True)
     p = msub.add_parser("check", help="validate every line of one or more JSONL manifests")
     p.add_argument("manifest", nargs="+")
-    p.add_argument("--tokens", help="tokens.txt (or a SentencePiece .model) defining the vocabulary")
+    vocab = p.add_mutually_exclusive_group()
+    vocab.add_argument("--tokens", help="tokens.txt (or a SentencePiece .model) defining the vocabulary")
+    vocab.add_argument(
+        "--checkpoint",
+        help="an asrkd checkpoint or run folder: check against its vocabulary and, for CTC "
+        "feasibility (ctc_infeasible), its output frame rate",
+    )
     p.add_argument("--duration-tolerance", type=float, default=0.1, help="seconds (default 0.1)")
+    p.add_argument(
+        "--ctc-frame-rate", type=float, default=None,
+        help="model output frames per second (e.g. 25 for 10 ms features subsampled x4): flag "
+        "utterances too short for CTC to emit their transcript; taken from --checkpoint if given",
+    )
     p.set_defaults(func=_cmd_manifest_check)
     p = msub.add_parser("filter", help="write a subset of a manifest, e.g. to hold out speakers")
     p.add_argument("manifest")

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from asrkd.audio import write_wav
+from asrkd.checkpoint import save_checkpoint
 from asrkd.cli import main
+from asrkd.features import FrontendConfig
+from asrkd.models.conformer import ConformerCTC, build_preset
 from asrkd.text import CharTokenizer
 
 
@@ -47,3 +53,24 @@ def test_duration_tolerance_flag(faulty_manifest, capsys):
     path, expected = faulty_manifest
     main(["manifest", "check", str(path), "--duration-tolerance", "0.6"])
     assert ": duration_mismatch: " not in capsys.readouterr().out
+
+
+def test_ctc_feasibility_from_a_flag_or_a_checkpoint(tmp_path, capsys):
+    # "three three" needs 13 CTC frames (11 characters + a blank inside each "ee"): 0.2 s gives 5
+    # at 25 output frames/s and 20 at 100.
+    write_wav(tmp_path / "a.wav", np.zeros(3200, dtype=np.float32))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio_filepath": "a.wav", "duration": 0.2, "text": "three three"}\n')
+    assert main(["manifest", "check", str(manifest)]) == 0
+    assert main(["manifest", "check", str(manifest), "--ctc-frame-rate", "100"]) == 0
+    capsys.readouterr()
+    assert main(["manifest", "check", str(manifest), "--ctc-frame-rate", "25"]) == 1
+    assert f"{manifest}:1: ctc_infeasible: " in capsys.readouterr().out
+    # A checkpoint gives both the vocabulary and the frame rate (16 kHz / hop 160 / subsampling 4).
+    tok = CharTokenizer.default_english()
+    model = ConformerCTC(build_preset("student-xs", vocab_size=tok.vocab_size))
+    save_checkpoint(tmp_path / "ckpt", model, FrontendConfig(), tok)
+    assert main(["manifest", "check", str(manifest), "--checkpoint", str(tmp_path / "ckpt")]) == 1
+    out = capsys.readouterr().out
+    assert "at 25.0 frames/s" in out
+    assert main(["manifest", "check", str(manifest), "--ctc-frame-rate", "-1"]) == 2
