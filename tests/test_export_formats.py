@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_export_graph import SR, speechlike, tiny_graph
 
+from asrkd.features import FrontendConfig
 from asrkd.text import CharTokenizer
 from eval.runners import (
     CoreMLRunner,
@@ -151,6 +152,21 @@ def test_tflite_int8_is_smaller_and_close(torch_runner, tflite_artifacts):
     assert tflite_artifacts["int8"].size_bytes < tflite_artifacts["fp32"].size_bytes
     pcm = speechlike(1.3)
     assert max_diff(LiteRTRunner(tflite_artifacts["int8"].path).run(pcm), torch_runner.run(pcm)) <= 0.2
+
+
+def test_level_rms_front_end_exports_and_matches_pytorch(tmp_path):
+    """`FrontendConfig(level="rms")` (per-utterance level, masked to the valid samples) in the
+    runtimes that convert the front end themselves: ONNX and TFLite, in a padded window."""
+    graph = tiny_graph(FrontendConfig(level="rms"))
+    reference = TorchRunner("unused", threads=1, graph=graph)
+    runners = [OnnxRunner(exported(onnx.export(graph, tmp_path / "onnx", ["fp32"]))["fp32"].path),
+               LiteRTRunner(exported(tflite.export(graph, tmp_path / "tflite", ["fp32"], windows=[2.0]))["fp32"].path)]
+    for seconds, gain in ((0.05, 1.0), (1.3, 1.0), (1.3, 0.03)):  # 0.03: a recording 30 dB quieter
+        pcm = gain * speechlike(seconds)
+        for runner in runners:
+            assert max_diff(runner.run(pcm), reference.run(pcm)) <= 1e-4, (type(runner).__name__, seconds, gain)
+    # The level is part of the graph: a quieter copy decodes to (nearly) the same log-probs.
+    assert max_diff(runners[0].run(0.03 * speechlike(1.3)), runners[0].run(speechlike(1.3))) <= 1e-2
 
 
 # ------------------------------------------------------------------------------- ExecuTorch

@@ -18,12 +18,12 @@ from mobile_export.graph import ExportGraph, confidence, with_encoder_dtype
 SR = FrontendConfig().sample_rate
 
 
-def tiny_graph(**overrides) -> ExportGraph:
+def tiny_graph(frontend: FrontendConfig | None = None, **overrides) -> ExportGraph:
     torch.manual_seed(0)
     vocab = CharTokenizer.default_english().vocab_size
     config = build_preset("student-xs", vocab_size=vocab, n_layers=1, d_model=32,
                           subsampling_channels=8, **overrides)
-    return ExportGraph(LogMel(FrontendConfig()), ConformerCTC(config).eval())
+    return ExportGraph(LogMel(frontend or FrontendConfig()), ConformerCTC(config).eval())
 
 
 def speechlike(seconds: float, seed: int = 0) -> np.ndarray:

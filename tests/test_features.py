@@ -1,4 +1,5 @@
 import json
+import math
 
 import librosa
 import numpy as np
@@ -85,13 +86,13 @@ def test_matches_librosa_with_a_window_shorter_than_the_fft():
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-5), (torch.float32, 1e-3)])
-@pytest.mark.parametrize("normalize", ["none", "per_feature"])
-def test_padded_batch_equals_each_utterance_alone(normalize, dtype, atol):
+@pytest.mark.parametrize("normalize, level", [("none", "none"), ("per_feature", "none"), ("per_feature", "rms")])
+def test_padded_batch_equals_each_utterance_alone(normalize, level, dtype, atol):
     # float64 shows that nothing of the padding or of the batch mates reaches an utterance. In
     # float32 the CPU conv kernels for a batch of one and for larger batches (oneDNN) round the
     # 400-term DFT sums differently, which moves mel cells ~50 dB below the frame's loudest band
     # by up to ~3e-5 in the log: there features agree to the 1e-3 they have against librosa.
-    module = LogMel(FrontendConfig(normalize=normalize)).to(dtype)
+    module = LogMel(FrontendConfig(normalize=normalize, level=level)).to(dtype)
     lengths = [16000, 9123, 4001]  # not multiples of the hop
     utterances = [
         torch.from_numpy(
@@ -127,6 +128,40 @@ def test_per_feature_normalization_uses_valid_frames_only():
         valid = feats[row, :t].double()
         assert valid.mean(dim=0).abs().max() < 1e-5
         assert (valid.std(dim=0) - 1).abs().max() < 1e-3  # unbiased std, + 1e-5 as in NeMo
+
+
+def _quiet_speechlike(n: int = 16000) -> torch.Tensor:
+    """Voiced bursts with weak noise between them, as a word with fricatives and pauses."""
+    t = torch.arange(n) / SAMPLE_RATE
+    bursts = (torch.sin(2 * torch.pi * 2.5 * t) > 0).float()
+    voiced = 0.3 * torch.sin(2 * torch.pi * 150 * t) * bursts
+    return voiced + 0.003 * torch.from_numpy(RNG.standard_normal(n)).float()
+
+
+def test_level_rms_makes_features_independent_of_the_recording_level():
+    wav = _quiet_speechlike()
+    lengths = torch.tensor([len(wav)])
+    levelled, plain = LogMel(FrontendConfig(level="rms")), LogMel()
+    with torch.no_grad():
+        for gain_db in (-30.0, -10.0, 6.0):
+            louder = wav * 10 ** (gain_db / 20)
+            # Per-feature normalisation alone: the quiet copy's weak parts sink into the log floor.
+            assert (plain(louder[None], lengths)[0] - plain(wav[None], lengths)[0]).abs().max() > 0.1
+            torch.testing.assert_close(levelled(louder[None], lengths)[0], levelled(wav[None], lengths)[0],
+                                       rtol=0, atol=1e-3)
+
+
+def test_level_gain_is_capped_so_near_silence_stays_quiet():
+    module = LogMel(FrontendConfig(level="rms", normalize="none"))
+    hiss = 1e-5 * torch.from_numpy(RNG.standard_normal(16000)).float()  # -100 dBFS
+    lengths = torch.tensor([16000])
+    with torch.no_grad():
+        feats = module(hiss[None], lengths)[0]
+        speech = module(_quiet_speechlike()[None], lengths)[0]
+    # At most +40 dB: the hiss ends near -60 dBFS, a little above the log floor (about -66 dBFS
+    # for white noise), not at the -20 dBFS of levelled speech.
+    assert feats.mean() < math.log(module.config.log_floor) + 2.0
+    assert feats.max() < speech.max() - 5.0
 
 
 @pytest.mark.filterwarnings("ignore:n_fft=400 is too large")
@@ -191,6 +226,8 @@ def test_filterbank_and_dft_basis_come_from_the_config_not_the_state_dict():
         ({"hop_length": 0}, "hop_length must be a positive int"),
         ({"f_max": 9000.0}, "f_max <= sample_rate / 2"),
         ({"log_floor": 0.0}, "log_floor must be > 0"),
+        ({"level": "peak"}, "level must be one of"),
+        ({"level_dbfs": 3.0}, "level_dbfs must be <= 0 dBFS"),
     ],
 )
 def test_invalid_config_is_rejected_with_the_field_named(bad, message):
