@@ -92,16 +92,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     from asrkd.inference import Transcriber
 
-    transcriber = Transcriber.from_checkpoint(args.checkpoint, beam=args.beam)
+    lexicon = _read_lexicon(args)
+    if lexicon is False:
+        return 2
+    transcriber = Transcriber.from_checkpoint(args.checkpoint, beam=args.beam, lexicon=lexicon)
     for path, result in zip(args.audio, transcriber.transcribe_files(args.audio)):
         print(f"{path}\t{result.text}\tconfidence={result.confidence:.3f}")
     return 0
 
 
+def _read_lexicon(args: argparse.Namespace):
+    """The --lexicon word list, None without one, False (after printing why) when it is bad."""
+    from asrkd.decoding import Lexicon, LexiconError
+
+    if not args.lexicon:
+        return None
+    try:
+        return Lexicon.from_file(args.lexicon)
+    except LexiconError as e:
+        print(f"asrkd {args.command}: {e}", file=sys.stderr)
+        return False
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from asrkd.inference import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, args.manifest, json_out=args.json, beam=args.beam)
+    lexicon = _read_lexicon(args)
+    if lexicon is False:
+        return 2
+    result = evaluate_checkpoint(args.checkpoint, args.manifest, json_out=args.json, beam=args.beam,
+                                 lexicon=lexicon)
+    if lexicon is not None:
+        print(f"decoding restricted to the {len(lexicon)} words of {args.lexicon} (beam {result['beam']})")
     print(f"WER {100 * result['wer']:.2f} %  CER {100 * result['cer']:.2f} %  "
           f"({result['utterances']} utterances)")
     for spk, r in result.get("per_speaker", {}).items():
@@ -164,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder or run folder")
     p.add_argument("audio", nargs="+")
     p.add_argument("--beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
+    p.add_argument(
+        "--lexicon", help="word list (one word per line): decode with a prefix beam search restricted "
+        "to these words (closed vocabularies: digits, commands); beam 8 unless --beam is given",
+    )
     p.set_defaults(func=_cmd_transcribe)
 
     p = sub.add_parser("eval", help="WER/CER of a checkpoint on a manifest")
@@ -171,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--json", type=Path, help="write the result here (+ per-utterance JSONL beside it)")
     p.add_argument("--beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
+    p.add_argument(
+        "--lexicon", help="word list (one word per line): decode with a prefix beam search restricted "
+        "to these words (closed vocabularies: digits, commands); beam 8 unless --beam is given",
+    )
     p.set_defaults(func=_cmd_eval)
 
     _add_distill_commands(sub)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,12 +50,90 @@ def _logaddexp(a: float, b: float) -> float:
     return a + math.log1p(math.exp(b - a))
 
 
+class LexiconError(ValueError):
+    """A lexicon file or word list is malformed; the message names the file and line."""
+
+
+class Lexicon:
+    """The words a hypothesis may contain, for closed-vocabulary recognition (digits, commands).
+
+    ``Lexicon(["zero", "one", ...])`` or ``Lexicon.from_file("words.txt")`` (one word per line,
+    ``#`` starts a comment). Words are normalised like transcripts (`asrkd.text.normalize_text`).
+    It constrains `prefix_beam_search`: every finished word of a prefix must be a lexicon word and
+    the word being spelled a prefix of one, so a decoder that would greedily write "sixh" or
+    "zro" has to choose between real words instead (what a lexicon or a grammar FST does in
+    WeNet's TLG or icefall's HLG decoding, without the FST). It does not rescore: among lexicon
+    words the acoustic model still decides.
+    """
+
+    def __init__(self, words, source: str = "lexicon"):
+        from asrkd.text import normalize_text
+
+        kept = set()
+        for i, word in enumerate(words, 1):
+            norm = normalize_text(word)
+            if not norm:
+                continue
+            if " " in norm:
+                raise LexiconError(f"{source}:{i}: {word!r} is more than one word; give one word per line")
+            kept.add(norm)
+        if not kept:
+            raise LexiconError(f"{source}: no words")
+        self.words = frozenset(kept)
+        self.prefixes = frozenset(w[:n] for w in kept for n in range(len(w) + 1))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Lexicon:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise LexiconError(f"{path}: cannot read the lexicon ({e})") from None
+        return cls((line.split("#", 1)[0].strip() for line in lines), source=str(path))
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def allows(self, text: str, final: bool) -> bool:
+        """Whether ``text`` (a decoded prefix) can still become a hypothesis made of lexicon
+        words; with ``final`` whether it already is one. The empty text is allowed (silence)."""
+        words = text.split()
+        if not words:
+            return True
+        if any(w not in self.words for w in words[:-1]):
+            return False
+        return words[-1] in (self.words if final else self.prefixes)
+
+    def constraint(self, tokenizer) -> LexiconConstraint:
+        return LexiconConstraint(self, tokenizer)
+
+
+class LexiconConstraint:
+    """A `Lexicon` applied to token-id prefixes of one tokenizer (memoised per prefix)."""
+
+    def __init__(self, lexicon: Lexicon, tokenizer):
+        self.lexicon, self.tokenizer = lexicon, tokenizer
+        # A character tokenizer's separator ends a word: it may only follow a complete one.
+        self.word_sep_id = getattr(tokenizer, "word_sep_id", None)
+        self._seen: dict[tuple[tuple[int, ...], bool], bool] = {}
+
+    def allows(self, ids: tuple[int, ...], final: bool = False) -> bool:
+        key = (ids, final)
+        if key not in self._seen:
+            sep = self.word_sep_id is not None and bool(ids) and ids[-1] == self.word_sep_id
+            if sep and (len(ids) == 1 or ids[-2] == self.word_sep_id):
+                self._seen[key] = False  # no leading or doubled separator: no word before it
+            else:
+                self._seen[key] = self.lexicon.allows(self.tokenizer.decode(ids), final or sep)
+        return self._seen[key]
+
+
 def prefix_beam_search(
     log_probs: Tensor | np.ndarray,
     beam: int = 8,
     nbest: int = 4,
     prune_logp: float = -10.0,
     blank: int = 0,
+    constraint: LexiconConstraint | None = None,
 ) -> list[Hypothesis]:
     """CTC prefix beam search over one utterance.
 
@@ -68,13 +148,18 @@ def prefix_beam_search(
     >= ``prune_logp`` are tried as extensions; blank and repeats are always scored. The
     ``beam`` most probable prefixes survive each frame. With ``beam`` at least the number of
     distinct prefixes and ``prune_logp=-inf`` the search is exact.
+
+    ``constraint`` (`Lexicon.constraint(tokenizer)`): extensions that leave the lexicon are not
+    made, every token above ``prune_logp`` is a candidate (not only the top ``beam``: the token a
+    lexicon word needs is often not among the frame's best), and hypotheses that end inside a
+    word rank after complete ones (they are returned only when nothing complete survived).
     """
     if beam < 1 or nbest < 1:
         raise ValueError(f"beam ({beam}) and nbest ({nbest}) must be >= 1")
     lp = _as_tensor(log_probs).float().cpu().numpy()
     if lp.ndim != 2:
         raise ValueError(f"log_probs must be [T, V] for one utterance, got shape {lp.shape}")
-    n_cand = min(beam, lp.shape[1])
+    n_cand = lp.shape[1] if constraint is not None else min(beam, lp.shape[1])
     # Extension candidates for all frames at once: the top-`beam` tokens, pruned by log-prob.
     top = np.argpartition(-lp, n_cand - 1, axis=1)[:, :n_cand] if n_cand < lp.shape[1] else None
     rows = lp.tolist()
@@ -91,6 +176,8 @@ def prefix_beam_search(
             if prefix:
                 same[1] = _logaddexp(same[1], p_token + row[prefix[-1]])
             for c in cands:
+                if constraint is not None and not constraint.allows(prefix + (c,)):
+                    continue
                 ext = nxt[prefix + (c,)]
                 # A repeated token needs a blank in between, else it collapses (case b).
                 src = p_blank if prefix and c == prefix[-1] else p_total
@@ -99,6 +186,8 @@ def prefix_beam_search(
         beams = {prefix: (pb, pt) for prefix, (pb, pt) in best}
 
     ranked = sorted(((list(p), _logaddexp(*s)) for p, s in beams.items()), key=lambda h: -h[1])
+    if constraint is not None:  # complete hypotheses first (a stable sort keeps the score order)
+        ranked.sort(key=lambda h: not constraint.allows(tuple(h[0]), final=True))
     return ranked[:nbest]
 
 
@@ -109,11 +198,13 @@ def batch_prefix_beam_search(
     nbest: int = 4,
     prune_logp: float = -10.0,
     blank: int = 0,
+    constraint: LexiconConstraint | None = None,
 ) -> list[list[Hypothesis]]:
     """``prefix_beam_search`` on each utterance of log_probs [B, T, V] up to its length in lens [B]."""
     log_probs, lens = _as_tensor(log_probs), _as_tensor(lens)
     return [
-        prefix_beam_search(lp[: int(n)], beam=beam, nbest=nbest, prune_logp=prune_logp, blank=blank)
+        prefix_beam_search(lp[: int(n)], beam=beam, nbest=nbest, prune_logp=prune_logp, blank=blank,
+                           constraint=constraint)
         for lp, n in zip(log_probs, lens.tolist(), strict=True)
     ]
 

@@ -20,12 +20,14 @@ from torch.utils.data import DataLoader
 from asrkd.audio import load_audio
 from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
 from asrkd.data import AudioDataset, BucketingBatchSampler, Utterance, collate, read_manifest
-from asrkd.decoding import greedy_decode, prefix_beam_search, utterance_confidence
+from asrkd.decoding import Lexicon, greedy_decode, prefix_beam_search, utterance_confidence
 from asrkd.features import LogMel
 from asrkd.fileio import atomic_write_text
 from asrkd.models.conformer import ConformerCTC
 from asrkd.text import normalize_text
 from eval.wer import score, utterance_wer
+
+LEXICON_BEAM = 8  # beam width when a lexicon is given without one
 
 
 @dataclass
@@ -39,18 +41,24 @@ class Hypothesis:
 
 @torch.no_grad()
 def decode_batch(
-    model: ConformerCTC, frontend: LogMel, tokenizer, wavs: Tensor, wav_lens: Tensor, beam: int = 1
+    model: ConformerCTC, frontend: LogMel, tokenizer, wavs: Tensor, wav_lens: Tensor, beam: int = 1,
+    lexicon: Lexicon | None = None,
 ) -> list[Hypothesis]:
     """Decode a padded batch ``wavs [B, N]`` with lengths ``wav_lens [B]``.
 
     ``beam == 1`` is greedy CTC; ``beam > 1`` is CTC prefix beam search (its best hypothesis).
+    ``lexicon`` restricts the search to its words (`asrkd.decoding.Lexicon`; needs a beam:
+    greedy decoding with a lexicon searches with ``LEXICON_BEAM``).
     """
     feats, feat_lens = frontend(wavs, wav_lens)
     log_probs, out_lens, _ = model(feats, feat_lens)
-    if beam <= 1:
+    if beam <= 1 and lexicon is None:
         ids = greedy_decode(log_probs, out_lens)
     else:
-        ids = [prefix_beam_search(log_probs[b, : int(out_lens[b])], beam=beam, nbest=1)[0][0]
+        constraint = lexicon.constraint(tokenizer) if lexicon is not None else None
+        width = beam if beam > 1 else LEXICON_BEAM
+        ids = [prefix_beam_search(log_probs[b, : int(out_lens[b])], beam=width, nbest=1,
+                                  constraint=constraint)[0][0]
                for b in range(log_probs.shape[0])]
     return [
         Hypothesis(tokenizer.decode(seq), list(seq), utterance_confidence(log_probs[b], int(out_lens[b])))
@@ -66,8 +74,10 @@ def evaluate(
     utts: Sequence[Utterance],
     max_batch_seconds: float = 60.0,
     beam: int = 1,
+    lexicon: Lexicon | None = None,
 ) -> dict:
-    """Decode ``utts`` and score them against their (normalised) texts.
+    """Decode ``utts`` and score them against their (normalised) texts (``lexicon``: see
+    `decode_batch`).
 
     Returns :func:`eval.wer.score`'s dict plus ``hyps``, ``refs`` and ``confidences`` in
     manifest order.
@@ -78,7 +88,7 @@ def evaluate(
     sampler = BucketingBatchSampler([u.duration for u in utts], max_batch_seconds=max_batch_seconds, shuffle=False)
     results: dict[int, Hypothesis] = {}
     for batch in DataLoader(dataset, batch_sampler=sampler, collate_fn=collate):
-        for index, hyp in zip(batch["indices"], decode_batch(model, frontend, tokenizer, batch["wavs"], batch["wav_lens"], beam)):
+        for index, hyp in zip(batch["indices"], decode_batch(model, frontend, tokenizer, batch["wavs"], batch["wav_lens"], beam, lexicon)):
             results[int(index)] = hyp
     model.train(was_training)
     hyps = [results[i].text for i in range(len(utts))]
@@ -90,18 +100,25 @@ def evaluate(
 
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike, manifest: str | os.PathLike, json_out: str | os.PathLike | None = None,
-    beam: int = 1, max_batch_seconds: float = 60.0,
+    beam: int = 1, max_batch_seconds: float = 60.0, lexicon: str | os.PathLike | Lexicon | None = None,
 ) -> dict:
-    """``asrkd eval``: WER/CER (+ per speaker) of a checkpoint on a manifest.
+    """``asrkd eval``: WER/CER (+ per speaker) of a checkpoint on a manifest; ``lexicon`` (a word
+    list file or a `Lexicon`) restricts decoding to its words.
 
     With ``json_out``: the summary there and one JSON line per utterance (id, speaker, ref, hyp,
     WER, confidence) in ``<json_out stem>.utterances.jsonl``.
     """
+    lexicon_path = None
+    if lexicon is not None and not isinstance(lexicon, Lexicon):
+        lexicon_path, lexicon = str(lexicon), Lexicon.from_file(lexicon)
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     utts = read_manifest(manifest)
-    result = evaluate(loaded.model, loaded.frontend, loaded.tokenizer, utts, max_batch_seconds, beam)
+    result = evaluate(loaded.model, loaded.frontend, loaded.tokenizer, utts, max_batch_seconds, beam, lexicon)
     summary = {k: v for k, v in result.items() if k not in ("hyps", "refs", "confidences")}
-    summary.update(checkpoint=str(loaded.path), manifest=str(manifest), beam=beam)
+    summary.update(checkpoint=str(loaded.path), manifest=str(manifest),
+                   beam=beam if beam > 1 or lexicon is None else LEXICON_BEAM)
+    if lexicon is not None:
+        summary.update(lexicon=lexicon_path, lexicon_words=len(lexicon))
     if json_out is not None:
         json_out = Path(json_out)
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -122,13 +139,18 @@ class Transcriber:
     >>> t.transcribe_files(["a.wav"])[0].text                     # doctest: +SKIP
     """
 
-    def __init__(self, model: ConformerCTC, frontend: LogMel, tokenizer, beam: int = 1):
+    def __init__(self, model: ConformerCTC, frontend: LogMel, tokenizer, beam: int = 1,
+                 lexicon: Lexicon | None = None):
         self.model, self.frontend, self.tokenizer, self.beam = model.eval(), frontend.eval(), tokenizer, beam
+        self.lexicon = lexicon
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, beam: int = 1) -> Transcriber:
+    def from_checkpoint(cls, path: str | os.PathLike, beam: int = 1,
+                        lexicon: str | os.PathLike | Lexicon | None = None) -> Transcriber:
         loaded = load_checkpoint(resolve_checkpoint(path))
-        return cls(loaded.model, loaded.frontend, loaded.tokenizer, beam)
+        if lexicon is not None and not isinstance(lexicon, Lexicon):
+            lexicon = Lexicon.from_file(lexicon)
+        return cls(loaded.model, loaded.frontend, loaded.tokenizer, beam, lexicon)
 
     @property
     def sample_rate(self) -> int:
@@ -140,7 +162,7 @@ class Transcriber:
         wavs = torch.zeros(len(waveforms), int(lens.max()))
         for i, w in enumerate(waveforms):
             wavs[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        return decode_batch(self.model, self.frontend, self.tokenizer, wavs, lens, self.beam)
+        return decode_batch(self.model, self.frontend, self.tokenizer, wavs, lens, self.beam, self.lexicon)
 
     def transcribe_files(self, paths: Sequence[str | os.PathLike]) -> list[Hypothesis]:
         """Audio files in any soundfile format and rate → hypotheses, one at a time."""

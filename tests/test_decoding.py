@@ -124,3 +124,82 @@ def test_confidence_ignores_blank_frames_and_padding():
     assert batch_confidence(batch, torch.tensor([9, 14]))[0].item() == pytest.approx(
         utterance_confidence(lp), abs=1e-6)
     assert batch_confidence(batch, torch.tensor([0, 14]))[0].item() == 0.0
+
+
+# --------------------------------------------------------------------------- lexicon decoding
+# A character vocabulary for the lexicon tests: <blk>, ▁ and four letters.
+LEX_TOKENS = ["<blk>", "\u2581", "a", "b", "n", "o"]
+
+
+def _char_tokenizer():
+    from asrkd.text import CharTokenizer
+
+    return CharTokenizer(LEX_TOKENS)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lexicon_search_is_the_best_lexicon_hypothesis_of_brute_force(seed):
+    from asrkd.decoding import Lexicon
+
+    tok = _char_tokenizer()
+    lexicon = Lexicon(["ab", "no", "a"])
+    log_probs = random_log_probs(6, len(LEX_TOKENS), sharpness=1.0, seed=seed)
+    exact = [(seq, s) for seq, s in brute_force(log_probs)
+             if lexicon.allows(tok.decode(seq), final=True) and not (seq and seq[0] == tok.word_sep_id)
+             and all(not (x == y == tok.word_sep_id) for x, y in zip(seq, seq[1:]))]
+    found = prefix_beam_search(log_probs, beam=400, nbest=3, prune_logp=-math.inf,
+                               constraint=lexicon.constraint(tok))
+    assert [seq for seq, _ in found] == [seq for seq, _ in exact[:3]]
+    for (_, got), (_, want) in zip(found, exact[:3], strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_lexicon_turns_a_misspelling_into_the_likeliest_word():
+    from asrkd.decoding import Lexicon
+
+    tok = _char_tokenizer()
+    ids = {t: i for i, t in enumerate(LEX_TOKENS)}
+
+    def frames(*dists):
+        lp = torch.full((len(dists), len(LEX_TOKENS)), 1e-3)
+        for t, dist in enumerate(dists):
+            for token, p in dist.items():
+                lp[t, ids[token]] = p
+        return (lp / lp.sum(dim=1, keepdim=True)).log()
+
+    # Greedy reads "nb": "n" then a "b" that is nearly an "o".
+    lp = frames({"n": 0.9}, {"b": 0.5, "o": 0.4}, {"<blk>": 0.9})
+    assert tok.decode(greedy_decode(lp[None], torch.tensor([3]))[0]) == "nb"
+    best = prefix_beam_search(lp, beam=4, nbest=1, constraint=Lexicon(["no", "ab"]).constraint(tok))[0][0]
+    assert tok.decode(best) == "no"
+
+
+def test_lexicon_works_with_a_bpe_tokenizer():
+    from asrkd.decoding import Lexicon
+    from asrkd.text import BPETokenizer
+
+    tok = BPETokenizer.train(["one two three", "two one", "three three one"] * 20, vocab_size=20)
+    lexicon = Lexicon(["one", "two", "three"])
+    constraint = lexicon.constraint(tok)
+    assert constraint.allows(tuple(tok.encode("two thr")))
+    assert constraint.allows(tuple(tok.encode("two three")), final=True)
+    assert not constraint.allows(tuple(tok.encode("two thr")), final=True)
+    assert not constraint.allows(tuple(tok.encode("tw one")))
+
+
+def test_lexicon_file_errors_name_the_file_and_line(tmp_path):
+    from asrkd.decoding import Lexicon, LexiconError
+
+    good = tmp_path / "words.txt"
+    good.write_text("# digits\nZero\n\none  # a comment\n")
+    assert Lexicon.from_file(good).words == {"zero", "one"}
+    bad = tmp_path / "bad.txt"
+    bad.write_text("zero\ntwenty one\n")
+    with pytest.raises(LexiconError, match=rf"{bad}:2: 'twenty one' is more than one word"):
+        Lexicon.from_file(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(LexiconError, match=rf"{empty}: no words"):
+        Lexicon.from_file(empty)
+    with pytest.raises(LexiconError, match="cannot read the lexicon"):
+        Lexicon.from_file(tmp_path / "missing.txt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
@@ -189,6 +190,20 @@ def test_eval_and_transcribe_commands(ten_utts, tmp_path, capsys):
     wav = read_manifest(ten_utts)[0].audio_filepath
     assert cli_main(["transcribe", str(ckpt), wav]) == 0
     assert "confidence=" in capsys.readouterr().out
+    # A lexicon: every hypothesis word is one of its words (or the hypothesis is empty).
+    words = sorted({w for u in read_manifest(ten_utts) for w in u.text.split()})
+    (tmp_path / "words.txt").write_text("\n".join(words) + "\n")
+    assert cli_main(["eval", str(ckpt), "--manifest", str(ten_utts), "--lexicon", str(tmp_path / "words.txt"),
+                     "--json", str(tmp_path / "lex.json")]) == 0
+    assert f"restricted to the {len(words)} words" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "lex.json").read_text())
+    assert summary["lexicon_words"] == len(words) and summary["beam"] == 8
+    for line in (tmp_path / "lex.utterances.jsonl").read_text().splitlines():
+        assert set(json.loads(line)["hyp"].split()) <= set(words)
+    assert cli_main(["transcribe", str(ckpt), wav, "--lexicon", str(tmp_path / "words.txt")]) == 0
+    (tmp_path / "bad.txt").write_text("two words\n")
+    assert cli_main(["eval", str(ckpt), "--manifest", str(ten_utts), "--lexicon", str(tmp_path / "bad.txt")]) == 2
+    assert "bad.txt:1: 'two words' is more than one word" in capsys.readouterr().err
 
 
 def test_paths_in_a_yaml_config_are_relative_to_the_yaml(tmp_path):
