@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Data for the FSDD digits recipe (configs/fsdd/*.yaml), written to runs/data/:
-#   - synthetic digits (espeak-ng, voices from the "train" voice set), wideband 16 kHz;
+#   - synthetic digits (espeak-ng, voices from the "train" voice set), wideband 16 kHz (N_SYNTH, and
+#     4 x N_SYNTH in synth_digits_train_x4 for teacher_v3.yaml);
 #   - real speech: FSDD speakers george, jackson, nicolas (isolated + connected digits), 8 kHz;
 #   - dev/test: FSDD speaker yweweler's connected digits (a held-out speaker, as the FSDD README asks).
 # Usage: bash configs/fsdd/prepare.sh [FSDD_DIR] [N_SYNTH]   (defaults: ../shared/data/fsdd, 800)
@@ -14,6 +15,8 @@ ASRKD=${ASRKD:-asrkd}
 mkdir -p "$OUT"
 $ASRKD synth --task digits --n "$N_SYNTH" --out "$OUT/synth_digits_train" --voice-set train --seed 1
 $ASRKD synth --task digits --n 200 --out "$OUT/synth_digits_dev" --voice-set dev --seed 2
+# 4x the synthetic speech for teacher_v3.yaml (same seed: its first N_SYNTH utterances are the above)
+$ASRKD synth --task digits --n $((4 * N_SYNTH)) --out "$OUT/synth_digits_train_x4" --voice-set train --seed 1
 for kind in isolated connected; do
   $ASRKD manifest filter "$FSDD/manifests/fsdd_$kind.jsonl" --exclude-speaker fsdd_yweweler \
     --out "$OUT/fsdd_${kind}_train.jsonl"
