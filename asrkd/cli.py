@@ -33,9 +33,9 @@ def _cmd_manifest_check(args: argparse.Namespace) -> int:
         config = read_config(resolve_checkpoint(args.checkpoint))
         tokenizer = load_tokenizer(config["tokenizer"])
         # output frames per second: feature frames per second / the model's time subsampling
-        frame_rate = frame_rate or (
-            config["frontend"]["sample_rate"] / config["frontend"]["hop_length"] / config["model"]["subsampling"]
-        )
+        if frame_rate is None:
+            frontend = config["frontend"]
+            frame_rate = frontend["sample_rate"] / frontend["hop_length"] / config["model"]["subsampling"]
     else:
         tokenizer = load_tokenizer(args.tokens) if args.tokens else CharTokenizer.default_english()
     if frame_rate is not None and frame_rate <= 0:

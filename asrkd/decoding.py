@@ -80,6 +80,7 @@ class Lexicon:
         if not kept:
             raise LexiconError(f"{source}: no words")
         self.words = frozenset(kept)
+        self.source = source
         self.prefixes = frozenset(w[:n] for w in kept for n in range(len(w) + 1))
 
     @classmethod

@@ -237,7 +237,6 @@ class LogMel(nn.Module):
             logmel = torch.where(valid, logmel, 0.0)
         return logmel.transpose(1, 2), frame_lengths  # [B, T, n_mels], [B]
 
-
     def _level_gain(self, wav: Tensor, lengths: Tensor) -> Tensor:
         """``[B]`` power gain that brings each utterance's RMS over its valid samples to
         ``level_dbfs``, capped at MAX_LEVEL_GAIN_DB so that near-silence is not blown up to speech

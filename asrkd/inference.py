@@ -108,9 +108,8 @@ def evaluate_checkpoint(
     With ``json_out``: the summary there and one JSON line per utterance (id, speaker, ref, hyp,
     WER, confidence) in ``<json_out stem>.utterances.jsonl``.
     """
-    lexicon_path = None
     if lexicon is not None and not isinstance(lexicon, Lexicon):
-        lexicon_path, lexicon = str(lexicon), Lexicon.from_file(lexicon)
+        lexicon = Lexicon.from_file(lexicon)
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     utts = read_manifest(manifest)
     result = evaluate(loaded.model, loaded.frontend, loaded.tokenizer, utts, max_batch_seconds, beam, lexicon)
@@ -118,7 +117,7 @@ def evaluate_checkpoint(
     summary.update(checkpoint=str(loaded.path), manifest=str(manifest),
                    beam=beam if beam > 1 or lexicon is None else LEXICON_BEAM)
     if lexicon is not None:
-        summary.update(lexicon=lexicon_path, lexicon_words=len(lexicon))
+        summary.update(lexicon=lexicon.source, lexicon_words=len(lexicon))
     if json_out is not None:
         json_out = Path(json_out)
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -198,6 +198,7 @@ def test_eval_and_transcribe_commands(ten_utts, tmp_path, capsys):
     assert f"restricted to the {len(words)} words" in capsys.readouterr().out
     summary = json.loads((tmp_path / "lex.json").read_text())
     assert summary["lexicon_words"] == len(words) and summary["beam"] == 8
+    assert summary["lexicon"] == str(tmp_path / "words.txt")
     for line in (tmp_path / "lex.utterances.jsonl").read_text().splitlines():
         assert set(json.loads(line)["hyp"].split()) <= set(words)
     assert cli_main(["transcribe", str(ckpt), wav, "--lexicon", str(tmp_path / "words.txt")]) == 0
