@@ -32,10 +32,11 @@ def _cmd_manifest_check(args: argparse.Namespace) -> int:
 
         config = read_config(resolve_checkpoint(args.checkpoint))
         tokenizer = load_tokenizer(config["tokenizer"])
-        # output frames per second: feature frames per second / the model's time subsampling
-        if frame_rate is None:
-            frontend = config["frontend"]
-            frame_rate = frontend["sample_rate"] / frontend["hop_length"] / config["model"]["subsampling"]
+        if frame_rate is None:  # output frames per second, as asrkd.distill computes the student's
+            from asrkd.features import FrontendConfig
+
+            frame_shift = FrontendConfig.from_dict(config["frontend"]).frame_shift_seconds
+            frame_rate = 1.0 / (frame_shift * config["model"]["subsampling"])
     else:
         tokenizer = load_tokenizer(args.tokens) if args.tokens else CharTokenizer.default_english()
     if frame_rate is not None and frame_rate <= 0:
@@ -114,6 +115,13 @@ def _read_lexicon(args: argparse.Namespace):
         return False
 
 
+def _add_lexicon_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lexicon", help="word list (one word per line): decode with a prefix beam search restricted "
+        "to these words (closed vocabularies: digits, commands); beam 8 unless --beam is given",
+    )
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from asrkd.inference import evaluate_checkpoint
 
@@ -186,10 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder or run folder")
     p.add_argument("audio", nargs="+")
     p.add_argument("--beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
-    p.add_argument(
-        "--lexicon", help="word list (one word per line): decode with a prefix beam search restricted "
-        "to these words (closed vocabularies: digits, commands); beam 8 unless --beam is given",
-    )
+    _add_lexicon_argument(p)
     p.set_defaults(func=_cmd_transcribe)
 
     p = sub.add_parser("eval", help="WER/CER of a checkpoint on a manifest")
@@ -197,10 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--json", type=Path, help="write the result here (+ per-utterance JSONL beside it)")
     p.add_argument("--beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
-    p.add_argument(
-        "--lexicon", help="word list (one word per line): decode with a prefix beam search restricted "
-        "to these words (closed vocabularies: digits, commands); beam 8 unless --beam is given",
-    )
+    _add_lexicon_argument(p)
     p.set_defaults(func=_cmd_eval)
 
     _add_distill_commands(sub)

@@ -91,6 +91,13 @@ class Lexicon:
             raise LexiconError(f"{path}: cannot read the lexicon ({e})") from None
         return cls((line.split("#", 1)[0].strip() for line in lines), source=str(path))
 
+    @classmethod
+    def coerce(cls, lexicon: str | os.PathLike | Lexicon | None) -> Lexicon | None:
+        """A `Lexicon` as it is, a path read with `from_file`, None as None."""
+        if lexicon is None or isinstance(lexicon, Lexicon):
+            return lexicon
+        return cls.from_file(lexicon)
+
     def __len__(self) -> int:
         return len(self.words)
 

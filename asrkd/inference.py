@@ -30,6 +30,11 @@ from eval.wer import score, utterance_wer
 LEXICON_BEAM = 8  # beam width when a lexicon is given without one
 
 
+def search_width(beam: int, lexicon: Lexicon | None) -> int:
+    """The beam `decode_batch` searches with: 1 (greedy) only without a lexicon."""
+    return beam if beam > 1 or lexicon is None else LEXICON_BEAM
+
+
 @dataclass
 class Hypothesis:
     """One utterance's decoding result."""
@@ -52,11 +57,11 @@ def decode_batch(
     """
     feats, feat_lens = frontend(wavs, wav_lens)
     log_probs, out_lens, _ = model(feats, feat_lens)
-    if beam <= 1 and lexicon is None:
+    width = search_width(beam, lexicon)
+    if width <= 1:
         ids = greedy_decode(log_probs, out_lens)
     else:
         constraint = lexicon.constraint(tokenizer) if lexicon is not None else None
-        width = beam if beam > 1 else LEXICON_BEAM
         ids = [prefix_beam_search(log_probs[b, : int(out_lens[b])], beam=width, nbest=1,
                                   constraint=constraint)[0][0]
                for b in range(log_probs.shape[0])]
@@ -108,14 +113,13 @@ def evaluate_checkpoint(
     With ``json_out``: the summary there and one JSON line per utterance (id, speaker, ref, hyp,
     WER, confidence) in ``<json_out stem>.utterances.jsonl``.
     """
-    if lexicon is not None and not isinstance(lexicon, Lexicon):
-        lexicon = Lexicon.from_file(lexicon)
+    lexicon = Lexicon.coerce(lexicon)
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     utts = read_manifest(manifest)
     result = evaluate(loaded.model, loaded.frontend, loaded.tokenizer, utts, max_batch_seconds, beam, lexicon)
     summary = {k: v for k, v in result.items() if k not in ("hyps", "refs", "confidences")}
     summary.update(checkpoint=str(loaded.path), manifest=str(manifest),
-                   beam=beam if beam > 1 or lexicon is None else LEXICON_BEAM)
+                   beam=search_width(beam, lexicon))
     if lexicon is not None:
         summary.update(lexicon=lexicon.source, lexicon_words=len(lexicon))
     if json_out is not None:
@@ -147,9 +151,7 @@ class Transcriber:
     def from_checkpoint(cls, path: str | os.PathLike, beam: int = 1,
                         lexicon: str | os.PathLike | Lexicon | None = None) -> Transcriber:
         loaded = load_checkpoint(resolve_checkpoint(path))
-        if lexicon is not None and not isinstance(lexicon, Lexicon):
-            lexicon = Lexicon.from_file(lexicon)
-        return cls(loaded.model, loaded.frontend, loaded.tokenizer, beam, lexicon)
+        return cls(loaded.model, loaded.frontend, loaded.tokenizer, beam, Lexicon.coerce(lexicon))
 
     @property
     def sample_rate(self) -> int:
