@@ -52,17 +52,21 @@ class AugmentConfig:
     bandlimit_hz: list[float] = field(default_factory=lambda: [3400.0, 4000.0])
     gain_prob: float = 0.0  # scale the audio by a random gain (quiet recordings; last transform)
     gain_db: list[float] = field(default_factory=lambda: [-25.0, 0.0])
+    # noise that follows the speech envelope (breathy voice, glottal onsets); see data.BreathNoise
+    breath_prob: float = 0.0
+    breath_db: list[float] = field(default_factory=lambda: [-25.0, -10.0])
+    breath_hz: list[float] = field(default_factory=lambda: [1000.0, 4000.0])
     freq_masks: int = 2
     freq_width: int = 15
     time_masks: int = 2
     time_width: float = 0.05  # fraction of the utterance per mask
 
     def __post_init__(self) -> None:
-        for name in ("noise_prob", "bandlimit_prob", "gain_prob"):
+        for name in ("noise_prob", "bandlimit_prob", "gain_prob", "breath_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise ConfigError(f"{name} must be a probability in [0, 1], got {value!r}")
-        for name in ("snr_db", "bandlimit_hz", "gain_db"):
+        for name in ("snr_db", "bandlimit_hz", "gain_db", "breath_db", "breath_hz"):
             value = getattr(self, name)
             if (
                 not isinstance(value, list | tuple) or len(value) != 2

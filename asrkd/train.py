@@ -42,6 +42,7 @@ from asrkd.data import (
     AddNoise,
     AudioDataset,
     BandLimit,
+    BreathNoise,
     BucketingBatchSampler,
     Compose,
     Gain,
@@ -183,6 +184,9 @@ class Trainer:
         parts = []
         if a.speed_factors and list(a.speed_factors) != [1.0]:
             parts.append(SpeedPerturb(tuple(a.speed_factors)))
+        if a.breath_prob > 0:  # before band-limiting: the noise is band-passed like the speech
+            parts.append(BreathNoise(level_db=tuple(a.breath_db), band_hz=tuple(a.breath_hz),
+                                     prob=a.breath_prob))
         if a.bandlimit_prob > 0:
             parts.append(BandLimit(prob=a.bandlimit_prob, cutoff_hz=tuple(a.bandlimit_hz)))
         if a.noise_prob > 0:

@@ -16,6 +16,7 @@ from asrkd.data import (
     AddNoise,
     AudioDataset,
     BandLimit,
+    BreathNoise,
     BucketingBatchSampler,
     Compose,
     Gain,
@@ -329,9 +330,10 @@ def _power_above(wav, hz):
         AddNoise(),
         BandLimit(prob=1.0),
         Gain(prob=1.0),
-        Compose([SpeedPerturb(), AddNoise(), BandLimit(), Gain()]),
+        BreathNoise(prob=1.0),
+        Compose([SpeedPerturb(), BreathNoise(), AddNoise(), BandLimit(), Gain()]),
     ],
-    ids=["speed", "noise", "bandlimit", "gain", "compose"],
+    ids=["speed", "noise", "bandlimit", "gain", "breath", "compose"],
 )
 def test_augmentation_is_reproducible_for_a_seed(transform):
     wav = _speechlike()
@@ -358,6 +360,31 @@ def test_gain_scales_within_its_range_and_clips():
     loud = Gain(gain_db=(20.0, 20.0), prob=1.0)(wav, np.random.default_rng(0))
     assert loud.max() == 1.0 and loud.min() == -1.0 and loud.dtype == np.float32
     assert Gain(prob=0.0)(wav, np.random.default_rng(0)) is wav
+
+
+def test_breath_noise_follows_the_speech_envelope_in_its_band():
+    # 0.4 s of speech-like sound between two 0.3 s silences
+    speech = _speechlike(0.4)
+    silence = np.zeros(int(0.3 * SAMPLE_RATE), dtype=np.float32)
+    wav = np.concatenate([silence, speech, silence])
+    out = BreathNoise(level_db=(-12.0, -12.0), band_hz=(1000.0, 4000.0), prob=1.0)(
+        wav, np.random.default_rng(0)
+    )
+    assert out.shape == wav.shape and out.dtype == np.float32
+    added = out.astype(np.float64) - wav
+    # Silence stays silent (20 ms from the edges, the envelope's window)...
+    edge = int(0.02 * SAMPLE_RATE)
+    assert np.abs(added[: len(silence) - edge]).max() == 0.0
+    assert np.abs(added[-len(silence) + edge :]).max() == 0.0
+    # ...speech gets noise at the drawn level relative to its own power...
+    inner = slice(len(silence) + edge, len(silence) + len(speech) - edge)
+    level = 10 * np.log10(np.mean(added[inner] ** 2) / np.mean(wav[inner].astype(np.float64) ** 2))
+    assert abs(level - -12.0) < 1.5
+    # ...and the noise lies in the band (the envelope's modulation leaks a little).
+    spec = np.abs(np.fft.rfft(added)) ** 2
+    freqs = np.fft.rfftfreq(len(added), 1 / SAMPLE_RATE)
+    assert spec[(freqs < 900) | (freqs > 4100)].sum() < 0.01 * spec.sum()
+    assert BreathNoise(prob=0.0)(wav, np.random.default_rng(0)) is wav
 
 
 def _snr_db(clean, noisy):

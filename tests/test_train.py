@@ -74,7 +74,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(ten_utts, tmp_path)
         data={"max_batch_seconds": 8.0, "num_workers": 1},
         model={"preset": "student-xs", "overrides": {"dropout": 0.1}},
         augment={"speed_factors": [0.9, 1.0, 1.1], "noise_prob": 0.5, "bandlimit_prob": 0.5, "gain_prob": 0.5,
-                 "freq_masks": 2, "time_masks": 2},
+                 "breath_prob": 0.5, "freq_masks": 2, "time_masks": 2},
         optim={"max_steps": 40, "schedule": "cosine"},
         run={"checkpoint_every": 5, "log_every": 1, "keep_last": 2},
     )
@@ -169,6 +169,8 @@ def test_unknown_config_key_is_named_with_its_file(tmp_path):
         ("gain_prob: 1.5", r"augment: gain_prob must be a probability in \[0, 1\], got 1.5"),
         ("gain_db: [0, -30]", r"augment: gain_db must be a range \[low, high\] with low <= high"),
         ("snr_db: [10]", r"augment: snr_db must be a range"),
+        ("breath_prob: -0.1", r"augment: breath_prob must be a probability in \[0, 1\], got -0.1"),
+        ("breath_hz: [4000, 1000]", r"augment: breath_hz must be a range \[low, high\] with low <= high"),
     ],
 )
 def test_bad_augmentation_values_are_named_with_their_file(tmp_path, augment, message):
