@@ -827,8 +827,8 @@ class BreathNoise:
     Stationary noise (``AddNoise``) is as loud in pauses as in vowels, so a model learns to
     ignore it. Aspiration in a breathy voice, or a hard (glottal) vowel onset, is noise that is
     there only while the person speaks: a model trained on a few speakers with clean voices
-    reads it as frication. On FSDD, yweweler's "eight" has about twice the 1-4 kHz share of the
-    training speakers' and is mostly recognised as "six" (docs/TRAINING.md). This transform
+    reads it as frication. On FSDD, yweweler's "eight" opens with more 1-4 kHz energy than his
+    own "six" and is often recognised as "six" (measurements in docs/TRAINING.md). This transform
     adds white noise band-passed to `band_hz`, scaled frame by frame to the speech's RMS
     envelope (20 ms windows every 10 ms, interpolated) times a level drawn from `level_db`
     (dB relative to the envelope). Silence stays silent.
