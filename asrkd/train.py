@@ -16,6 +16,7 @@ gradients with DDP; rank 0 alone writes checkpoints, logs and evaluates.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import shutil
@@ -196,9 +197,10 @@ class Trainer:
         return Compose(parts) if parts else None
 
     def _init_weights(self, path: str) -> None:
-        """Copy the weights of checkpoint ``path``; its model shape and vocabulary must match."""
+        """Copy the weights of checkpoint ``path``; its model shape and vocabulary must match
+        (dropout, which has no weights, may differ: fine-tuning often changes it)."""
         init = load_checkpoint(resolve_checkpoint(path))
-        if init.model.config != self.model.config:
+        if dataclasses.replace(init.model.config, dropout=self.model.config.dropout) != self.model.config:
             raise ConfigError(
                 f"model.init_from: {init.path} is a {init.model.config} but this run builds "
                 f"{self.model.config}; use the same preset and overrides"

@@ -254,6 +254,12 @@ def test_init_from_starts_from_a_checkpoint_and_refuses_another_shape(ten_utts, 
     assert all(torch.equal(v, trained[k]) for k, v in second.model.state_dict().items())
     assert second.tokenizer == load_checkpoint(first).tokenizer
 
+    # dropout has no weights: a fine-tuning run may change it
+    cfg["model"]["overrides"] = {"dropout": 0.25}
+    third = Trainer(TrainConfig.from_dict(cfg))
+    assert third.model.config.dropout == 0.25
+    assert all(torch.equal(v, trained[k]) for k, v in third.model.state_dict().items())
+
     cfg["model"]["overrides"] = {"dropout": 0.0, "n_layers": 2}
     with pytest.raises(ConfigError, match="model.init_from: .* use the same preset and overrides"):
         Trainer(TrainConfig.from_dict(cfg))
