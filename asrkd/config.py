@@ -56,17 +56,20 @@ class AugmentConfig:
     breath_prob: float = 0.0
     breath_db: list[float] = field(default_factory=lambda: [-25.0, -10.0])
     breath_hz: list[float] = field(default_factory=lambda: [1000.0, 4000.0])
+    # vocal tract length perturbation: formants scaled by alpha in vtlp_alpha (features.vtlp_warp)
+    vtlp_prob: float = 0.0
+    vtlp_alpha: list[float] = field(default_factory=lambda: [0.9, 1.1])
     freq_masks: int = 2
     freq_width: int = 15
     time_masks: int = 2
     time_width: float = 0.05  # fraction of the utterance per mask
 
     def __post_init__(self) -> None:
-        for name in ("noise_prob", "bandlimit_prob", "gain_prob", "breath_prob"):
+        for name in ("noise_prob", "bandlimit_prob", "gain_prob", "breath_prob", "vtlp_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise ConfigError(f"{name} must be a probability in [0, 1], got {value!r}")
-        for name in ("snr_db", "bandlimit_hz", "gain_db", "breath_db", "breath_hz"):
+        for name in ("snr_db", "bandlimit_hz", "gain_db", "breath_db", "breath_hz", "vtlp_alpha"):
             value = getattr(self, name)
             if (
                 not isinstance(value, list | tuple) or len(value) != 2
@@ -74,6 +77,8 @@ class AugmentConfig:
                 or value[0] > value[1]
             ):
                 raise ConfigError(f"{name} must be a range [low, high] with low <= high, got {value!r}")
+        if not (0.5 <= self.vtlp_alpha[0] and self.vtlp_alpha[1] <= 2.0):
+            raise ConfigError(f"vtlp_alpha must lie within [0.5, 2] (a formant scale), got {self.vtlp_alpha!r}")
 
 
 @dataclass

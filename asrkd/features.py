@@ -43,6 +43,11 @@ LEVEL_MODES = ("none", "rms")
 # nearly silent input stays quiet instead of turning its noise into speech-level features.
 MAX_LEVEL_GAIN_DB = 40.0
 
+# Vocal tract length perturbation (`vtlp_warp`): frequencies up to 80 % of Nyquist scale by alpha,
+# the rest is squeezed or stretched linearly so that Nyquist stays put (Jaitly & Hinton use
+# 4.8 kHz of 8 kHz).
+VTLP_BOUNDARY = 0.8
+
 # Default floor on the mel power before the log. Each DFT bin here is a 400-term fp32 dot product
 # whose rounding error follows the loudest part of the frame, not the bin, so the weak bands of
 # loud frames are the least accurate: against float64 we measured mel errors up to ~3e-10 for
@@ -212,7 +217,9 @@ class LogMel(nn.Module):
             (lengths + 2 * self.pad - c.n_fft).div(c.hop_length, rounding_mode="floor") + 1, min=0
         )
 
-    def forward(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, wav: Tensor, lengths: Tensor, mel_fb: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``mel_fb`` replaces the mel filterbank, one per utterance ``[B, n_mels, n_fft // 2 + 1]``
+        (training only: `vtlp_mel_filterbank`); exported graphs never pass it."""
         c = self.config
         wav = wav.to(self.dft_basis.dtype)
         samples = torch.arange(wav.shape[1], device=wav.device)
@@ -223,7 +230,8 @@ class LogMel(nn.Module):
         spec = F.conv1d(wav.unsqueeze(1), self.dft_basis, stride=c.hop_length)  # [B, 2F, T]
         real, imag = spec[:, : self.n_freq], spec[:, self.n_freq :]
         power = real * real + imag * imag  # [B, F, T]
-        mel = torch.matmul(self.mel_fb, power)  # [B, n_mels, T]
+        fb = self.mel_fb if mel_fb is None else mel_fb.to(power.dtype)
+        mel = torch.matmul(fb, power)  # [B, n_mels, T]
         if c.level == "rms":
             mel = mel * self._level_gain(wav, lengths).reshape(-1, 1, 1)
         logmel = torch.log(torch.clamp(mel, min=c.log_floor))
@@ -248,6 +256,38 @@ class LogMel(nn.Module):
         target = 10.0 ** (c.level_dbfs / 10.0)  # mean square of the target level
         floor = target * 10.0 ** (-MAX_LEVEL_GAIN_DB / 10.0)
         return target / torch.clamp(mean_square, min=floor)
+
+
+def vtlp_warp(freqs: Tensor, alphas: Tensor, nyquist: float, boundary: float = VTLP_BOUNDARY) -> Tensor:
+    """Vocal tract length perturbation's frequency warp (Jaitly & Hinton, 2013): ``[B, F]``, the
+    frequencies ``freqs [F]`` (Hz) moved to ``alpha * f`` up to ``f0 = boundary * nyquist *
+    min(alpha, 1) / alpha`` and then linearly to the Nyquist frequency, which stays put, so that
+    no band is pushed out of range or left empty."""
+    alphas = alphas.to(freqs.dtype).reshape(-1, 1)  # [B, 1]
+    f0 = boundary * nyquist * torch.clamp(alphas, max=1.0) / alphas
+    upper = nyquist - (nyquist - alphas * f0) / (nyquist - f0) * (nyquist - freqs)
+    return torch.where(freqs <= f0, alphas * freqs, upper)
+
+
+def vtlp_mel_filterbank(config: FrontendConfig, alphas: Tensor) -> Tensor:
+    """Mel filterbanks ``[B, n_mels, n_fft // 2 + 1]`` that read the power at FFT bin frequency f
+    as if it were at ``vtlp_warp(f, alphas[b])``: with ``alpha > 1`` formants move up (a shorter
+    vocal tract), with ``alpha < 1`` down. ``alpha == 1`` gives `LogMel`'s own filterbank (the
+    same slaney-normalised triangles as ``librosa.filters.mel``, computed for warped bin
+    frequencies). Pass the result as ``LogMel(...)(wav, lengths, mel_fb=...)``."""
+    f_max = config.sample_rate / 2 if config.f_max is None else config.f_max
+    mel_f = torch.from_numpy(
+        librosa.mel_frequencies(config.n_mels + 2, fmin=config.f_min, fmax=f_max, htk=False)
+    )  # float64, band edges and centres
+    freqs = torch.linspace(0.0, config.sample_rate / 2, config.n_fft // 2 + 1, dtype=torch.float64)
+    warped = vtlp_warp(freqs, alphas.to(torch.float64), config.sample_rate / 2)  # [B, F]
+    fdiff = mel_f.diff()
+    ramps = mel_f.reshape(1, -1, 1) - warped.unsqueeze(1)  # [B, n_mels + 2, F]
+    lower = -ramps[:, :-2] / fdiff[:-1].reshape(1, -1, 1)
+    upper = ramps[:, 2:] / fdiff[1:].reshape(1, -1, 1)
+    weights = torch.clamp(torch.minimum(lower, upper), min=0.0)
+    enorm = 2.0 / (mel_f[2:] - mel_f[:-2])
+    return (weights * enorm.reshape(1, -1, 1)).to(torch.float32)
 
 
 def _normalize_per_feature(logmel: Tensor, valid: Tensor, frame_lengths: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -52,10 +53,13 @@ from asrkd.data import (
     collate,
     read_manifest,
 )
-from asrkd.features import FrontendConfig, LogMel
+from asrkd.features import FrontendConfig, LogMel, vtlp_mel_filterbank
 from asrkd.inference import evaluate
 from asrkd.models.conformer import ConformerCTC, build_preset, count_parameters
 from asrkd.text import CharTokenizer, load_tokenizer
+
+# Third entry of the VTLP draws' seed ([seed, step, _VTLP_STREAM]): a stream of its own.
+_VTLP_STREAM = 0x7E1F
 
 
 def ctc_loss(log_probs: Tensor, out_lens: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
@@ -303,9 +307,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ loss
     def features(self, batch: dict) -> tuple[Tensor, Tensor]:
-        """Log-mel features [B, T, F] and frame lengths [B] of a collated batch (no gradient)."""
+        """Log-mel features [B, T, F] and frame lengths [B] of a collated batch (no gradient),
+        with vocal tract length perturbation (`augment.vtlp_prob`) drawn from (seed, step)."""
+        a = self.cfg.augment
+        mel_fb = None
+        if a.vtlp_prob > 0:
+            rng = np.random.default_rng([self.cfg.run.seed, self.step, _VTLP_STREAM])
+            n = batch["wavs"].shape[0]
+            alphas = np.where(rng.random(n) < a.vtlp_prob, rng.uniform(*a.vtlp_alpha, size=n), 1.0)
+            mel_fb = vtlp_mel_filterbank(self.frontend_config, torch.from_numpy(alphas))
         with torch.no_grad():
-            return self.frontend(batch["wavs"], batch["wav_lens"])
+            return self.frontend(batch["wavs"], batch["wav_lens"], mel_fb=mel_fb)
 
     def compute_loss(self, batch: dict, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Loss of one batch and its named terms. The distiller overrides this."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from asrkd.audio import SAMPLE_RATE, load_audio
-from asrkd.features import DEFAULT_LOG_FLOOR, FrontendConfig, LogMel
+from asrkd.features import DEFAULT_LOG_FLOOR, FrontendConfig, LogMel, vtlp_mel_filterbank, vtlp_warp
 
 RNG = np.random.default_rng(0)
 
@@ -243,3 +243,41 @@ def test_from_dict_rejects_unknown_keys():
 def test_too_many_mel_bands_for_the_fft_size_is_an_error():
     with pytest.raises(ValueError, match="cover no FFT bin"):
         LogMel(FrontendConfig(n_fft=64, win_length=64, n_mels=80))
+
+
+def test_vtlp_filterbank_at_alpha_one_is_the_front_ends_own():
+    config = FrontendConfig()
+    banks = vtlp_mel_filterbank(config, torch.tensor([1.0, 1.0]))
+    assert banks.shape == (2, 80, 201)
+    assert torch.allclose(banks[1], LogMel(config).mel_fb, atol=1e-7)
+
+
+def test_vtlp_warp_scales_below_the_boundary_and_keeps_nyquist():
+    freqs = torch.linspace(0.0, 8000.0, 801)
+    warped = vtlp_warp(freqs, torch.tensor([0.9, 1.0, 1.12]), nyquist=8000.0)
+    assert torch.equal(warped[1], freqs)
+    assert torch.allclose(warped[:, -1], torch.tensor(8000.0))
+    assert bool((warped.diff(dim=1) > 0).all())  # monotonic: no band reads a frequency twice
+    low = freqs <= 5000.0  # below 0.8 * 8000 * min(alpha, 1) / alpha for both factors
+    assert torch.allclose(warped[0, low], 0.9 * freqs[low], atol=1e-3)
+    assert torch.allclose(warped[2, low], 1.12 * freqs[low], atol=1e-3)
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1])
+def test_vtlp_moves_a_tone_as_if_its_frequency_were_scaled(unnormalized, alpha):
+    """A 700 Hz tone through a bank warped by alpha peaks in the band where a plain bank puts a
+    700 * alpha Hz tone (formants of a shorter or longer vocal tract), and the features differ."""
+    t = np.arange(8000) / SAMPLE_RATE
+    tone = lambda f: torch.from_numpy((0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32))[None]
+    lengths = torch.tensor([8000])
+    bank = vtlp_mel_filterbank(unnormalized.config, torch.tensor([alpha]))
+    with torch.no_grad():
+        warped, _ = unnormalized(tone(700.0), lengths, mel_fb=bank)
+        scaled, _ = unnormalized(tone(700.0 * alpha), lengths)
+        plain, _ = unnormalized(tone(700.0), lengths)
+    def centroid(feats):  # mean band index, weighted by mel power, over the middle frames
+        power = feats[0, 10:-10].exp().mean(dim=0)
+        return float((power * torch.arange(len(power))).sum() / power.sum())
+
+    assert centroid(warped) == pytest.approx(centroid(scaled), abs=0.01)
+    assert abs(centroid(warped) - centroid(plain)) > 1.5  # 70 Hz is about two bands here

@@ -74,7 +74,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_losses(ten_utts, tmp_path)
         data={"max_batch_seconds": 8.0, "num_workers": 1},
         model={"preset": "student-xs", "overrides": {"dropout": 0.1}},
         augment={"speed_factors": [0.9, 1.0, 1.1], "noise_prob": 0.5, "bandlimit_prob": 0.5, "gain_prob": 0.5,
-                 "breath_prob": 0.5, "freq_masks": 2, "time_masks": 2},
+                 "breath_prob": 0.5, "vtlp_prob": 0.5, "freq_masks": 2, "time_masks": 2},
         optim={"max_steps": 40, "schedule": "cosine"},
         run={"checkpoint_every": 5, "log_every": 1, "keep_last": 2},
     )
@@ -171,6 +171,8 @@ def test_unknown_config_key_is_named_with_its_file(tmp_path):
         ("snr_db: [10]", r"augment: snr_db must be a range"),
         ("breath_prob: -0.1", r"augment: breath_prob must be a probability in \[0, 1\], got -0.1"),
         ("breath_hz: [4000, 1000]", r"augment: breath_hz must be a range \[low, high\] with low <= high"),
+        ("vtlp_prob: 2", r"augment: vtlp_prob must be a probability in \[0, 1\], got 2"),
+        ("vtlp_alpha: [0.2, 1.1]", r"augment: vtlp_alpha must lie within \[0.5, 2\] \(a formant scale\)"),
     ],
 )
 def test_bad_augmentation_values_are_named_with_their_file(tmp_path, augment, message):
@@ -243,6 +245,20 @@ def test_every_epoch_ends_once_even_when_batch_counts_vary(ten_utts, tmp_path):
     dev_rows = [r for r in read_log(tmp_path / "run") if "dev_wer" in r]
     ends = list(itertools.accumulate(counts(budget)))
     assert [int(r["step"]) for r in dev_rows] == ends
+
+
+def test_vtlp_warps_the_training_features_per_step_and_reproducibly(ten_utts, tmp_path):
+    plain = Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "a")))
+    batch = next(iter(plain._loader()))
+    warped = Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "b", augment={"vtlp_prob": 1.0})))
+    base, lens = plain.features(batch)
+    first, first_lens = warped.features(batch)
+    assert torch.equal(lens, first_lens)
+    assert torch.equal(warped.features(batch)[0], first)  # drawn from (seed, step): same step, same warp
+    changed = [not torch.allclose(first[b, : lens[b]], base[b, : lens[b]], atol=1e-3) for b in range(len(lens))]
+    assert all(changed)
+    warped.step += 1
+    assert not torch.equal(warped.features(batch)[0], first)  # another step, other factors
 
 
 def test_init_from_starts_from_a_checkpoint_and_refuses_another_shape(ten_utts, tmp_path):
