@@ -23,6 +23,9 @@ class ConfigError(ValueError):
 class DataConfig:
     train: list[str] = field(default_factory=list)  # one or more JSONL manifests
     dev: str | None = None  # manifest for dev WER after each epoch
+    # Word list (`asrkd eval --lexicon`): the dev WER is then decoded with it, and the best
+    # checkpoint is the one that is best with the lexicon, as it will be deployed.
+    dev_lexicon: str | None = None
     tokens: str | None = None  # tokens.txt / SentencePiece .model; None: characters of train texts
     max_batch_seconds: float = 60.0  # padded audio seconds per batch (per rank)
     num_buckets: int = 10  # duration buckets of the batch sampler
@@ -147,6 +150,7 @@ class TrainConfig:
 
         self.data.train = [fix(p) for p in self.data.train]
         self.data.dev = fix(self.data.dev)
+        self.data.dev_lexicon = fix(self.data.dev_lexicon)
         self.data.tokens = fix(self.data.tokens)
         self.kd.cache = fix(self.kd.cache)
         self.kd.teacher = fix(self.kd.teacher)

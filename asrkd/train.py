@@ -53,6 +53,7 @@ from asrkd.data import (
     collate,
     read_manifest,
 )
+from asrkd.decoding import Lexicon, LexiconError
 from asrkd.features import FrontendConfig, LogMel, vtlp_mel_filterbank
 from asrkd.inference import evaluate
 from asrkd.models.conformer import ConformerCTC, build_preset, count_parameters
@@ -97,6 +98,7 @@ class Trainer:
 
         self.train_utts = self._load_train_utterances()
         self.dev_utts = read_manifest(config.data.dev) if config.data.dev else []
+        self.dev_lexicon = self._dev_lexicon()
         self.tokenizer = self._make_tokenizer()
         self.frontend_config = FrontendConfig.from_dict(config.frontend)
         self.frontend = LogMel(self.frontend_config)
@@ -199,6 +201,17 @@ class Trainer:
         if a.gain_prob > 0:
             parts.append(Gain(gain_db=tuple(a.gain_db), prob=a.gain_prob))
         return Compose(parts) if parts else None
+
+    def _dev_lexicon(self) -> Lexicon | None:
+        path = self.cfg.data.dev_lexicon
+        if path is None:
+            return None
+        if not self.cfg.data.dev:
+            raise ConfigError("data.dev_lexicon is set but data.dev is not: there is no dev set to decode")
+        try:
+            return Lexicon.from_file(path)
+        except LexiconError as e:
+            raise ConfigError(f"data.dev_lexicon: {e}") from None
 
     def _init_weights(self, path: str) -> None:
         """Copy the weights of checkpoint ``path``; its model shape and vocabulary must match
@@ -410,11 +423,12 @@ class Trainer:
         if not self.is_main or not self.dev_utts:
             return {}
         result = evaluate(self.model, self.frontend, self.tokenizer, self.dev_utts,
-                          max_batch_seconds=self.cfg.data.max_batch_seconds)
+                          max_batch_seconds=self.cfg.data.max_batch_seconds, lexicon=self.dev_lexicon)
         metrics = {"dev_wer": result["wer"], "dev_cer": result["cer"]}
         logger.log(self.step, metrics)
+        decoded = " (with data.dev_lexicon)" if self.dev_lexicon is not None else ""
         print(f"\nepoch {self.epoch} step {self.step}: dev WER {100 * result['wer']:.2f} % "
-              f"CER {100 * result['cer']:.2f} %")
+              f"CER {100 * result['cer']:.2f} %{decoded}")
         self.model.train()
         return metrics
 

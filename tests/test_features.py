@@ -265,16 +265,20 @@ def test_vtlp_warp_scales_below_the_boundary_and_keeps_nyquist():
 
 @pytest.mark.parametrize("alpha", [0.9, 1.1])
 def test_vtlp_moves_a_tone_as_if_its_frequency_were_scaled(unnormalized, alpha):
-    """A 700 Hz tone through a bank warped by alpha peaks in the band where a plain bank puts a
-    700 * alpha Hz tone (formants of a shorter or longer vocal tract), and the features differ."""
+    """A 700 Hz tone through a bank warped by alpha has its power where a plain bank puts a
+    700 * alpha Hz tone (formants of a shorter or longer vocal tract), two bands from its own."""
     t = np.arange(8000) / SAMPLE_RATE
-    tone = lambda f: torch.from_numpy((0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32))[None]
+
+    def tone(f):
+        return torch.from_numpy((0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32))[None]
+
     lengths = torch.tensor([8000])
     bank = vtlp_mel_filterbank(unnormalized.config, torch.tensor([alpha]))
     with torch.no_grad():
         warped, _ = unnormalized(tone(700.0), lengths, mel_fb=bank)
         scaled, _ = unnormalized(tone(700.0 * alpha), lengths)
         plain, _ = unnormalized(tone(700.0), lengths)
+
     def centroid(feats):  # mean band index, weighted by mel power, over the middle frames
         power = feats[0, 10:-10].exp().mean(dim=0)
         return float((power * torch.arange(len(power))).sum() / power.sum())

@@ -17,6 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import asrkd.train as train_module
 from asrkd.checkpoint import list_step_checkpoints, load_checkpoint
 from asrkd.cli import main as cli_main
 from asrkd.config import ConfigError, TrainConfig
@@ -259,6 +260,32 @@ def test_vtlp_warps_the_training_features_per_step_and_reproducibly(ten_utts, tm
     assert all(changed)
     warped.step += 1
     assert not torch.equal(warped.features(batch)[0], first)  # another step, other factors
+
+
+def test_dev_lexicon_decodes_the_dev_set_with_it_and_bad_ones_are_refused(ten_utts, tmp_path, monkeypatch):
+    words = tmp_path / "digits.words"
+    words.write_text("zero\none\ntwo\nthree\nfour\nfive\nsix\nseven\neight\nnine\n")
+    cfg = tiny_config(ten_utts, tmp_path / "run", data={"dev": str(ten_utts), "dev_lexicon": str(words)},
+                      optim={"max_steps": 2})
+    seen = []
+    real_evaluate = train_module.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("lexicon"))
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", spy)
+    trainer = Trainer(TrainConfig.from_dict(cfg))
+    trainer.fit()
+    assert seen and all(lex is trainer.dev_lexicon for lex in seen)
+    assert trainer.dev_lexicon.words == {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+
+    cfg["data"]["dev_lexicon"] = str(tmp_path / "missing.words")
+    with pytest.raises(ConfigError, match="data.dev_lexicon: .*missing.words: cannot read the lexicon"):
+        Trainer(TrainConfig.from_dict(cfg))
+    cfg["data"].update(dev=None, dev_lexicon=str(words))
+    with pytest.raises(ConfigError, match="data.dev_lexicon is set but data.dev is not"):
+        Trainer(TrainConfig.from_dict(cfg))
 
 
 def test_init_from_starts_from_a_checkpoint_and_refuses_another_shape(ten_utts, tmp_path):
