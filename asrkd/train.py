@@ -1,12 +1,13 @@
-"""The training loop: one batch goes audio → LogMel → SpecAugment → Conformer → loss → AdamW.
+"""The training loop: one batch goes audio → LogMel (+ VTLP) → SpecAugment → Conformer → loss → AdamW.
 
 Read it top to bottom: ``Trainer.fit`` is the whole loop. Distillation (``asrkd.distill``)
 subclasses ``Trainer`` and overrides ``compute_loss`` only; checkpoints, exact resume, DDP,
 logs and the progress bar come from here.
 
 Exact resume: a checkpoint holds the optimizer, scheduler, step, the sampler's position in the
-epoch and every RNG state. Waveform augmentation is seeded by (seed, epoch, utterance index) and
-SpecAugment by (seed, step), so the losses after ``--resume`` equal those of an uninterrupted run.
+epoch and every RNG state. Waveform augmentation is seeded by (seed, epoch, utterance index),
+VTLP and SpecAugment by (seed, step), so the losses after ``--resume`` equal those of an
+uninterrupted run.
 
 Distributed: launched with ``torchrun --nproc_per_node N -m asrkd.cli train ...`` the trainer
 joins the process group (gloo on CPU, NCCL on GPU), shards batches by rank and averages
