@@ -2,7 +2,7 @@
 
     python configs/fsdd/band_share.py [FSDD_DIR]      (default: ../shared/data/fsdd)
 
-Per take: 20 ms frames (Hann window) of the 8 kHz recording; "whole" is over the frames within
+Per take: 20 ms frames (Hann window) of the 8 kHz recording (read with asrkd.audio.load_audio); "whole" is over the frames within
 30 dB of the take's loudest, "onset" over the first three of them (60 ms). Printed: the mean over
 each speaker's takes of the word.
 """
@@ -14,12 +14,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
+from asrkd.audio import load_audio
 from asrkd.data import read_manifest
 
 WORDS = ("eight", "six")
 BAND_HZ = (1000.0, 4000.0)
+SAMPLE_RATE = 8000  # FSDD's own rate: nothing is resampled
 
 
 def band_shares(wav: np.ndarray, sample_rate: int) -> tuple[float, float]:
@@ -40,8 +41,9 @@ def main() -> None:
     shares = defaultdict(list)
     for utt in read_manifest(fsdd / "manifests" / "fsdd_isolated.jsonl"):
         if utt.text in WORDS:
-            wav, sample_rate = sf.read(utt.audio_filepath)
-            shares[utt.speaker, utt.text].append(band_shares(wav, sample_rate))
+            wav = load_audio(utt.audio_filepath, SAMPLE_RATE, offset=utt.offset,
+                             duration=utt.duration if utt.offset else None)
+            shares[utt.speaker, utt.text].append(band_shares(wav, SAMPLE_RATE))
     print("speaker          " + "  ".join(f'"{w}": whole / onset' for w in WORDS))
     for speaker in sorted({s for s, _ in shares}):
         cells = [np.mean(shares[speaker, w], axis=0) for w in WORDS]
