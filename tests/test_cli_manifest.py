@@ -74,3 +74,23 @@ def test_ctc_feasibility_from_a_flag_or_a_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "at 25.0 frames/s" in out
     assert main(["manifest", "check", str(manifest), "--ctc-frame-rate", "-1"]) == 2
+
+
+def test_a_reader_that_closes_early_gets_no_traceback(tmp_path):
+    """`asrkd manifest check bad.jsonl | head -1`: the command stops quietly with status 141."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n" * 50_000, encoding="utf-8")  # one problem line each: > 1 MB of output
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from asrkd.cli import main; sys.exit(main(sys.argv[1:]))",
+         "manifest", "check", str(bad)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away, as `head -1` does
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert first.startswith(str(bad).encode() + b":1: ")
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
