@@ -2,6 +2,11 @@
 
 Unknown keys are an error that names the file and the key (a typo must not be silently
 ignored), and relative paths in a YAML file are resolved against that file's folder.
+
+A YAML file may start from another one: ``base: teacher_breath.yaml`` (a path relative to the
+file). The base is read first (it may have a base of its own), then this file's keys are laid
+over it: mappings merge key by key, anything else (a list, a number, a string) replaces the base's
+value. Each file's relative paths are resolved against its own folder before the merge.
 """
 
 from __future__ import annotations
@@ -128,18 +133,9 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise ConfigError(f"{where}: invalid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+        raw = _read_yaml_with_bases(path, chain=())
         cfg = cls.from_dict(raw, source=str(path))
-        cfg.resolve_paths(path.parent)
+        cfg.resolve_paths(path.parent)  # paths are absolute by now; kept for from_dict users
         return cfg
 
     def resolve_paths(self, base: Path) -> None:
@@ -156,6 +152,80 @@ class TrainConfig:
         self.kd.teacher = fix(self.kd.teacher)
         self.run.out_dir = fix(self.run.out_dir)
         self.model.init_from = fix(self.model.init_from)
+
+
+# Fields that hold paths, as (section, key): resolved against the folder of the YAML that sets them.
+_PATH_FIELDS = (
+    ("data", "train"), ("data", "dev"), ("data", "dev_lexicon"), ("data", "tokens"),
+    ("kd", "cache"), ("kd", "teacher"), ("run", "out_dir"), ("model", "init_from"),
+)
+
+
+def _read_yaml_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
+    """One YAML file as a dict with its ``base:`` chain merged in and its relative paths made absolute."""
+    if not path.is_file():
+        where = f"{chain[-1]}: base" if chain else str(path)
+        raise ConfigError(f"{where}: config file {path} not found")
+    if path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise ConfigError(f"{path}: base files form a cycle: {cycle}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    _check_keys(TrainConfig, raw, str(path))  # a typo is reported with the file that has it
+    _absolute_paths(raw, path.parent, str(path))
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must be the path of another YAML config, got {base!r}")
+    base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+    merged = _read_yaml_with_bases(base_path, (*chain, path.resolve()))
+    return _merge(merged, raw)
+
+
+def _check_keys(cls, d: Any, where: str) -> None:
+    """The unknown-key check of `_build`, on one file's part of a merged config."""
+    if not isinstance(d, dict):
+        return  # a wrong type is reported by _build
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+    for name, value in d.items():
+        ftype = fields[name].type
+        sub = _SECTIONS.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        if sub is not None:
+            _check_keys(sub, value, f"{where}: {name}")
+
+
+def _absolute_paths(raw: dict, folder: Path, where: str) -> None:
+    for section, key in _PATH_FIELDS:
+        part = raw.get(section)
+        if not isinstance(part, dict) or part.get(key) is None:
+            continue  # a wrong type is reported by _build, with the key's name
+        value = part[key]
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"{where}: {section}.{key} must be a path or a list of paths, got {value!r}")
+        fixed = [v if Path(v).is_absolute() else str((folder / v).resolve()) for v in values]
+        part[key] = fixed if isinstance(value, list) else fixed[0]
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """``top`` laid over ``base``: mappings merge recursively, other values replace."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _build(cls, d: Any, where: str):

@@ -222,6 +222,50 @@ def test_paths_in_a_yaml_config_are_relative_to_the_yaml(tmp_path):
     assert cfg.run.out_dir == str(tmp_path / "runs" / "x")
 
 
+def test_a_config_can_start_from_a_base_config(tmp_path):
+    """`base:` merges mappings key by key, replaces lists and scalars, and keeps each file's paths."""
+    (tmp_path / "common").mkdir()
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "common" / "root.yaml").write_text(
+        "data:\n  train: [a.jsonl, b.jsonl]\n  dev: dev.jsonl\n  max_batch_seconds: 15\n"
+        "model:\n  preset: teacher\n  overrides: {dropout: 0.2, num_layers: 4}\n"
+        "augment:\n  speed_factors: [0.9, 1.0, 1.1]\noptim:\n  lr: 1.0e-3\n  epochs: 8\n"
+        "run:\n  out_dir: ../runs/root\n")
+    (tmp_path / "recipe" / "mid.yaml").write_text(
+        "base: ../common/root.yaml\nfrontend: {f_max: 4000.0}\noptim:\n  epochs: 12\n")
+    (tmp_path / "recipe" / "top.yaml").write_text(
+        "base: mid.yaml\ndata:\n  train: [c.jsonl]\nmodel:\n  overrides: {dropout: 0.3}\n"
+        "augment:\n  speed_factors: [1.0]\nrun:\n  out_dir: ../runs/top\n  seed: 1\n")
+    cfg = TrainConfig.from_yaml(tmp_path / "recipe" / "top.yaml")
+    assert cfg.data.train == [str(tmp_path / "recipe" / "c.jsonl")]  # a list replaces, from its own file
+    assert cfg.data.dev == str(tmp_path / "common" / "dev.jsonl")  # relative to the base that set it
+    assert cfg.data.max_batch_seconds == 15
+    assert cfg.model.preset == "teacher"
+    assert cfg.model.overrides == {"dropout": 0.3, "num_layers": 4}  # a mapping merges
+    assert cfg.frontend == {"f_max": 4000.0}
+    assert cfg.augment.speed_factors == [1.0]
+    assert (cfg.optim.lr, cfg.optim.epochs) == (1.0e-3, 12)
+    assert (cfg.run.out_dir, cfg.run.seed) == (str(tmp_path / "runs" / "top"), 1)
+    assert TrainConfig.from_yaml(tmp_path / "common" / "root.yaml").optim.epochs == 8
+
+
+def test_bad_base_configs_are_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"base files form a cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        TrainConfig.from_yaml(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: base: config file .*missing.yaml not found"):
+        TrainConfig.from_yaml(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"d.yaml: base must be the path of another YAML config"):
+        TrainConfig.from_yaml(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("base: f.yaml\n")
+    (tmp_path / "f.yaml").write_text("optim:\n  warmup: 10\n")  # a typo in a base names the base
+    with pytest.raises(ConfigError, match=r"f.yaml: optim: unknown key\(s\) \['warmup'\]"):
+        TrainConfig.from_yaml(tmp_path / "e.yaml")
+
+
 def test_every_epoch_ends_once_even_when_batch_counts_vary(ten_utts, tmp_path):
     from asrkd.data import BucketingBatchSampler
 
