@@ -193,15 +193,25 @@ def _check_keys(cls, d: Any, where: str) -> None:
     """The unknown-key check of `_build`, on one file's part of a merged config."""
     if not isinstance(d, dict):
         return  # a wrong type is reported by _build
+    fields = _known_fields(cls, d, where)
+    for name, value in d.items():
+        sub = _section_of(fields[name])
+        if sub is not None:
+            _check_keys(sub, value, f"{where}: {name}")
+
+
+def _known_fields(cls, d: dict, where: str) -> dict:
+    """``cls``'s dataclass fields by name; a key of ``d`` that is not one of them is an error."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
-    for name, value in d.items():
-        ftype = fields[name].type
-        sub = _SECTIONS.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        if sub is not None:
-            _check_keys(sub, value, f"{where}: {name}")
+    return fields
+
+
+def _section_of(f: dataclasses.Field):
+    """The config dataclass a field holds (a nested section), or None for a plain value."""
+    return _SECTIONS.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
 
 
 def _absolute_paths(raw: dict, folder: Path, where: str) -> None:
@@ -231,14 +241,10 @@ def _merge(base: dict, top: dict) -> dict:
 def _build(cls, d: Any, where: str):
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+    fields = _known_fields(cls, d, where)
     kwargs = {}
     for name, value in d.items():
-        ftype = fields[name].type
-        sub = _SECTIONS.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        sub = _section_of(fields[name])
         if sub is TermWeight and isinstance(value, int | float) and not isinstance(value, bool):
             kwargs[name] = TermWeight(value=float(value))  # `frame: 0.5` is a constant weight
         elif sub is not None:
