@@ -49,6 +49,21 @@ class ModelConfig:
     # Start from this checkpoint's weights (and tokenizer) instead of a random init: fine-tuning,
     # or a curriculum whose first stage trains on short utterances only.
     init_from: str | None = None
+    # Intermediate CTC (Lee & Watanabe, ICASSP 2021): CTC also on the output of these blocks
+    # (1-based, below the last), through the model's own CTC head, so no weights are added and
+    # exported graphs do not change. Loss = (1 - w) * CTC + w * mean of the intermediate CTCs.
+    interctc_layers: list[int] = field(default_factory=list)
+    interctc_weight: float = 0.3
+
+    def __post_init__(self) -> None:
+        layers = self.interctc_layers
+        if not isinstance(layers, list) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in layers):
+            raise ConfigError(f"interctc_layers must be a list of block numbers >= 1, got {layers!r}")
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"interctc_layers has a block twice: {layers}")
+        if not (isinstance(self.interctc_weight, int | float) and 0 < self.interctc_weight < 1):
+            raise ConfigError(f"interctc_weight must lie in (0, 1), got {self.interctc_weight!r}")
 
 
 @dataclass

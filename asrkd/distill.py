@@ -46,7 +46,6 @@ from asrkd.losses import (
     VocabularyMap,
     VocabularyMismatchError,
     align_to_student,
-    ctc_loss,
     feature_kd_loss,
     frame_kd_loss,
     frame_ratio,
@@ -76,6 +75,9 @@ class Distiller(Trainer):
         super().__init__(config, resume=False)
         kd = self.kd
         self.terms = kd.enabled_terms()
+        if config.model.interctc_layers and "ctc" not in self.terms:
+            raise ConfigError("model.interctc_layers is mixed into the ctc term, but kd.weights.ctc is 0: "
+                              "give the ctc term a weight, or drop interctc_layers")
         self.layers = sorted(set(kd.layer_map.values())) if {"feature", "relation"} & set(self.terms) else []
         vocabulary, shift, blank = self._teacher_vocabulary()
         self.teacher_vocab_size = len(vocabulary)
@@ -308,13 +310,15 @@ class Distiller(Trainer):
     def compute_loss(self, batch: dict, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, dict[str, float]]:
         kd = self.kd
         w = {t: getattr(kd.weights, t).at(self.step) for t in self.terms}
-        need_hidden = w.get("feature", 0) > 0 or w.get("relation", 0) > 0
+        need_hidden = (w.get("feature", 0) > 0 or w.get("relation", 0) > 0
+                       or (w.get("ctc", 0) > 0 and bool(self.cfg.model.interctc_layers)))
         log_probs, out_lens, hidden = self.ddp_model(feats, feat_lens, return_hidden=need_hidden)
         losses: dict[str, Tensor] = {}
+        extra: dict[str, float] = {}
         if w.get("ctc", 0) > 0:
             if batch["targets"] is None:
                 raise ValueError("a batch without transcripts reached the ctc term")
-            losses["ctc"] = ctc_loss(log_probs, out_lens, batch["targets"], batch["target_lens"])
+            losses["ctc"] = self.ctc_term(log_probs, out_lens, hidden, batch, extra)
         targets = None
         if any(w.get(t, 0) > 0 for t in ("frame", "feature", "relation")) or (
                 w.get("sequence", 0) > 0 and self.cache is None):
@@ -335,6 +339,7 @@ class Distiller(Trainer):
                 for s, t in kd.layer_map.items()) / len(kd.layer_map)
         total = sum(w[name] * value for name, value in losses.items())
         terms = {name: value.item() for name, value in losses.items()}
+        terms.update({k: v for k, v in extra.items() if k != "ctc"})  # interctc; ctc: the mixed term
         terms.update({f"w_{t}": w[t] for t in self.terms if getattr(kd.weights, t).schedule != "constant"})
         return total, terms
 

@@ -148,6 +148,12 @@ class Trainer:
         self.batch_in_epoch = 0  # batches of the current epoch already trained on
         self.best_wer: float | None = None
         self._sampler_state: dict | None = None  # set by a resume: the position in the epoch
+        last = self.model.config.n_layers
+        if any(k >= last for k in config.model.interctc_layers):
+            raise ConfigError(
+                f"model.interctc_layers {config.model.interctc_layers}: blocks are 1..{last}, and "
+                f"block {last} is the model's output, already trained by CTC; give blocks 1..{last - 1}"
+            )
         if config.model.init_from:
             self._init_weights(config.model.init_from)
         self.ddp_model: torch.nn.Module = self.model
@@ -335,9 +341,29 @@ class Trainer:
 
     def compute_loss(self, batch: dict, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Loss of one batch and its named terms. The distiller overrides this."""
-        log_probs, out_lens, _ = self.ddp_model(feats, feat_lens)
+        log_probs, out_lens, hidden = self.ddp_model(
+            feats, feat_lens, return_hidden=bool(self.cfg.model.interctc_layers))
+        terms: dict[str, float] = {}
+        loss = self.ctc_term(log_probs, out_lens, hidden, batch, terms)
+        return loss, terms
+
+    def ctc_term(self, log_probs: Tensor, out_lens: Tensor, hidden: list[Tensor] | None, batch: dict,
+                 terms: dict[str, float]) -> Tensor:
+        """CTC of the output, mixed with the intermediate CTCs of ``model.interctc_layers`` if any.
+        Records ``ctc`` (and ``interctc``, their mean) in ``terms``."""
         loss = ctc_loss(log_probs, out_lens, batch["targets"], batch["target_lens"])
-        return loss, {"ctc": loss.item()}
+        terms["ctc"] = loss.item()
+        layers = self.cfg.model.interctc_layers
+        if not layers:
+            return loss
+        inter = sum(
+            ctc_loss(F.log_softmax(self.model.ctc_head(hidden[k - 1]).float(), dim=-1), out_lens,
+                     batch["targets"], batch["target_lens"])
+            for k in layers
+        ) / len(layers)
+        terms["interctc"] = inter.item()
+        w = self.cfg.model.interctc_weight
+        return (1 - w) * loss + w * inter
 
     # ------------------------------------------------------------------ loop
     def _loader(self) -> DataLoader:

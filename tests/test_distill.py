@@ -93,7 +93,8 @@ class DiesAtStep(Distiller):
 def test_every_term_trains_and_a_killed_run_resumes_to_the_same_losses(corpus, cache_dir, tmp_path):
     # Waveform noise, band-limiting, SpecAugment and dropout on: what exact resume must replay.
     changes = dict(
-        model={"preset": "student-xs", "overrides": {"subsampling": 8, "dropout": 0.1}},
+        model={"preset": "student-xs", "overrides": {"subsampling": 8, "dropout": 0.1},
+               "interctc_layers": [1]},  # the ctc term with intermediate CTC mixed in
         augment={"speed_factors": [1.0], "noise_prob": 0.5, "bandlimit_prob": 0.5, "freq_masks": 2,
                  "time_masks": 2},
         optim={"max_steps": 10, "schedule": "cosine", "warmup_steps": 3},
@@ -105,7 +106,7 @@ def test_every_term_trains_and_a_killed_run_resumes_to_the_same_losses(corpus, c
     log = read_log(straight)
     expected = {int(r["step"]): r["loss"] for r in log if "loss" in r}
     assert sorted(expected) == list(range(1, 11))
-    for term in ("ctc", "frame", "sequence", "feature", "relation"):
+    for term in ("ctc", "interctc", "frame", "sequence", "feature", "relation"):
         assert all(r[term] > 0 for r in log if "loss" in r and r["step"] > 1), term
     assert [r["w_feature"] for r in log[:5]] == [0.0, 0.125, 0.25, 0.375, 0.5]
 
@@ -132,6 +133,8 @@ def test_every_term_trains_and_a_killed_run_resumes_to_the_same_losses(corpus, c
 def test_frame_kd_alone_pulls_the_student_towards_the_teacher(corpus, cache_dir, tmp_path):
     cfg = kd_config(corpus, tmp_path / "run", cache_dir, optim={"max_steps": 40, "lr": 5e-3},
                     kd={"cache": str(cache_dir), "weights": {"ctc": 0.0, "frame": 1.0}})
+    with pytest.raises(ConfigError, match="model.interctc_layers is mixed into the ctc term, but kd.weights.ctc is 0"):
+        Distiller(TrainConfig.from_dict({**cfg, "model": {**cfg["model"], "interctc_layers": [1]}}))
     Distiller(TrainConfig.from_dict(cfg)).fit()
     frame = [r["frame"] for r in read_log(tmp_path / "run")]
     assert "ctc" not in read_log(tmp_path / "run")[0]

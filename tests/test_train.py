@@ -350,3 +350,71 @@ def test_init_from_starts_from_a_checkpoint_and_refuses_another_shape(ten_utts, 
     cfg["model"]["overrides"] = {"dropout": 0.0, "n_layers": 2}
     with pytest.raises(ConfigError, match="model.init_from: .* use the same preset and overrides"):
         Trainer(TrainConfig.from_dict(cfg))
+
+
+def _layer_ctc(trainer: Trainer, manifest: Path, layer: int) -> float:
+    """CTC of block ``layer`` (1-based) through the CTC head, eval mode, all utterances in one batch."""
+    import torch.nn.functional as F
+
+    from asrkd.data import collate
+
+    utts = read_manifest(manifest)
+    items = [trainer.dataset[i] for i in range(len(utts))]
+    batch = collate(items)
+    trainer.model.eval()
+    with torch.no_grad():
+        feats, feat_lens = trainer.frontend(batch["wavs"], batch["wav_lens"])
+        _, out_lens, hidden = trainer.model(feats, feat_lens, return_hidden=True)
+        lp = F.log_softmax(trainer.model.ctc_head(hidden[layer - 1]), dim=-1)
+        return float(F.ctc_loss(lp.transpose(0, 1), batch["targets"].clamp(min=0), out_lens,
+                                batch["target_lens"], reduction="sum", zero_infinity=True)) / len(items)
+
+
+def test_intermediate_ctc_mixes_the_losses_and_trains_the_lower_block(ten_utts, tmp_path):
+    import torch.nn.functional as F
+
+    from asrkd.data import collate
+
+    cfg = TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "inter", optim={"max_steps": 60},
+                                            model={"interctc_layers": [1, 2], "interctc_weight": 0.4}))
+    trainer = Trainer(cfg)
+    # The loss is (1 - w) CTC(output) + w mean(CTC(block 1), CTC(block 2)), all through one head.
+    batch = collate([trainer.dataset[i] for i in range(4)])
+    trainer.model.eval()
+    feats, feat_lens = trainer.frontend(batch["wavs"], batch["wav_lens"])
+    loss, terms = trainer.compute_loss(batch, feats, feat_lens)
+    log_probs, out_lens, hidden = trainer.model(feats, feat_lens, return_hidden=True)
+
+    def ctc(lp):
+        lp = lp.detach()
+        return float(F.ctc_loss(lp.transpose(0, 1), batch["targets"].clamp(min=0), out_lens,
+                                batch["target_lens"], reduction="sum", zero_infinity=True)) / 4
+
+    inter = [ctc(F.log_softmax(trainer.model.ctc_head(h), dim=-1)) for h in hidden[:2]]
+    assert terms["ctc"] == pytest.approx(ctc(log_probs), rel=1e-5)
+    assert terms["interctc"] == pytest.approx(sum(inter) / 2, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(0.6 * terms["ctc"] + 0.4 * terms["interctc"], rel=1e-5)
+    # No weights are added: checkpoints and exported graphs are those of the plain model.
+    plain = Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "plain", optim={"max_steps": 60})))
+    assert trainer.model.state_dict().keys() == plain.model.state_dict().keys()
+    # Trained with it, block 1 alone transcribes far better than when only the output is trained.
+    trainer.model.train()
+    trainer.fit()
+    plain.fit()
+    assert "interctc" in read_log(tmp_path / "inter")[-1]
+    with_inter, without = _layer_ctc(trainer, ten_utts, 1), _layer_ctc(plain, ten_utts, 1)
+    assert with_inter < 0.5 * without, (with_inter, without)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"interctc_layers": [3]}, r"model.interctc_layers \[3\]: blocks are 1..3, and block 3 is the model's output"),
+        ({"interctc_layers": [0]}, r"interctc_layers must be a list of block numbers >= 1, got \[0\]"),
+        ({"interctc_layers": [1, 1]}, r"interctc_layers has a block twice: \[1, 1\]"),
+        ({"interctc_layers": [1], "interctc_weight": 1.0}, r"interctc_weight must lie in \(0, 1\), got 1.0"),
+    ],
+)
+def test_bad_intermediate_ctc_settings_are_refused(ten_utts, tmp_path, model, message):
+    with pytest.raises(ConfigError, match=message):
+        Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "run", model=model)))
