@@ -339,7 +339,7 @@ class Distiller(Trainer):
                 for s, t in kd.layer_map.items()) / len(kd.layer_map)
         total = sum(w[name] * value for name, value in losses.items())
         terms = {name: value.item() for name, value in losses.items()}
-        terms.update({k: v for k, v in extra.items() if k != "ctc"})  # interctc; ctc: the mixed term
+        terms.update(extra)  # with interctc_layers: `ctc` of the output alone and `interctc`, as in training
         terms.update({f"w_{t}": w[t] for t in self.terms if getattr(kd.weights, t).schedule != "constant"})
         return total, terms
 

@@ -109,6 +109,11 @@ def test_every_term_trains_and_a_killed_run_resumes_to_the_same_losses(corpus, c
     for term in ("ctc", "interctc", "frame", "sequence", "feature", "relation"):
         assert all(r[term] > 0 for r in log if "loss" in r and r["step"] > 1), term
     assert [r["w_feature"] for r in log[:5]] == [0.0, 0.125, 0.25, 0.375, 0.5]
+    for r in log:  # the ctc term is (1 - 0.3) CTC(output) + 0.3 CTC(block 1); the log has both parts
+        if "loss" in r and r["step"] > 1:
+            total = (0.7 * r["ctc"] + 0.3 * r["interctc"] + r["frame"] + 0.5 * r["sequence"]
+                     + r["w_feature"] * r["feature"] + r["w_relation"] * r["relation"])
+            assert r["loss"] == pytest.approx(total, rel=1e-4), r
 
     killed = tmp_path / "killed"
     config = TrainConfig.from_dict(kd_config(corpus, killed, cache_dir, **changes))
