@@ -228,7 +228,7 @@ def test_a_config_can_start_from_a_base_config(tmp_path):
     (tmp_path / "recipe").mkdir()
     (tmp_path / "common" / "root.yaml").write_text(
         "data:\n  train: [a.jsonl, b.jsonl]\n  dev: dev.jsonl\n  max_batch_seconds: 15\n"
-        "model:\n  preset: teacher\n  overrides: {dropout: 0.2, num_layers: 4}\n"
+        "model:\n  preset: teacher\n  overrides: {dropout: 0.2, n_layers: 4}\n"
         "augment:\n  speed_factors: [0.9, 1.0, 1.1]\noptim:\n  lr: 1.0e-3\n  epochs: 8\n"
         "run:\n  out_dir: ../runs/root\n")
     (tmp_path / "recipe" / "mid.yaml").write_text(
@@ -241,7 +241,7 @@ def test_a_config_can_start_from_a_base_config(tmp_path):
     assert cfg.data.dev == str(tmp_path / "common" / "dev.jsonl")  # relative to the base that set it
     assert cfg.data.max_batch_seconds == 15
     assert cfg.model.preset == "teacher"
-    assert cfg.model.overrides == {"dropout": 0.3, "num_layers": 4}  # a mapping merges
+    assert cfg.model.overrides == {"dropout": 0.3, "n_layers": 4}  # a mapping merges
     assert cfg.frontend == {"f_max": 4000.0}
     assert cfg.augment.speed_factors == [1.0]
     assert (cfg.optim.lr, cfg.optim.epochs) == (1.0e-3, 12)
@@ -397,7 +397,7 @@ def test_intermediate_ctc_mixes_the_losses_and_trains_the_lower_block(ten_utts, 
     # No weights are added: checkpoints and exported graphs are those of the plain model.
     plain = Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "plain", optim={"max_steps": 60})))
     assert trainer.model.state_dict().keys() == plain.model.state_dict().keys()
-    # Trained with it, block 1 alone transcribes far better than when only the output is trained.
+    # Trained with it, block 1's own CTC loss ends far lower than when only the output is trained.
     trainer.model.train()
     trainer.fit()
     plain.fit()
