@@ -147,26 +147,19 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML config (and its ``base:`` chain); its relative paths come back absolute."""
         path = Path(path)
-        raw = _read_yaml_with_bases(path, chain=())
-        cfg = cls.from_dict(raw, source=str(path))
-        cfg.resolve_paths(path.parent)  # paths are absolute by now; kept for from_dict users
-        return cfg
+        return cls.from_dict(_read_yaml_with_bases(path, chain=()), source=str(path))
 
     def resolve_paths(self, base: Path) -> None:
-        """Make manifest, tokens and run.out_dir paths absolute, relative to ``base`` (the YAML's folder)."""
-
-        def fix(p: str | None) -> str | None:
-            return None if p is None else str((base / p).resolve()) if not Path(p).is_absolute() else p
-
-        self.data.train = [fix(p) for p in self.data.train]
-        self.data.dev = fix(self.data.dev)
-        self.data.dev_lexicon = fix(self.data.dev_lexicon)
-        self.data.tokens = fix(self.data.tokens)
-        self.kd.cache = fix(self.kd.cache)
-        self.kd.teacher = fix(self.kd.teacher)
-        self.run.out_dir = fix(self.run.out_dir)
-        self.model.init_from = fix(self.model.init_from)
+        """Make the path fields (`_PATH_FIELDS`) absolute, relative to ``base``: for configs built
+        with `from_dict` from relative paths (`from_yaml` resolves each file against its folder)."""
+        for section, key in _PATH_FIELDS:
+            part = getattr(self, section)
+            value = getattr(part, key)
+            if value is not None:
+                setattr(part, key, [_absolute(v, base) for v in value] if isinstance(value, list)
+                        else _absolute(value, base))
 
 
 # Fields that hold paths, as (section, key): resolved against the folder of the YAML that sets them.
@@ -238,8 +231,12 @@ def _absolute_paths(raw: dict, folder: Path, where: str) -> None:
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, str) for v in values):
             raise ConfigError(f"{where}: {section}.{key} must be a path or a list of paths, got {value!r}")
-        fixed = [v if Path(v).is_absolute() else str((folder / v).resolve()) for v in values]
+        fixed = [_absolute(v, folder) for v in values]
         part[key] = fixed if isinstance(value, list) else fixed[0]
+
+
+def _absolute(path: str, folder: Path) -> str:
+    return path if Path(path).is_absolute() else str((folder / path).resolve())
 
 
 def _merge(base: dict, top: dict) -> dict:
