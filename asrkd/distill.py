@@ -314,11 +314,11 @@ class Distiller(Trainer):
                        or (w.get("ctc", 0) > 0 and bool(self.cfg.model.interctc_layers)))
         log_probs, out_lens, hidden = self.ddp_model(feats, feat_lens, return_hidden=need_hidden)
         losses: dict[str, Tensor] = {}
-        extra: dict[str, float] = {}
+        ctc_parts: dict[str, float] = {}
         if w.get("ctc", 0) > 0:
             if batch["targets"] is None:
                 raise ValueError("a batch without transcripts reached the ctc term")
-            losses["ctc"] = self.ctc_term(log_probs, out_lens, hidden, batch, extra)
+            losses["ctc"], ctc_parts = self.ctc_term(log_probs, out_lens, hidden, batch)
         targets = None
         if any(w.get(t, 0) > 0 for t in ("frame", "feature", "relation")) or (
                 w.get("sequence", 0) > 0 and self.cache is None):
@@ -339,7 +339,7 @@ class Distiller(Trainer):
                 for s, t in kd.layer_map.items()) / len(kd.layer_map)
         total = sum(w[name] * value for name, value in losses.items())
         terms = {name: value.item() for name, value in losses.items()}
-        terms.update(extra)  # with interctc_layers: `ctc` of the output alone and `interctc`, as in training
+        terms.update(ctc_parts)  # with interctc_layers: `ctc` of the output alone and `interctc`, as in training
         terms.update({f"w_{t}": w[t] for t in self.terms if getattr(kd.weights, t).schedule != "constant"})
         return total, terms
 

@@ -343,27 +343,22 @@ class Trainer:
         """Loss of one batch and its named terms. The distiller overrides this."""
         log_probs, out_lens, hidden = self.ddp_model(
             feats, feat_lens, return_hidden=bool(self.cfg.model.interctc_layers))
-        terms: dict[str, float] = {}
-        loss = self.ctc_term(log_probs, out_lens, hidden, batch, terms)
-        return loss, terms
+        return self.ctc_term(log_probs, out_lens, hidden, batch)
 
-    def ctc_term(self, log_probs: Tensor, out_lens: Tensor, hidden: list[Tensor] | None, batch: dict,
-                 terms: dict[str, float]) -> Tensor:
-        """CTC of the output, mixed with the intermediate CTCs of ``model.interctc_layers`` if any.
-        Records ``ctc`` (and ``interctc``, their mean) in ``terms``."""
+    def ctc_term(self, log_probs: Tensor, out_lens: Tensor, hidden: list[Tensor] | None,
+                 batch: dict) -> tuple[Tensor, dict[str, float]]:
+        """CTC of the output, mixed with the intermediate CTCs of ``model.interctc_layers`` if any,
+        and its logged parts: ``ctc`` (the output's alone) and ``interctc`` (their mean)."""
         loss = ctc_loss(log_probs, out_lens, batch["targets"], batch["target_lens"])
-        terms["ctc"] = loss.item()
         layers = self.cfg.model.interctc_layers
         if not layers:
-            return loss
+            return loss, {"ctc": loss.item()}
         inter = sum(
-            ctc_loss(F.log_softmax(self.model.ctc_head(hidden[k - 1]).float(), dim=-1), out_lens,
-                     batch["targets"], batch["target_lens"])
+            ctc_loss(self.model.ctc_log_probs(hidden[k - 1]), out_lens, batch["targets"], batch["target_lens"])
             for k in layers
         ) / len(layers)
-        terms["interctc"] = inter.item()
         w = self.cfg.model.interctc_weight
-        return (1 - w) * loss + w * inter
+        return (1 - w) * loss + w * inter, {"ctc": loss.item(), "interctc": inter.item()}
 
     # ------------------------------------------------------------------ loop
     def _loader(self) -> DataLoader:

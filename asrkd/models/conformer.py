@@ -203,8 +203,12 @@ class ConformerCTC(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
             hidden.append(x)
-        log_probs = F.log_softmax(self.ctc_head(x).float(), dim=-1)
-        return log_probs, out_lens, (hidden if return_hidden else None)
+        return self.ctc_log_probs(x), out_lens, (hidden if return_hidden else None)
+
+    def ctc_log_probs(self, hidden: Tensor) -> Tensor:
+        """The CTC head on encoder states [B, T', d_model]: log_softmax over V, in float32. Also
+        what intermediate CTC applies to a lower block's output."""
+        return F.log_softmax(self.ctc_head(hidden).float(), dim=-1)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

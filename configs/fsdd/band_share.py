@@ -41,8 +41,7 @@ def main() -> None:
     shares = defaultdict(list)
     for utt in read_manifest(fsdd / "manifests" / "fsdd_isolated.jsonl"):
         if utt.text in WORDS:
-            wav = load_audio(utt.audio_filepath, SAMPLE_RATE, offset=utt.offset,
-                             duration=utt.duration if utt.offset else None)
+            wav = load_audio(utt.audio_filepath, SAMPLE_RATE, offset=utt.offset, duration=utt.duration)
             shares[utt.speaker, utt.text].append(band_shares(wav, SAMPLE_RATE))
     print("speaker          " + "  ".join(f'"{w}": whole / onset' for w in WORDS))
     for speaker in sorted({s for s, _ in shares}):
