@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from asrkd.contract import NBEST, NBEST_BEAM, TOP_K
+
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from asrkd.synth import synthesize_corpus
@@ -30,14 +32,12 @@ def _cmd_manifest_check(args: argparse.Namespace) -> int:
     frame_rate = args.ctc_frame_rate
     if args.checkpoint:
         from asrkd.checkpoint import read_config, resolve_checkpoint
+        from asrkd.contract import Contract
 
         config = read_config(resolve_checkpoint(args.checkpoint))
         tokenizer = load_tokenizer(config["tokenizer"])
-        if frame_rate is None:  # output frames per second, as asrkd.distill computes the student's
-            from asrkd.features import FrontendConfig
-
-            frame_shift = FrontendConfig.from_dict(config["frontend"]).frame_shift_seconds
-            frame_rate = 1.0 / (frame_shift * config["model"]["subsampling"])
+        if frame_rate is None:  # the checkpoint's output (CTC) frames per second
+            frame_rate = Contract.from_checkpoint_config(config).output_frame_rate
     else:
         tokenizer = load_tokenizer(args.tokens) if args.tokens else CharTokenizer.default_english()
     if frame_rate is not None and frame_rate <= 0:
@@ -83,6 +83,13 @@ def _fit(args: argparse.Namespace, trainer_class) -> int:
     if best is not None:
         print(f"best checkpoint: {best}")
     return 0
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of the training commands (`train`, `distill`)."""
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", help="run folder (overrides run.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -186,9 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_manifest_filter)
 
     p = sub.add_parser("train", help="train a Conformer-CTC model (CTC only) from a YAML config")
-    p.add_argument("--config", required=True)
-    p.add_argument("--out", help="run folder (overrides run.out_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    _add_run_arguments(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")
@@ -256,9 +261,10 @@ def _add_distill_commands(sub) -> None:
     p.add_argument("--teacher", required=True, help="asrkd checkpoint / run folder, or a local Hugging Face *ForCTC folder")
     p.add_argument("--manifest", action="append", required=True, help="JSONL manifest (repeatable)")
     p.add_argument("--out", required=True, help="cache folder")
-    p.add_argument("--top-k", type=int, default=8, help="posteriors kept per frame (default 8)")
-    p.add_argument("--nbest", type=int, default=4, help="hypotheses kept per utterance (default 4)")
-    p.add_argument("--beam", type=int, default=8, help="prefix beam width for the N-best (default 8)")
+    p.add_argument("--top-k", type=int, default=TOP_K, help=f"posteriors kept per frame (default {TOP_K})")
+    p.add_argument("--nbest", type=int, default=NBEST, help=f"hypotheses kept per utterance (default {NBEST})")
+    p.add_argument("--beam", type=int, default=NBEST_BEAM,
+                   help=f"prefix beam width for the N-best (default {NBEST_BEAM})")
     p.add_argument("--hidden-layers", type=int, nargs="*", default=[],
                    help="also cache these teacher layers' hidden states (0-based), for feature/relation KD")
     p.add_argument("--shard-size", type=int, default=256, help="utterances per shard (default 256)")
@@ -269,9 +275,7 @@ def _add_distill_commands(sub) -> None:
     p.set_defaults(func=_cmd_cache_build)
 
     p = sub.add_parser("distill", help="train a student from a teacher (YAML config with a kd: section)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--out", help="run folder (overrides run.out_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    _add_run_arguments(p)
     p.set_defaults(func=_cmd_distill)
 
 

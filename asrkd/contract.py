@@ -85,10 +85,27 @@ class Contract:
 
     @classmethod
     def from_checkpoint(cls, path: Any) -> Contract:
-        """From a checkpoint folder (or a run folder: its ``best`` / last checkpoint)."""
-        from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
+        """From a checkpoint folder (or a run folder: its ``best`` / last checkpoint). Reads only
+        its ``config.json``, not the weights."""
+        from asrkd.checkpoint import read_config, resolve_checkpoint
 
-        return cls.from_loaded(load_checkpoint(resolve_checkpoint(path)))
+        return cls.from_checkpoint_config(read_config(resolve_checkpoint(path)))
+
+    @classmethod
+    def from_checkpoint_config(cls, config: dict[str, Any]) -> Contract:
+        """From a checkpoint's ``config.json`` (``asrkd.checkpoint.read_config``)."""
+        from asrkd.features import FrontendConfig
+        from asrkd.text import load_tokenizer
+
+        model = config["model"]
+        tokenizer = load_tokenizer(config["tokenizer"])
+        return cls(
+            frontend=FrontendConfig.from_dict(config["frontend"]),
+            subsampling=int(model["subsampling"]),
+            vocab_size=int(model["vocab_size"]),
+            blank_id=int(tokenizer.blank_id),
+            vocabulary_sha256=tokenizer.fingerprint(),
+        )
 
     # -------------------------------------------------------------- derived numbers
     @property
