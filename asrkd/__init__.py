@@ -4,7 +4,7 @@ The public API, one import away (names load on first use, so ``import asrkd`` st
 
     import asrkd
 
-    best = asrkd.train("recipes/quickstart/student.yaml")             # YAML config -> best checkpoint
+    best = asrkd.train_model("recipes/quickstart/student.yaml")       # YAML config -> best checkpoint
     model = asrkd.load_checkpoint(best)                              # front end + model + tokenizer
     print(asrkd.transcribe(best, ["some.wav"])[0].text)
     report = asrkd.export(best, "bundle/", eval_manifest="test.jsonl")  # artifacts + verification
@@ -56,7 +56,7 @@ _LAZY = {
     "evaluate_checkpoint": "asrkd.inference",
 }
 
-__all__ = sorted([*_LAZY, "__version__", "train", "distill", "transcribe", "export"])
+__all__ = sorted([*_LAZY, "__version__", "train_model", "distill_model", "transcribe", "export"])
 
 
 def __getattr__(name: str) -> Any:
@@ -78,7 +78,7 @@ def _config(config: Any):
     return config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
 
 
-def train(config: Any, resume: bool = False) -> Path | None:
+def train_model(config: Any, resume: bool = False) -> Path | None:
     """Train a Conformer-CTC model (CTC only) from a YAML path or a ``TrainConfig``, as
     ``asrkd train --config``; returns the best checkpoint (None on ranks other than 0)."""
     from asrkd.train import Trainer
@@ -86,7 +86,7 @@ def train(config: Any, resume: bool = False) -> Path | None:
     return Trainer(_config(config), resume=resume).fit()
 
 
-def distill(config: Any, resume: bool = False, teacher: Any = None) -> Path | None:
+def distill_model(config: Any, resume: bool = False, teacher: Any = None) -> Path | None:
     """Distil a student from a YAML path or a ``TrainConfig`` with a ``kd:`` section, as
     ``asrkd distill --config``; ``teacher``: an already built teacher for online KD."""
     from asrkd.distill import Distiller
