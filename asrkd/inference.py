@@ -23,9 +23,9 @@ from asrkd.data import AudioDataset, BucketingBatchSampler, Utterance, collate, 
 from asrkd.decoding import Lexicon, greedy_decode, prefix_beam_search, utterance_confidence
 from asrkd.features import LogMel
 from asrkd.fileio import atomic_write_text
+from asrkd.metrics import score, utterance_wer
 from asrkd.models.conformer import ConformerCTC
 from asrkd.text import normalize_text
-from eval.wer import score, utterance_wer
 
 LEXICON_BEAM = 8  # beam width when a lexicon is given without one
 
@@ -44,6 +44,14 @@ class Hypothesis:
     confidence: float  # see asrkd.decoding.utterance_confidence; in [0, 1], higher = surer
 
 
+def log_posteriors(model: ConformerCTC, frontend: LogMel, wavs: Tensor, wav_lens: Tensor) -> tuple[Tensor, Tensor]:
+    """The acoustic model on waveforms: ``wavs [B, N]``, ``wav_lens [B]`` -> LogMel -> Conformer ->
+    ``log_probs [B, T', V]`` (CTC log-posteriors), ``out_lens [B]`` (valid frames per row)."""
+    feats, feat_lens = frontend(wavs, wav_lens)
+    log_probs, out_lens, _ = model(feats, feat_lens)
+    return log_probs, out_lens
+
+
 @torch.no_grad()
 def decode_batch(
     model: ConformerCTC, frontend: LogMel, tokenizer, wavs: Tensor, wav_lens: Tensor, beam: int = 1,
@@ -55,8 +63,7 @@ def decode_batch(
     ``lexicon`` restricts the search to its words (`asrkd.decoding.Lexicon`; needs a beam:
     greedy decoding with a lexicon searches with ``LEXICON_BEAM``).
     """
-    feats, feat_lens = frontend(wavs, wav_lens)
-    log_probs, out_lens, _ = model(feats, feat_lens)
+    log_probs, out_lens = log_posteriors(model, frontend, wavs, wav_lens)
     width = search_width(beam, lexicon)
     if width <= 1:
         ids = greedy_decode(log_probs, out_lens)
@@ -84,7 +91,7 @@ def evaluate(
     """Decode ``utts`` and score them against their (normalised) texts (``lexicon``: see
     `decode_batch`).
 
-    Returns :func:`eval.wer.score`'s dict plus ``hyps``, ``refs`` and ``confidences`` in
+    Returns :func:`asrkd.metrics.score`'s dict plus ``hyps``, ``refs`` and ``confidences`` in
     manifest order.
     """
     was_training = model.training

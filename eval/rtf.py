@@ -131,7 +131,7 @@ def measure_threads(open_runner: Callable[[int], object], pcms: Sequence[np.ndar
 
 # What each runner imports, so a cold measurement does not time the Python import itself.
 _RUNTIME_MODULES = {
-    "torch": ("torch", "mobile_export.graph", "asrkd.checkpoint"),
+    "torch": ("torch", "asrkd.inference", "asrkd.checkpoint"),
     "onnx": ("onnxruntime",),
     "tflite": ("ai_edge_litert.interpreter",),
     "executorch": ("torch", "executorch.runtime", "executorch.extension.pybindings.portable_lib"),

@@ -93,15 +93,27 @@ class Runner(ABC):
 
 
 class TorchRunner(Runner):
-    """The checkpoint in PyTorch eager mode, through the same ``ExportGraph`` the artifacts hold."""
+    """The checkpoint in PyTorch eager mode.
+
+    ``graph``: any module that maps ``(pcm [1, N], pcm_lens [1])`` to ``(log_probs [1, T', V],
+    out_lens [1], ...)``, such as the export graph the artifacts hold (the export passes it, so
+    its reference runs exactly what it converted). Without one, the checkpoint at ``path`` is
+    loaded and run as `asrkd.inference.log_posteriors` (LogMel -> Conformer), the same numbers.
+    """
 
     format = "torch"
 
     def __init__(self, path, threads: int = 1, graph=None):
         super().__init__(path, threads)
-        from mobile_export.graph import build_graph
+        if graph is None:
+            from functools import partial
 
-        self.graph = graph if graph is not None else build_graph(path)
+            from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
+            from asrkd.inference import log_posteriors
+
+            loaded = load_checkpoint(resolve_checkpoint(path))
+            graph = partial(log_posteriors, loaded.model, loaded.frontend)
+        self.graph = graph
 
     def _forward(self, pcm, length):
         import torch
