@@ -1,7 +1,8 @@
-"""Audio I/O: any soundfile format in, float32 mono at the project's sample rate out.
+"""Audio I/O: any soundfile format in, float32 mono at the requested sample rate out.
 
-`SAMPLE_RATE` is the single source of truth for the sample rate of the whole project: the front
-end, the data pipeline and the exported graphs import it instead of writing the number.
+The default rate is the project's, `asrkd.contract.SAMPLE_RATE` (re-exported here as
+``asrkd.audio.SAMPLE_RATE``); a stage that feeds one model passes that model's rate instead
+(``Contract.sample_rate``, ``Teacher.sample_rate``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16000
+from asrkd.contract import SAMPLE_RATE
+
+__all__ = ["SAMPLE_RATE", "AudioError", "audio_duration", "load_audio", "resample", "write_wav"]
 
 PathLike = str | os.PathLike
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asrkd.audio import SAMPLE_RATE
+from asrkd.contract import NBEST, NBEST_BEAM, TOP_K
 from asrkd.data import AudioDataset, BucketingBatchSampler, Utterance, collate, read_manifest
 from asrkd.decoding import prefix_beam_search, utterance_confidence
 from asrkd.fileio import atomic_write_text
@@ -231,9 +231,9 @@ def build_cache(
     manifests: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
-    top_k: int = 8,
-    nbest: int = 4,
-    beam: int = 8,
+    top_k: int = TOP_K,
+    nbest: int = NBEST,
+    beam: int = NBEST_BEAM,
     hidden_layers: Sequence[int] = (),
     shard_size: int = 256,
     max_batch_seconds: float = 60.0,
@@ -243,7 +243,8 @@ def build_cache(
     world_size: int | None = None,
 ) -> BuildReport:
     """Run ``teacher`` (an ``asrkd.teacher.Teacher``) over every utterance of ``manifests`` and
-    write a cache to ``out_dir``.
+    write a cache to ``out_dir``. Audio is loaded at the teacher's ``sample_rate`` (recorded in
+    the request's settings).
 
     An existing folder built with the same request is resumed (finished shards are kept); one
     built from another teacher, other settings or other manifest entries is refused with
@@ -259,12 +260,12 @@ def build_cache(
             raise CacheError(f"utt_id {u.utt_id!r} occurs twice (entries {seen[u.utt_id]} and {i}); "
                              "the cache is indexed by utt_id, so ids must be unique across manifests")
         seen[u.utt_id] = i
-    if not teacher.has_posteriors and (hidden_layers or top_k != 8):
+    if not teacher.has_posteriors and (hidden_layers or top_k != TOP_K):
         raise CacheError("a PseudoLabelTeacher has no posteriors or hidden states: only N-best text is cached")
     hidden_layers = sorted(set(int(x) for x in hidden_layers))
     entries = {u.utt_id: entry_of(u) for u in utts}
     settings = {"top_k": top_k if teacher.has_posteriors else 0, "nbest": nbest, "beam": beam,
-                "hidden_layers": hidden_layers, "shard_size": shard_size, "sample_rate": SAMPLE_RATE}
+                "hidden_layers": hidden_layers, "shard_size": shard_size, "sample_rate": teacher.sample_rate}
     request = {"format": FORMAT, "version": VERSION, "teacher": teacher.describe(), "settings": settings,
                "entries_sha256": _sha256([[u.utt_id, entries[u.utt_id]] for u in utts])}
 
@@ -340,7 +341,7 @@ def _progress(total: int, enabled: bool, unit: str):
 def _build_shard(teacher, utts: list[Utterance], folder: Path, key: str, settings: dict,
                  max_batch_seconds: float) -> None:
     """Compute one shard and move it into place atomically."""
-    dataset = AudioDataset(utts, sample_rate=SAMPLE_RATE)
+    dataset = AudioDataset(utts, sample_rate=settings["sample_rate"])
     sampler = BucketingBatchSampler([u.duration for u in utts], max_batch_seconds=max_batch_seconds,
                                     shuffle=False)
     per_utt: dict[int, dict[str, Any]] = {}
@@ -438,6 +439,8 @@ def _write_index(out: Path, request: dict, utts: list[Utterance], n_shards: int,
 
 @dataclass
 class CachedHypothesis:
+    """One of the teacher's N-best hypotheses of an utterance, as the cache stores it."""
+
     text: str
     ids: list[int]  # teacher token ids
     score: float  # total log-probability (prefix beam search)
@@ -445,6 +448,9 @@ class CachedHypothesis:
 
 class PosteriorCache:
     """A finished cache folder, memory-mapped.
+
+    ``vocabulary``, ``blank_id``, ``frame_shift`` and ``sample_rate`` are the teacher's, as built;
+    ``targets`` gives a padded batch ``[B, T, top_k]`` of them.
 
     >>> cache = PosteriorCache("runs/fsdd/kd_cache")              # doctest: +SKIP
     >>> cache.check(read_manifest("train.jsonl"))                # raises StaleCacheError if stale
@@ -466,6 +472,7 @@ class PosteriorCache:
         self.vocabulary: list[str] = info["vocabulary"]
         self.blank_id: int = info["blank_id"]
         self.frame_shift: float = info["frame_shift"]
+        self.sample_rate: int = info["request"]["settings"]["sample_rate"]
         self.has_posteriors: bool = info["has_posteriors"]
         self.top_k: int = info["request"]["settings"]["top_k"]
         self.hidden_layers: list[int] = info["request"]["settings"]["hidden_layers"]

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from asrkd import __version__
+from asrkd.contract import Contract
 from asrkd.features import FrontendConfig, LogMel
 from asrkd.models.conformer import ConformerConfig, ConformerCTC
 from asrkd.text import load_tokenizer
@@ -45,7 +46,12 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedModel:
-    """Everything needed to run a checkpoint: front end, acoustic model, tokenizer."""
+    """Everything needed to run a checkpoint: front end, acoustic model, tokenizer.
+
+    ``frontend(wavs [B, N], wav_lens [B])`` -> feats ``[B, T, n_mels]``; ``model(feats,
+    feat_lens)`` -> log-probs ``[B, T', vocab_size]``; ``contract`` states what they expect and
+    give (sample rate, frame shifts, blank id).
+    """
 
     path: Path
     frontend: LogMel
@@ -55,11 +61,18 @@ class LoadedModel:
 
     @property
     def model_config(self) -> ConformerConfig:
+        """The acoustic model's shape."""
         return self.model.config
 
     @property
     def frontend_config(self) -> FrontendConfig:
+        """The front end's settings (sample rate, hop, mel bands)."""
         return self.frontend.config
+
+    @property
+    def contract(self) -> Contract:
+        """The checkpoint's audio/frame/vocabulary contract (`Contract.from_loaded`)."""
+        return Contract.from_loaded(self)
 
 
 def save_checkpoint(

@@ -1,8 +1,8 @@
 """CTC decoding: greedy, prefix beam search, and an utterance confidence score.
 
-All functions take CTC log-posteriors (``log_softmax`` output, blank = 0 unless told otherwise) as
-torch tensors or numpy arrays, so they serve the PyTorch model and the exported runtimes (ONNX
-Runtime, LiteRT, ExecuTorch) alike.
+All functions take CTC log-posteriors (``log_softmax`` output, blank = `asrkd.contract.BLANK_ID`
+unless told otherwise) as torch tensors or numpy arrays, so they serve the PyTorch model and the
+exported runtimes (ONNX Runtime, LiteRT, ExecuTorch) alike.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from asrkd.contract import BLANK_ID, NBEST, NBEST_BEAM
+
 NEG_INF = float("-inf")
 
 Hypothesis = tuple[list[int], float]  # token ids (blank-free, collapsed), total log-probability
@@ -30,7 +32,7 @@ def _valid_frames(lens: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lens.device)[None, :] < lens[:, None]
 
 
-def greedy_decode(log_probs: Tensor, lens: Tensor, blank: int = 0) -> list[list[int]]:
+def greedy_decode(log_probs: Tensor, lens: Tensor, blank: int = BLANK_ID) -> list[list[int]]:
     """Best path: per frame argmax, repeats collapsed, blanks dropped.
 
     log_probs [B, T, V] (any monotone scores work), lens [B] -> one token-id list per utterance.
@@ -85,6 +87,7 @@ class Lexicon:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Lexicon:
+        """Read a word list: one word per line, ``#`` starts a comment, blank lines skipped."""
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
@@ -112,6 +115,7 @@ class Lexicon:
         return words[-1] in (self.words if final else self.prefixes)
 
     def constraint(self, tokenizer) -> LexiconConstraint:
+        """This lexicon on the token ids of ``tokenizer`` (what `prefix_beam_search` takes)."""
         return LexiconConstraint(self, tokenizer)
 
 
@@ -125,6 +129,7 @@ class LexiconConstraint:
         self._seen: dict[tuple[tuple[int, ...], bool], bool] = {}
 
     def allows(self, ids: tuple[int, ...], final: bool = False) -> bool:
+        """`Lexicon.allows` for the text that the token ids ``ids`` decode to."""
         key = (ids, final)
         if key not in self._seen:
             sep = self.word_sep_id is not None and bool(ids) and ids[-1] == self.word_sep_id
@@ -137,10 +142,10 @@ class LexiconConstraint:
 
 def prefix_beam_search(
     log_probs: Tensor | np.ndarray,
-    beam: int = 8,
-    nbest: int = 4,
+    beam: int = NBEST_BEAM,
+    nbest: int = NBEST,
     prune_logp: float = -10.0,
-    blank: int = 0,
+    blank: int = BLANK_ID,
     constraint: LexiconConstraint | None = None,
 ) -> list[Hypothesis]:
     """CTC prefix beam search over one utterance.
@@ -202,10 +207,10 @@ def prefix_beam_search(
 def batch_prefix_beam_search(
     log_probs: Tensor | np.ndarray,
     lens: Tensor | np.ndarray,
-    beam: int = 8,
-    nbest: int = 4,
+    beam: int = NBEST_BEAM,
+    nbest: int = NBEST,
     prune_logp: float = -10.0,
-    blank: int = 0,
+    blank: int = BLANK_ID,
     constraint: LexiconConstraint | None = None,
 ) -> list[list[Hypothesis]]:
     """``prefix_beam_search`` on each utterance of log_probs [B, T, V] up to its length in lens [B]."""
@@ -217,7 +222,7 @@ def batch_prefix_beam_search(
     ]
 
 
-def batch_confidence(log_probs: Tensor | np.ndarray, lens: Tensor | np.ndarray, blank: int = 0) -> Tensor:
+def batch_confidence(log_probs: Tensor | np.ndarray, lens: Tensor | np.ndarray, blank: int = BLANK_ID) -> Tensor:
     """Utterance confidence in [0, 1] (higher = more confident) for log_probs [B, T, V], lens [B] -> [B].
 
     Definition (entropy-based, as NeMo's frame confidence; Laptev & Ginsburg 2023):
@@ -243,7 +248,7 @@ def batch_confidence(log_probs: Tensor | np.ndarray, lens: Tensor | np.ndarray, 
     return (frame_conf * use).sum(dim=1) / use.sum(dim=1).clamp(min=1)
 
 
-def utterance_confidence(log_probs: Tensor | np.ndarray, length: int | None = None, blank: int = 0) -> float:
+def utterance_confidence(log_probs: Tensor | np.ndarray, length: int | None = None, blank: int = BLANK_ID) -> float:
     """``batch_confidence`` for one utterance: log_probs [T, V], its first ``length`` frames
     (all if None) -> float in [0, 1]."""
     lp = _as_tensor(log_probs)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asrkd.audio import SAMPLE_RATE
+from asrkd.contract import SAMPLE_RATE
 
 NORMALIZE_MODES = ("per_feature", "none")
 LEVEL_MODES = ("none", "rms")
@@ -74,8 +74,11 @@ _STD_FLOOR = 1e-2
 class FrontendConfig:
     """Everything that defines the features; stored in every checkpoint and read by exporters.
 
-    Defaults: 25 ms Hann window, 10 ms hop, 80 Slaney mel bands from 0 Hz to Nyquist, power
-    spectrum, natural log with a floor, per-utterance mean/std normalisation of each mel band.
+    Defaults: audio at `asrkd.contract.SAMPLE_RATE`, 25 ms Hann window, 10 ms hop, 80 Slaney mel
+    bands from 0 Hz to Nyquist, power spectrum, natural log with a floor, per-utterance mean/std
+    normalisation of each mel band. `LogMel` turns ``[B, N]`` samples at ``sample_rate`` into
+    ``[B, num_frames(N), n_mels]`` frames; a checkpoint's `asrkd.contract.Contract` holds its
+    config, and every stage that feeds the model audio reads ``sample_rate`` from there.
     """
 
     sample_rate: int = SAMPLE_RATE
@@ -130,9 +133,11 @@ class FrontendConfig:
 
     @property
     def frame_shift_seconds(self) -> float:
+        """Seconds between two feature frames (``hop_length / sample_rate``)."""
         return self.hop_length / self.sample_rate
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name (what a checkpoint's config.json stores under ``frontend``)."""
         return dataclasses.asdict(self)
 
     @classmethod

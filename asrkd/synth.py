@@ -1,7 +1,7 @@
 """Synthetic speech corpora from espeak-ng: the data asrkd ships with.
 
-`synthesize_corpus` writes ``OUT/wavs/<utt_id>.wav`` (16 kHz PCM_16) and ``OUT/manifest.jsonl``
-for one of two tasks:
+`synthesize_corpus` writes ``OUT/wavs/<utt_id>.wav`` (PCM_16 at `asrkd.contract.SAMPLE_RATE`) and
+``OUT/manifest.jsonl`` for one of two tasks:
 
 - ``digits``: 1-7 digits spoken as words ("three one four"); the text is those words.
 - ``words``: 3-10 words drawn uniformly from ``asrkd/resources/words.txt`` (about 2 000 common
@@ -60,7 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asrkd.audio import SAMPLE_RATE, audio_duration, resample, write_wav
+from asrkd.audio import audio_duration, resample, write_wav
+from asrkd.contract import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class Voice:
 
     @property
     def id(self) -> str:
+        """The accent's last path part + the variant ("en-US+m3"): the manifest's speaker."""
         return f"{self.accent.rsplit('/', 1)[-1]}+{self.variant}"
 
     @property
@@ -408,6 +410,7 @@ class Espeak:
         return sample_rate
 
     def close(self) -> None:
+        """Shut espeak-ng down and unload its library (idempotent)."""
         if self._lib is not None:
             self._lib.espeak_Terminate()
             _unload_library(self._lib._handle)

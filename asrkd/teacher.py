@@ -5,8 +5,9 @@ Every teacher answers the same questions, so the cache and the distiller never a
     teacher.vocabulary      tokens in asrkd's convention: "<blk>" (the CTC blank), "▁" (word
                             separator), single characters, "<unk>"; other symbols kept as named
     teacher.blank_id        the index of "<blk>" in `vocabulary`
+    teacher.sample_rate     samples per second of the audio it takes (the cache loads audio at it)
     teacher.frame_shift     seconds per output frame (0.04 for a x4 Conformer on a 10 ms hop)
-    teacher(wavs [B, N] float32 at 16 kHz, wav_lens [B] int64, return_hidden=False)
+    teacher(wavs [B, N] float32 at sample_rate, wav_lens [B] int64, return_hidden=False)
         -> TeacherOutput(log_probs [B, T, V], lengths [B], hidden: list of [B, T, D] | None)
     teacher.decode(ids)     collapsed, blank-free token ids -> text
     teacher.describe()      {"weights": sha, "config": sha, "frontend": {...}, "vocabulary": sha}:
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asrkd.audio import SAMPLE_RATE
+from asrkd.contract import BLANK_ID, SAMPLE_RATE, Contract
 from asrkd.text import BLANK, UNK, UNK_SURFACE, WORD_SEP
 
 __all__ = [
@@ -79,10 +80,16 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
 
 
 class Teacher:
-    """Base class of the adapters; see the module docstring for the interface."""
+    """Base class of the adapters; see the module docstring for the interface.
+
+    ``teacher(wavs [B, N], wav_lens [B])`` -> `TeacherOutput` with ``log_probs [B, T, V]`` over
+    ``vocabulary`` (V tokens), one frame every ``frame_shift`` seconds, for audio at
+    ``sample_rate``.
+    """
 
     vocabulary: list[str]
-    blank_id: int = 0
+    blank_id: int = BLANK_ID
+    sample_rate: int = SAMPLE_RATE
     frame_shift: float
     has_posteriors: bool = True  # False: text only (PseudoLabelTeacher)
 
@@ -106,12 +113,16 @@ class Teacher:
         return " ".join("".join(out).split())
 
     def describe(self) -> dict[str, Any]:
+        """What a cache records of the teacher, part by part (``kind``, ``weights``, ``config``,
+        ``frontend``, ``vocabulary``), so that a stale cache can say which part changed."""
         raise NotImplementedError
 
     def fingerprint(self) -> str:
+        """One sha256 over `describe()`."""
         return _sha256_json(self.describe())
 
     def hidden_size(self) -> int | None:
+        """Width D of the hidden states ``[B, T, D]`` it returns, or None if it has none."""
         return None
 
 
@@ -124,7 +135,9 @@ class CheckpointTeacher(Teacher):
     """An asrkd checkpoint (folder, or a run folder: its ``best``) as a teacher.
 
     Runs the checkpoint's own front end (``FrontendConfig`` from its config.json), so a teacher
-    with other features than the student's is fine. ``hidden`` holds each Conformer block's output.
+    with other features than the student's is fine; ``sample_rate`` and ``frame_shift`` come from
+    the checkpoint's `asrkd.contract.Contract`. ``hidden`` holds each Conformer block's output,
+    ``[B, T, d_model]`` each.
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -138,8 +151,9 @@ class CheckpointTeacher(Teacher):
         self.tokenizer = loaded.tokenizer
         self.vocabulary = list(self.tokenizer.tokens)
         self.blank_id = self.tokenizer.blank_id
-        fc = loaded.frontend_config
-        self.frame_shift = fc.hop_length / fc.sample_rate * self.model.config.subsampling
+        contract = Contract.from_loaded(loaded)
+        self.sample_rate = contract.sample_rate
+        self.frame_shift = contract.output_frame_shift
         self._config = loaded.config
         self._weights_sha = state_dict_sha256(self.model)
 
@@ -202,7 +216,7 @@ class HFCTCTeacher(Teacher):
     Nothing is downloaded (``local_files_only=True``): save the model and processor to a folder
     first (``model.save_pretrained(d); processor.save_pretrained(d)``).
 
-    Input: the feature extractor's normalisation (zero mean, unit variance per utterance when
+    ``sample_rate`` is the feature extractor's ``sampling_rate``. Input: the feature extractor's normalisation (zero mean, unit variance per utterance when
     ``do_normalize``) and padding. Models whose feature extractor has
     ``return_attention_mask=False`` (wav2vec2-base and friends) were trained without a mask on
     zero-padded batches; padding changes their output, so they run one utterance at a time.
@@ -225,9 +239,11 @@ class HFCTCTeacher(Teacher):
         self.model = AutoModelForCTC.from_pretrained(folder, local_files_only=True).to(self.device).eval()
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        rate = getattr(self.feature_extractor, "sampling_rate", SAMPLE_RATE)
-        if rate != SAMPLE_RATE:
-            raise ValueError(f"{folder}: the feature extractor expects {rate} Hz audio, asrkd gives {SAMPLE_RATE} Hz")
+        self.sample_rate = int(getattr(self.feature_extractor, "sampling_rate", SAMPLE_RATE))
+        # Online distillation feeds a teacher the student's own batch, at the project's rate.
+        if self.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"{folder}: the feature extractor expects {self.sample_rate} Hz audio, asrkd gives "
+                             f"{SAMPLE_RATE} Hz")
         cfg = self.model.config
         vocab_size = int(cfg.vocab_size)
         by_id = {i: t for t, i in self.tokenizer.get_vocab().items()}
@@ -239,7 +255,7 @@ class HFCTCTeacher(Teacher):
             raise ValueError(f"{folder}: no pad token id in the config or tokenizer; it is the CTC blank")
         self.blank_id = int(pad_id)
         self.vocabulary[self.blank_id] = BLANK
-        self.frame_shift = float(np.prod(cfg.conv_stride)) / SAMPLE_RATE
+        self.frame_shift = float(np.prod(cfg.conv_stride)) / self.sample_rate
         self.batched = bool(getattr(self.feature_extractor, "return_attention_mask", False))
         self._weights_sha = state_dict_sha256(self.model)
         self._config_sha = _sha256_json(cfg.to_dict())
@@ -306,10 +322,12 @@ class CallableTeacher(Teacher):
     ``fingerprint``: a string that changes whenever the function's output would (a model
     version, a hash of its weights). Required unless ``fn`` is a ``torch.nn.Module``, whose
     state dict is hashed: a cache must be able to tell that its teacher changed.
+    ``sample_rate``: the rate of the audio ``fn`` takes.
     """
 
     def __init__(self, fn: Callable, vocabulary: Sequence[str], frame_shift: float,
-                 blank_id: int = 0, fingerprint: str | None = None, hidden_size: int | None = None):
+                 blank_id: int = BLANK_ID, fingerprint: str | None = None, hidden_size: int | None = None,
+                 sample_rate: int = SAMPLE_RATE):
         if fingerprint is None:
             if not isinstance(fn, torch.nn.Module):
                 raise ValueError(
@@ -320,6 +338,7 @@ class CallableTeacher(Teacher):
         self.fn = fn
         self.vocabulary = list(vocabulary)
         self.blank_id = blank_id
+        self.sample_rate = int(sample_rate)
         self.frame_shift = float(frame_shift)
         self._fingerprint = fingerprint
         self._hidden_size = hidden_size
@@ -347,7 +366,7 @@ class CallableTeacher(Teacher):
 
 
 class PseudoLabelTeacher(Teacher):
-    """Any recogniser as ``transcribe(audio float32 [N] at 16 kHz) -> text`` (or ``(text,
+    """Any recogniser as ``transcribe(audio float32 [N] at sample_rate) -> text`` (or ``(text,
     confidence)``): sequence-level KD and pseudo-labels only, since there are no posteriors.
 
     ``fingerprint``: a string naming the system and its version (the cache compares it).
@@ -355,8 +374,10 @@ class PseudoLabelTeacher(Teacher):
 
     has_posteriors = False
 
-    def __init__(self, transcribe: Callable[[np.ndarray], Any], fingerprint: str):
+    def __init__(self, transcribe: Callable[[np.ndarray], Any], fingerprint: str,
+                 sample_rate: int = SAMPLE_RATE):
         self.transcribe = transcribe
+        self.sample_rate = int(sample_rate)
         self.vocabulary = [BLANK]
         self.frame_shift = 0.0
         self._fingerprint = fingerprint

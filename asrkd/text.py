@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from asrkd.contract import BLANK_ID
 from asrkd.fileio import atomic_write_bytes
 
 BLANK = "<blk>"
@@ -144,10 +145,10 @@ def _read_tokens_txt(path: Path) -> list[str]:
             idx = int(sid)
         except ValueError:
             raise TokenizerFileError(f"{where}: id {sid!r} of {sym!r} is not an integer") from None
-        if not tokens and (sym != BLANK or idx != 0):
+        if not tokens and (sym != BLANK or idx != BLANK_ID):
             raise TokenizerFileError(
-                f"{where}: first entry is {line.strip()!r}, expected '{BLANK} 0'; "
-                "the CTC blank must be id 0"
+                f"{where}: first entry is {line.strip()!r}, expected '{BLANK} {BLANK_ID}'; "
+                f"the CTC blank must be id {BLANK_ID}"
             )
         if idx in seen_id:
             raise TokenizerFileError(
@@ -166,7 +167,7 @@ def _read_tokens_txt(path: Path) -> list[str]:
         seen_sym[sym] = lineno
         tokens.append(sym)
     if not tokens:
-        raise TokenizerFileError(f"{path}: empty; expected '{BLANK} 0' and one line per symbol")
+        raise TokenizerFileError(f"{path}: empty; expected '{BLANK} {BLANK_ID}' and one line per symbol")
     return tokens
 
 
@@ -185,12 +186,12 @@ class CharTokenizer:
     is one Unicode code point after `normalize_text` (NFKC).
     """
 
-    blank_id = 0
+    blank_id = BLANK_ID
 
     def __init__(self, tokens: Sequence[str]):
         tokens = list(tokens)
-        if not tokens or tokens[0] != BLANK:
-            raise ValueError(f"tokens[0] must be {BLANK!r}, got {tokens[:1]}")
+        if not tokens or tokens[BLANK_ID] != BLANK:
+            raise ValueError(f"tokens[{BLANK_ID}] must be {BLANK!r}, got {tokens[:1]}")
         if WORD_SEP not in tokens:
             raise ValueError(f"the vocabulary has no word separator {WORD_SEP!r} (U+2581)")
         if len(set(tokens)) != len(tokens):
@@ -328,7 +329,7 @@ class BPETokenizer:
     normaliser.
     """
 
-    blank_id = 0
+    blank_id = BLANK_ID
 
     def __init__(self, model_proto: bytes):
         import sentencepiece as spm

@@ -25,7 +25,8 @@ import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from asrkd.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from asrkd.audio import load_audio  # noqa: E402
+from asrkd.contract import SAMPLE_RATE  # noqa: E402
 from asrkd.features import FrontendConfig, LogMel  # noqa: E402
 
 FSDD_CONNECTED = (

@@ -22,6 +22,7 @@ from asrkd.cache import (
 )
 from asrkd.checkpoint import save_checkpoint
 from asrkd.cli import main as cli_main
+from asrkd.contract import SAMPLE_RATE
 from asrkd.data import read_manifest, write_manifest
 from asrkd.decoding import prefix_beam_search, utterance_confidence
 from asrkd.features import FrontendConfig
@@ -159,7 +160,7 @@ def test_text_only_teacher_caches_hypotheses_and_confidence(corpus, tmp_path):
     texts = {u.duration: u.text for u in read_manifest(corpus)}
 
     def transcribe(audio):
-        return texts[min(texts, key=lambda d: abs(d - len(audio) / 16000))], 0.7
+        return texts[min(texts, key=lambda d: abs(d - len(audio) / SAMPLE_RATE))], 0.7
 
     build_cache(PseudoLabelTeacher(transcribe, fingerprint="oracle"), [corpus], tmp_path / "c",
                 shard_size=SHARD, progress=False)
@@ -168,6 +169,20 @@ def test_text_only_teacher_caches_hypotheses_and_confidence(corpus, tmp_path):
     assert cache.nbest(u.utt_id)[0].text == u.text and cache.confidence(u.utt_id) == 0.7
     with pytest.raises(CacheError, match="no posteriors"):
         cache.targets([u.utt_id])
+
+
+def test_the_teacher_hears_audio_at_its_own_sample_rate(corpus, tmp_path):
+    heard = []
+
+    def transcribe(audio):
+        heard.append(len(audio))
+        return "one"
+
+    teacher = PseudoLabelTeacher(transcribe, fingerprint="8k-system", sample_rate=8000)
+    build_cache(teacher, [corpus], tmp_path / "c", progress=False)
+    assert PosteriorCache(tmp_path / "c").sample_rate == 8000  # recorded in the request's settings
+    durations = [u.duration for u in read_manifest(corpus)]  # the corpus is 16 kHz audio
+    assert sorted(heard) == sorted(round(d * 8000) for d in durations)
 
 
 def _free_port() -> int:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from asrkd.audio import SAMPLE_RATE, write_wav
+from asrkd.audio import write_wav
+from asrkd.contract import SAMPLE_RATE
 from asrkd.data import (
     AddNoise,
     AudioDataset,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from asrkd.audio import SAMPLE_RATE, load_audio
+from asrkd.audio import load_audio
+from asrkd.contract import SAMPLE_RATE
 from asrkd.features import DEFAULT_LOG_FLOOR, FrontendConfig, LogMel, vtlp_mel_filterbank, vtlp_warp
 
 RNG = np.random.default_rng(0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asrkd.audio import SAMPLE_RATE
+from asrkd.contract import SAMPLE_RATE
 from asrkd.data import check_manifest, read_manifest
 from asrkd.synth import (
     DIGIT_WORDS,

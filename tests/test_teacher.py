@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from asrkd.audio import SAMPLE_RATE
 from asrkd.checkpoint import save_checkpoint
+from asrkd.contract import SAMPLE_RATE
 from asrkd.features import FrontendConfig
 from asrkd.losses import VocabularyMap
 from asrkd.models.conformer import ConformerCTC, build_preset
@@ -52,6 +52,18 @@ def test_checkpoint_teacher_runs_its_own_front_end_and_model(checkpoint):
     assert torch.allclose(out.log_probs.exp().sum(-1), torch.ones(2, 26), atol=1e-5)
     assert len(out.hidden) == 3 and out.hidden[0].shape == (2, 26, 64) and teacher.hidden_size() == 64
     assert teacher.decode([7, 1, 8]) == "e f"  # ids of "e", "▁", "f"
+
+
+def test_checkpoint_teacher_takes_rate_and_frame_shift_from_its_checkpoint(tmp_path):
+    # An 8 kHz teacher with a 10 ms hop and x8 subsampling: 80-sample hop, 80 ms output frames.
+    tok = CharTokenizer.default_english()
+    frontend = FrontendConfig(sample_rate=8000, n_fft=200, win_length=200, hop_length=80, n_mels=40)
+    model = ConformerCTC(build_preset("student-xs", vocab_size=tok.vocab_size, n_mels=40, subsampling=8))
+    teacher = CheckpointTeacher(save_checkpoint(tmp_path / "t8k", model, frontend, tok))
+    assert teacher.sample_rate == 8000
+    assert teacher.frame_shift == 0.08
+    wavs, lens = random_wavs([8000])  # one second at 8 kHz: 101 feature frames -> 13 output frames
+    assert teacher(wavs, lens).lengths.tolist() == [13]
 
 
 def test_fingerprint_follows_the_weights(checkpoint, tmp_path):
@@ -158,6 +170,8 @@ def test_callable_teacher_needs_a_fingerprint_unless_it_is_a_module(checkpoint):
     wavs, lens = random_wavs([8000])
     assert torch.equal(teacher(wavs, lens).log_probs, loaded(wavs, lens).log_probs)
     assert CallableTeacher(model, loaded.vocabulary, 0.04).describe()["weights"] == loaded.describe()["weights"]
+    assert teacher.sample_rate == SAMPLE_RATE
+    assert CallableTeacher(fn, loaded.vocabulary, 0.04, fingerprint="v1", sample_rate=8000).sample_rate == 8000
 
 
 def test_pseudo_label_teacher_transcribes_but_has_no_posteriors():
