@@ -195,6 +195,7 @@ class BuildReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
+        """One line for the CLI: utterances, frames, shards built/reused, bytes per frame."""
         ratio = self.dense_fp32_bytes_per_frame / self.bytes_per_frame if self.bytes_per_frame else 0.0
         hidden = f"; hidden states {self.hidden_bytes_per_frame:g} B/frame" if self.hidden_bytes_per_frame else ""
         return (f"{self.folder}: {self.utterances} utterances, {self.frames} frames in {self.shards} shards "
@@ -520,11 +521,14 @@ class PosteriorCache:
             raise CacheError(f"{self.folder}: utterance {utt_id!r} is not in the cache") from None
 
     def nbest(self, utt_id: str) -> list[CachedHypothesis]:
+        """The teacher's N-best hypotheses of ``utt_id``, best first."""
         shard = self._locate(utt_id)[0]
         meta = self._shard_meta(shard)
         return [CachedHypothesis(**h) for h in meta["nbest"][meta["position"][utt_id]]]
 
     def confidence(self, utt_id: str) -> float | None:
+        """The teacher's confidence in ``utt_id`` (`asrkd.decoding.utterance_confidence`; a
+        text-only teacher's own score or None)."""
         shard = self._locate(utt_id)[0]
         meta = self._shard_meta(shard)
         return meta["confidence"][meta["position"][utt_id]]

@@ -241,6 +241,7 @@ class CharTokenizer:
     # -- interface --------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
+        """Ids the CTC head outputs (V of its ``[B, T, V]`` log-probs), blank included."""
         return len(self.tokens)
 
     def unknown_characters(self, text: str, normalize: bool = True) -> list[str]:
@@ -291,10 +292,12 @@ class CharTokenizer:
         return _sha256(self.tokens_txt().encode("utf-8"))
 
     def to_dict(self) -> dict[str, Any]:
+        """What a checkpoint's config.json stores under ``tokenizer`` (the vocabulary itself)."""
         return {"type": "char", "tokens": list(self.tokens), "fingerprint": self.fingerprint()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CharTokenizer:
+        """Inverse of `to_dict`; the stored fingerprint must match the tokens."""
         if d.get("type") != "char" or not isinstance(d.get("tokens"), list):
             raise TokenizerFileError(
                 f"not a char tokenizer dict (type={d.get('type')!r}); expected keys 'type'='char', 'tokens'"
@@ -415,6 +418,7 @@ class BPETokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Ids the CTC head outputs (V of its ``[B, T, V]`` log-probs), blank included."""
         return len(self.tokens)
 
     def unknown_characters(self, text: str, normalize: bool = True) -> list[str]:
@@ -424,11 +428,13 @@ class BPETokenizer:
         return list(dict.fromkeys(c for c in text if c != " " and c not in self._known_chars))
 
     def encode(self, text: str, normalize: bool = True) -> list[int]:
+        """Text -> ids (SentencePiece's, shifted past the blank); unseen characters -> `<unk>`."""
         if normalize:
             text = normalize_text(text)
         return [i + 1 for i in self._sp.encode(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> text. Blanks are skipped (CTC repeats must already be collapsed)."""
         n = len(self.tokens)
         sp_ids = []
         for i in ids:
@@ -440,6 +446,7 @@ class BPETokenizer:
         return _WS.sub(" ", self._sp.decode(sp_ids)).strip()
 
     def tokens_txt(self) -> str:
+        """Canonical `tokens.txt` content (what runtimes that only read symbols use)."""
         return _tokens_txt(self.tokens)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -474,6 +481,7 @@ class BPETokenizer:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BPETokenizer:
+        """Inverse of `to_dict`; the stored fingerprint must match the model."""
         if d.get("type") != "bpe" or not isinstance(d.get("model"), str):
             raise TokenizerFileError(
                 f"not a BPE tokenizer dict (type={d.get('type')!r}); expected 'type'='bpe', 'model' (base64)"

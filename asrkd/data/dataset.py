@@ -67,10 +67,12 @@ class AudioDataset(torch.utils.data.Dataset):
                 )
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch`` (in every worker, persistent ones included)."""
         self._epoch.fill_(epoch)
 
     @property
     def epoch(self) -> int:
+        """The epoch whose augmentation draws `__getitem__` uses."""
         return int(self._epoch.item())
 
     def __len__(self) -> int:

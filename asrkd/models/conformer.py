@@ -52,9 +52,14 @@ __all__ = [
 
 @dataclass
 class ConformerConfig:
-    """Shape of a Conformer-CTC model. The defaults are the default student (``PRESETS["student"]``)."""
+    """Shape of a Conformer-CTC model. The defaults are the default student (``PRESETS["student"]``).
 
-    vocab_size: int  # including the CTC blank at id 0
+    The model maps ``n_mels`` features per frame to ``vocab_size`` log-probs per output frame, one
+    output frame per ``subsampling`` feature frames, through ``n_layers`` blocks of width
+    ``d_model``. Stored in every checkpoint's config.json (``model``); see `build_preset`.
+    """
+
+    vocab_size: int  # including the CTC blank at id asrkd.contract.BLANK_ID
     n_mels: int = 80  # must equal the front end's FrontendConfig.n_mels
     d_model: int = 80
     n_heads: int = 4
@@ -89,10 +94,12 @@ class ConformerConfig:
             raise ValueError("invalid ConformerConfig: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
+        """Every field by name (what a checkpoint's config.json stores under ``model``)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> ConformerConfig:
+        """Inverse of `to_dict`; missing keys take their defaults, unknown keys are an error."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -150,10 +157,17 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """x [B, T, D] -> [B, T, D]."""
         return self.net(x)
 
 
 class ConformerBlock(nn.Module):
+    """One Macaron Conformer block (see the module docstring): ``[B, T, D]`` in, ``[B, T, D]`` out.
+
+    Half-step feed-forward, rotary self-attention over the valid frames, convolution module,
+    half-step feed-forward, final LayerNorm; each with a residual connection.
+    """
+
     def __init__(self, cfg: ConformerConfig):
         super().__init__()
         d = cfg.d_model
@@ -175,6 +189,21 @@ class ConformerBlock(nn.Module):
 
 
 class ConformerCTC(nn.Module):
+    """The acoustic model: log-mel frames in, CTC log-probabilities out.
+
+    ``model(feats [B, T, n_mels], feat_lens [B])`` -> ``(log_probs [B, T', vocab_size],
+    out_lens [B], hidden)`` with ``T' = output_lengths(T)`` (``subsampling`` x fewer frames) and
+    ``hidden`` each block's output ``[B, T', d_model]`` when asked for (feature KD). Built from a
+    `ConformerConfig`; a checkpoint pairs it with its front end and tokenizer
+    (`asrkd.checkpoint.LoadedModel`).
+
+    >>> import torch
+    >>> model = ConformerCTC(build_preset("student", vocab_size=32))
+    >>> log_probs, out_lens, _ = model(torch.zeros(1, 101, 80), torch.tensor([101]))
+    >>> tuple(log_probs.shape), out_lens.tolist()
+    ((1, 26, 32), [26])
+    """
+
     def __init__(self, config: ConformerConfig):
         super().__init__()
         self.config = config
@@ -193,7 +222,7 @@ class ConformerCTC(nn.Module):
         self, feats: Tensor, feat_lens: Tensor, return_hidden: bool = False
     ) -> tuple[Tensor, Tensor, list[Tensor] | None]:
         """feats [B, T, n_mels], feat_lens [B] int64 ->
-        log_probs [B, T', V] (log_softmax over V, blank = 0), out_lens [B],
+        log_probs [B, T', V] (log_softmax over V, blank = ``BLANK_ID``), out_lens [B],
         hidden: per block, its output [B, T', d_model] (``return_hidden``), else None.
         """
         x, out_lens = self.subsampling(feats, feat_lens)

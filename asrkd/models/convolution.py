@@ -22,6 +22,9 @@ from torch import Tensor, nn
 
 
 class ConvolutionModule(nn.Module):
+    """The Conformer convolution module (see the module docstring): ``x [B, T, D]`` and a validity
+    ``mask [B, T]`` in, ``[B, T, D]`` out; ``kernel_size`` (odd) frames of context, same length."""
+
     def __init__(self, d_model: int, kernel_size: int, dropout: float = 0.0):
         super().__init__()
         if kernel_size % 2 == 0:
