@@ -178,15 +178,50 @@ def _sha256(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-class CharTokenizer:
+class _CTCVocabulary:
+    """What both tokenizers share: ``tokens`` (id -> symbol, `<blk>` at ``blank_id``) and what
+    follows from it. ``_known_chars`` holds the characters that have a token of their own."""
+
+    blank_id = BLANK_ID
+    tokens: list[str]
+    _known_chars: frozenset[str]
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids the CTC head outputs (V of its ``[B, T, V]`` log-probs), blank included."""
+        return len(self.tokens)
+
+    def unknown_characters(self, text: str, normalize: bool = True) -> list[str]:
+        """Distinct characters of `text` (after normalisation) without a token of their own: they
+        encode to `<unk>` (a character vocabulary without `<unk>` refuses them)."""
+        if normalize:
+            text = normalize_text(text)
+        return list(dict.fromkeys(c for c in text if c != " " and c not in self._known_chars))
+
+    def tokens_txt(self) -> str:
+        """Canonical `tokens.txt` content (also what runtimes that only read symbols use)."""
+        return _tokens_txt(self.tokens)
+
+    def _non_blank(self, ids: Iterable[int]) -> list[int]:
+        """``ids`` as ints without the blanks; an id outside the vocabulary is an error."""
+        n = len(self.tokens)
+        out = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < n:
+                raise ValueError(f"token id {i} is outside the vocabulary [0, {n})")
+            if i != self.blank_id:
+                out.append(i)
+        return out
+
+
+class CharTokenizer(_CTCVocabulary):
     """Character vocabulary for CTC: `<blk>` = 0, `▁` (word separator) = 1, then characters.
 
     With `<unk>` in the vocabulary (`from_texts(..., add_unk=True)`), unknown characters encode
     to it; without, `encode` raises `UnknownCharactersError` listing all of them. A "character"
     is one Unicode code point after `normalize_text` (NFKC).
     """
-
-    blank_id = BLANK_ID
 
     def __init__(self, tokens: Sequence[str]):
         tokens = list(tokens)
@@ -205,6 +240,7 @@ class CharTokenizer:
             )
         self.tokens: list[str] = tokens
         self._ids = {t: i for i, t in enumerate(tokens)}
+        self._known_chars = frozenset(self._ids)
         self.unk_id: int | None = self._ids.get(UNK)
         self.word_sep_id = self._ids[WORD_SEP]
 
@@ -239,17 +275,6 @@ class CharTokenizer:
             raise TokenizerFileError(f"{path}: {e}") from None
 
     # -- interface --------------------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        """Ids the CTC head outputs (V of its ``[B, T, V]`` log-probs), blank included."""
-        return len(self.tokens)
-
-    def unknown_characters(self, text: str, normalize: bool = True) -> list[str]:
-        """Distinct characters of `text` (after normalisation) outside the vocabulary."""
-        if normalize:
-            text = normalize_text(text)
-        return list(dict.fromkeys(c for c in text if c != " " and c not in self._ids))
-
     def encode(self, text: str, normalize: bool = True) -> list[int]:
         """Text -> ids. Spaces become `▁`; no leading or trailing `▁`."""
         if normalize:
@@ -264,20 +289,10 @@ class CharTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text. Blanks are skipped (CTC repeats must already be collapsed)."""
         out: list[str] = []
-        n = len(self.tokens)
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < n:
-                raise ValueError(f"token id {i} is outside the vocabulary [0, {n})")
-            if i == self.blank_id:
-                continue
+        for i in self._non_blank(ids):
             tok = self.tokens[i]
             out.append(" " if tok == WORD_SEP else UNK_SURFACE if tok == UNK else tok)
         return _WS.sub(" ", "".join(out)).strip()
-
-    def tokens_txt(self) -> str:
-        """Canonical `tokens.txt` content."""
-        return _tokens_txt(self.tokens)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write `tokens.txt` atomically. `path` is the file, or a folder to write it into."""
@@ -322,7 +337,7 @@ def _check_fingerprint(tok: CharTokenizer | BPETokenizer, d: dict[str, Any]) -> 
         )
 
 
-class BPETokenizer:
+class BPETokenizer(_CTCVocabulary):
     """SentencePiece BPE for CTC. Our id = SentencePiece id + 1, so id 0 is the CTC blank.
 
     SentencePiece's `<unk>` (its id 0, our id 1) is kept: characters the model never saw
@@ -331,8 +346,6 @@ class BPETokenizer:
     model is trained with SentencePiece's own normalisation off ("identity"), so there is one
     normaliser.
     """
-
-    blank_id = BLANK_ID
 
     def __init__(self, model_proto: bytes):
         import sentencepiece as spm
@@ -346,13 +359,13 @@ class BPETokenizer:
         sp_unk = self._sp.unk_id()
         self.unk_id: int | None = sp_unk + 1 if sp_unk >= 0 else None
         sp = self._sp
-        self._known_chars = {
+        self._known_chars = frozenset(
             p
             for i, p in enumerate(self.tokens[1:])
             if len(p) == 1
             and p != WORD_SEP
             and not (sp.is_unknown(i) or sp.is_control(i) or sp.is_unused(i))
-        }
+        )
 
     @classmethod
     def train(
@@ -416,17 +429,6 @@ class BPETokenizer:
         except (RuntimeError, OSError) as e:
             raise TokenizerFileError(f"{path}: not a SentencePiece model ({e})") from None
 
-    @property
-    def vocab_size(self) -> int:
-        """Ids the CTC head outputs (V of its ``[B, T, V]`` log-probs), blank included."""
-        return len(self.tokens)
-
-    def unknown_characters(self, text: str, normalize: bool = True) -> list[str]:
-        """Distinct characters of `text` (after normalisation) that would encode to `<unk>`."""
-        if normalize:
-            text = normalize_text(text)
-        return list(dict.fromkeys(c for c in text if c != " " and c not in self._known_chars))
-
     def encode(self, text: str, normalize: bool = True) -> list[int]:
         """Text -> ids (SentencePiece's, shifted past the blank); unseen characters -> `<unk>`."""
         if normalize:
@@ -435,19 +437,7 @@ class BPETokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text. Blanks are skipped (CTC repeats must already be collapsed)."""
-        n = len(self.tokens)
-        sp_ids = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < n:
-                raise ValueError(f"token id {i} is outside the vocabulary [0, {n})")
-            if i != self.blank_id:
-                sp_ids.append(i - 1)
-        return _WS.sub(" ", self._sp.decode(sp_ids)).strip()
-
-    def tokens_txt(self) -> str:
-        """Canonical `tokens.txt` content (what runtimes that only read symbols use)."""
-        return _tokens_txt(self.tokens)
+        return _WS.sub(" ", self._sp.decode([i - 1 for i in self._non_blank(ids)])).strip()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model and its `tokens.txt` side by side (atomic); returns the model path.
