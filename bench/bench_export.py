@@ -33,13 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
+from asrkd.contract import EXPORT_WINDOWS_SECONDS
 from asrkd.data import AudioDataset, read_manifest
 from asrkd.models.conformer import flops_per_second
 from eval.rtf import measure
-from eval.runners import TorchRunner, open_runner
+from eval.runners import TorchRunner
 from mobile_export.bundle import Artifact, read_contract
-from mobile_export.graph import ExportGraph
+from mobile_export.formats import EXPORTERS
+from mobile_export.options import ExportOptions
+from mobile_export.source import ExportSource
 
 
 def matmul_flops_one_core(n: int = 1024, repeats: int = 5) -> float:
@@ -59,22 +61,14 @@ def matmul_flops_one_core(n: int = 1024, repeats: int = 5) -> float:
     return 2.0 * n**3 / best
 
 
-def export_artifacts(graph: ExportGraph, tokenizer, out: Path, formats, precisions, windows) -> list[Artifact]:
-    from mobile_export import coreml, executorch, onnx, tflite
-
+def export_artifacts(source: ExportSource, out: Path, formats, precisions, windows) -> list[Artifact]:
+    """Every (format, precision) asked for and offered, exported into ``out``; failures are printed."""
+    options = ExportOptions(formats=formats, precisions=precisions, windows=windows)
     made = []
-    for fmt in formats:
-        wanted = [p for p in precisions if p in {"onnx": onnx, "tflite": tflite, "coreml": coreml,
-                                                    "executorch": executorch}[fmt].PRECISIONS]
-        if fmt == "onnx":
-            results = onnx.export(graph, out, wanted)
-        elif fmt == "tflite":
-            results = tflite.export(graph, out, wanted, windows)
-        elif fmt == "executorch":
-            results = executorch.export(graph, out, wanted, max(windows))
-        else:
-            results = coreml.export(graph, out, wanted, tokenizer, windows)
-        for precision, outcome in results.items():
+    for fmt in options.formats:
+        exporter = EXPORTERS[fmt]
+        wanted = [p for p in options.precisions if p in exporter.precisions]
+        for precision, outcome in exporter.convert(source, out, wanted, options).items():
             if isinstance(outcome, Exception):
                 print(f"{fmt} {precision}: export failed: {outcome}", file=sys.stderr)
             else:
@@ -89,20 +83,19 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", type=Path, help="use the artifacts of this asrkd export bundle")
     p.add_argument("--formats", default="onnx,tflite,executorch" + (",coreml" if sys.platform == "darwin" else ""))
     p.add_argument("--quantize", default="fp32,int8")
-    p.add_argument("--windows", default="2,5,10,20")
+    p.add_argument("--windows", default=",".join(f"{w:g}" for w in EXPORT_WINDOWS_SECONDS))
     p.add_argument("--utterances", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
 
-    loaded = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    graph = ExportGraph.from_loaded(loaded)
-    rate = graph.facts.sample_rate
+    source = ExportSource.of(args.checkpoint)
+    rate = source.contract.sample_rate
     utts = read_manifest(args.manifest)[: args.utterances]
     dataset = AudioDataset(utts, sample_rate=rate)
     pcms = [dataset[i]["wav"].numpy() for i in range(len(utts))]
     mean_seconds = float(np.mean([len(x) for x in pcms])) / rate
 
-    floor_flops = flops_per_second(loaded.model.config, 1.0 / graph.frontend.config.frame_shift_seconds,
+    floor_flops = flops_per_second(source.graph.model.config, 1.0 / source.contract.feature_frame_shift,
                                    utterance_seconds=mean_seconds)
     core = matmul_flops_one_core()
     floor_rtf = floor_flops / core
@@ -115,16 +108,18 @@ def main(argv=None) -> int:
             contract = read_contract(args.bundle)
             artifacts = [Artifact.from_dict(a, args.bundle) for a in contract["artifacts"]]
         else:
-            artifacts = export_artifacts(graph, loaded.tokenizer, Path(tmp), args.formats.split(","),
+            artifacts = export_artifacts(source, Path(tmp), args.formats.split(","),
                                          args.quantize.split(","), [float(w) for w in args.windows.split(",")])
         rows = []
-        eager = measure(lambda: TorchRunner(loaded.path, 1, graph=graph), pcms, rate, args.repeats).rtf
+        eager = measure(lambda: TorchRunner(source.checkpoint, 1, graph=source.graph), pcms, rate, args.repeats).rtf
         rows.append(("pytorch eager", eager, None))
         for a in artifacts:
-            if a.format == "coreml" and sys.platform != "darwin":
-                print(f"coreml {a.precision}: not run (needs macOS)")
+            exporter = EXPORTERS[a.format]
+            why = exporter.cannot_run(a.checks)
+            if why is not None:
+                print(f"{a.format} {a.precision}: {why}")
                 continue
-            rtf = measure(lambda a=a: open_runner(a.format, a.path, 1), pcms, rate, args.repeats).rtf
+            rtf = measure(lambda a=a, e=exporter: e.open_runner(a.path, 1), pcms, rate, args.repeats).rtf
             rows.append((f"{a.format} {a.precision}", rtf, a.size_bytes))
 
     print(f"\n{'runner':<20} {'RTF 1 thread':>12} {'x eager':>8} {'x floor':>8} {'size MB':>8}")

@@ -1,4 +1,4 @@
-"""Verification of artifacts against the PyTorch student, and the report that records it.
+"""Verification of artifacts against the PyTorch student, and how the export report reads.
 
 For every artifact and the same evaluation utterances:
 
@@ -18,6 +18,8 @@ For every artifact and the same evaluation utterances:
                     "load_seconds", "wer_increase", "gate_passed", ...}],
      "eval": {...}, "machine": {...}, "definitions": {...}, "error": null}
 
+The report's records are typed in mobile_export/report.py, the gate in mobile_export/gate.py.
+
 ``status``: ``ok`` (ran, within the gate), ``failed_gate`` (ran, WER increase above the gate),
 ``not_run`` with ``reason`` (a combination the format does not offer, a runtime that cannot run
 here such as Core ML on Linux, or an export or run that crashed). ``gate_passed`` says how an
@@ -35,9 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from asrkd.decoding import greedy_decode
-from eval.wer import score, utterance_wer
-
-STATUSES = ("ok", "failed_gate", "not_run")
+from asrkd.metrics import score, utterance_wer
 
 DEFINITIONS = {
     "wer": "corpus word error rate, fraction (0.05 = 5 %), greedy CTC, normalised text",
@@ -82,8 +82,26 @@ def transcribe(runner, pcms: Sequence[np.ndarray], tokenizer) -> Transcripts:
     return Transcripts(log_probs, texts, chunks)
 
 
+@dataclass
+class Scores:
+    """How one runner's transcripts score: against the references (``wer``, ``cer`` and their
+    counts ``words``, ``chars``, as `asrkd.metrics.ErrorRate` dicts; ``per_speaker``) and against
+    the PyTorch reference (``agreement``, ``max_abs_logprob_diff`` over the
+    ``logprob_compared_utterances`` that both ran in one piece; ``chunked_utterances``)."""
+
+    wer: float | None
+    cer: float | None
+    words: dict
+    chars: dict
+    agreement: float | None
+    max_abs_logprob_diff: float | None
+    logprob_compared_utterances: int
+    chunked_utterances: int
+    per_speaker: dict | None
+
+
 def compare(reference: Transcripts, candidate: Transcripts, refs: Sequence[str],
-            utt_ids: Sequence[str], speakers: Sequence[str | None] | None = None) -> tuple[dict, list[dict]]:
+            utt_ids: Sequence[str], speakers: Sequence[str | None] | None = None) -> tuple[Scores, list[dict]]:
     """Scores of ``candidate`` (and its agreement with ``reference``): (summary, per-utterance rows)."""
     scores = score(list(refs), candidate.texts, speakers)
     rows, diffs, same = [], [], 0
@@ -99,64 +117,18 @@ def compare(reference: Transcripts, candidate: Transcripts, refs: Sequence[str],
             "wer": utterance_wer(refs[i], candidate.texts[i]), "agrees_with_pytorch": agrees,
             "max_abs_logprob_diff": diff, "chunks": candidate.chunks[i],
         })
-    summary = {
-        "wer": scores["wer"],
-        "cer": scores["cer"],
-        "words": scores["words"],
-        "chars": scores["chars"],
-        "agreement": same / len(refs) if refs else None,
-        "max_abs_logprob_diff": max(diffs) if diffs else None,
-        "logprob_compared_utterances": len(diffs),
-        "chunked_utterances": sum(c > 1 for c in candidate.chunks),
-        "per_speaker": scores.get("per_speaker"),
-    }
+    summary = Scores(
+        wer=scores["wer"],
+        cer=scores["cer"],
+        words=scores["words"],
+        chars=scores["chars"],
+        agreement=same / len(refs) if refs else None,
+        max_abs_logprob_diff=max(diffs) if diffs else None,
+        logprob_compared_utterances=len(diffs),
+        chunked_utterances=sum(c > 1 for c in candidate.chunks),
+        per_speaker=scores.get("per_speaker"),
+    )
     return summary, rows
-
-
-def artifact_entry(fmt: str, precision: str, path: str | None = None) -> dict:
-    """A report row with every contract key present (null until measured)."""
-    return {
-        "format": fmt, "precision": precision, "path": path, "size_bytes": None,
-        "status": "not_run", "reason": None, "gate_passed": None,
-        "wer": None, "cer": None, "wer_increase": None, "agreement": None,
-        "max_abs_logprob_diff": None, "rtf_1thread": None, "rtf_all_threads": None,
-        "load_seconds": None, "first_run_seconds": None, "peak_rss_delta_bytes": None,
-        "chunked_utterances": None,
-        "words": None, "chars": None, "description": None, "checks": None,
-    }
-
-
-def apply_gate(entry: dict, reference_wer: float | None, max_wer_increase: float) -> None:
-    """Set ``wer_increase``, ``gate_passed`` and ``status`` of a measured artifact (in place).
-    ``max_wer_increase`` is in WER percentage points."""
-    if entry["wer"] is None or reference_wer is None:
-        entry.update(status="not_run", gate_passed=False,
-                     reason=entry.get("reason") or "no WER: the evaluation set has no reference words")
-        return
-    increase = 100.0 * (entry["wer"] - reference_wer)
-    entry["wer_increase"] = increase
-    # A hair of tolerance so that equal WERs never fail on float rounding.
-    passed = increase <= max_wer_increase + 1e-9
-    entry["gate_passed"] = passed
-    entry["status"] = "ok" if passed else "failed_gate"
-    if not passed:
-        entry["reason"] = (
-            f"WER {100 * entry['wer']:.2f} % is {increase:.2f} points above PyTorch's "
-            f"{100 * reference_wer:.2f} % (gate: {max_wer_increase:g} points)"
-        )
-
-
-def gate_summary(artifacts: list[dict], max_wer_increase: float, reference_ok: bool) -> dict:
-    failed = [f"{a['format']}-{a['precision']}" for a in artifacts if a["gate_passed"] is False]
-    passed = reference_ok and not failed
-    if not reference_ok:
-        reason = "the PyTorch reference could not be evaluated"
-    elif failed:
-        reason = "artifacts that failed the gate or could not be exported/run: " + ", ".join(failed)
-    else:
-        reason = None
-    return {"max_wer_increase": max_wer_increase, "unit": "WER percentage points",
-            "passed": passed, "failed": failed, "reason": reason}
 
 
 def machine() -> dict:

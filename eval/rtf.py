@@ -1,6 +1,6 @@
 """Real-time factor: compute seconds per audio second, measured the same way for every runner.
 
-    timing = measure(lambda: open_runner("onnx", path, threads=1), pcms, sample_rate=16000)
+    timing = measure(lambda: open_runner("onnx", path, threads=1), pcms, contract.sample_rate)
     timing.rtf            # median over repeats of (time to run every pcm) / (their total duration)
 
 Speed (``measure``, in the calling process):
@@ -24,7 +24,8 @@ load. The file is in the OS page cache (it was just written), so disk reads are 
 Peak memory is null where ``/proc`` is not available (macOS).
 
 Threads are set by the runner (eval/runners.py); ``measure_threads`` runs the speed protocol at
-one thread and at all cores.
+one thread and at all cores, and ``measure_speed`` gives what the export report records of a
+runner: both, then the cold start.
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.runners import RUNNERS, open_runner
+
 
 @dataclass
 class Timing:
+    """One ``measure``: the load, the median pass over the inputs and the RTF it gives."""
+
     threads: int
     load_seconds: float
     median_seconds: float
@@ -129,6 +134,40 @@ def measure_threads(open_runner: Callable[[int], object], pcms: Sequence[np.ndar
     return out
 
 
+@dataclass
+class Speed:
+    """A runner's speed as the export report records it: warm RTF at one thread and at all
+    threads (``measure_threads``), and ``measure_cold``'s dict when the cold start was measured."""
+
+    rtf_1thread: float | None = None
+    rtf_all_threads: float | None = None
+    cold: dict | None = None
+
+
+def measure_speed(fmt: str, path: str | Path | None, pcms: Sequence[np.ndarray], sample_rate: int,
+                  repeats: int, threads_all: int, cold_start: bool,
+                  load: Callable[[int], object] | None = None) -> Speed:
+    """Warm RTF of the ``fmt`` artifact at ``path`` at one thread and at ``threads_all`` (one
+    measurement, recorded as all threads, for a runtime that picks its own threads: Core ML), then
+    with ``cold_start`` its cold start on the longest of ``pcms``. ``repeats`` 0 measures
+    nothing; ``load(threads)`` replaces ``open_runner`` for the warm runs (e.g. a model already in
+    memory); without a ``path`` there is no cold start to measure."""
+    speed = Speed()
+    if repeats == 0:
+        return speed
+    load = load or (lambda n: open_runner(fmt, path, n))
+    if RUNNERS[fmt].sets_threads:
+        timings = measure_threads(load, pcms, sample_rate, repeats, threads_all=threads_all)
+        speed.rtf_1thread = timings["1thread"].rtf
+        if "all_threads" in timings:
+            speed.rtf_all_threads = timings["all_threads"].rtf
+    else:
+        speed.rtf_all_threads = measure(lambda: load(threads_all), pcms, sample_rate, repeats).rtf
+    if cold_start and path is not None:
+        speed.cold = measure_cold(fmt, path, max(pcms, key=len))
+    return speed
+
+
 # What each runner imports, so a cold measurement does not time the Python import itself.
 _RUNTIME_MODULES = {
     "torch": ("torch", "asrkd.inference", "asrkd.checkpoint"),
@@ -164,8 +203,6 @@ def _cold_main(argv: list[str]) -> int:
     fmt, path, audio = argv
     for module in _RUNTIME_MODULES[fmt]:
         importlib.import_module(module)
-    from eval.runners import open_runner
-
     pcm = np.load(audio)
     resettable = _reset_peak_rss()
     rss_before = _proc_status("VmRSS")

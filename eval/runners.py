@@ -50,9 +50,11 @@ class Runner(ABC):
     max_samples: int | None = None
     #: shortest input in samples
     min_samples: int = 1
+    #: whether ``threads`` sets the runtime's threads (Core ML picks its own)
+    sets_threads: bool = True
 
-    def __init__(self, path: str | Path, threads: int = 1):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None, threads: int = 1):
+        self.path = None if path is None else Path(path)
         self.threads = int(threads)
         self.last_chunks = 0
 
@@ -97,8 +99,9 @@ class TorchRunner(Runner):
 
     ``graph``: any module that maps ``(pcm [1, N], pcm_lens [1])`` to ``(log_probs [1, T', V],
     out_lens [1], ...)``, such as the export graph the artifacts hold (the export passes it, so
-    its reference runs exactly what it converted). Without one, the checkpoint at ``path`` is
-    loaded and run as `asrkd.inference.log_posteriors` (LogMel -> Conformer), the same numbers.
+    its reference runs exactly what it converted; ``path`` may then be None, for a model that is
+    only in memory). Without one, the checkpoint at ``path`` is loaded and run as
+    `asrkd.inference.log_posteriors` (LogMel -> Conformer), the same numbers.
     """
 
     format = "torch"
@@ -125,6 +128,8 @@ class TorchRunner(Runner):
 
 
 class OnnxRunner(Runner):
+    """An ``.onnx`` file in onnxruntime's CPU execution provider: any length and batch."""
+
     format = "onnx"
 
     def __init__(self, path, threads: int = 1):
@@ -174,6 +179,8 @@ class LiteRTRunner(Runner):
 
 
 class ExecuTorchRunner(Runner):
+    """A ``.pte`` program in ExecuTorch's Python runtime: any length up to its planned maximum."""
+
     format = "executorch"
 
     def __init__(self, path, threads: int = 1):
@@ -204,6 +211,7 @@ class CoreMLRunner(Runner):
     """
 
     format = "coreml"
+    sets_threads = False
 
     def __init__(self, path, threads: int = 1):
         super().__init__(path, threads)

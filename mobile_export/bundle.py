@@ -4,7 +4,7 @@
         model.fp32.onnx, model.int8.tflite, model.fp16.mlpackage/, model.int8.pte, ...
         tokens.txt          the vocabulary ("symbol id" per line, blank first)
         contract.json       how to feed the artifacts and read their outputs (this module)
-        report.json         what each artifact measured (eval/report.py; CI parses it)
+        report.json         what each artifact measured (mobile_export/report.py; CI parses it)
         REPORT.md           the same as tables
         MODEL_CARD.md       what the model is, what it was trained on, how well it does
         utterances.jsonl    per-utterance results of every artifact
@@ -21,10 +21,14 @@ import shutil
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from asrkd.models.conformer import count_parameters
 from asrkd.text import TOKENS_FILENAME, WORD_SEP
-from mobile_export.graph import TENSOR_MEANINGS, ExportGraph
+from mobile_export.graph import TENSOR_MEANINGS
+
+if TYPE_CHECKING:
+    from mobile_export.source import ExportSource
 
 CONTRACT_FILE = "contract.json"
 REPORT_FILE = "report.json"
@@ -105,41 +109,36 @@ def artifact_stem(precision: str) -> str:
     return f"model.{precision}"
 
 
-def contract(graph: ExportGraph, loaded_config: dict, tokenizer, artifacts: list[Artifact],
-             windows_seconds: list[float], root: Path) -> dict[str, Any]:
-    """``contract.json`` for ``artifacts`` exported from ``graph`` (see the module docstring)."""
-    facts = graph.facts
-    frontend = graph.frontend.config
+def contract(source: ExportSource, artifacts: list[Artifact], windows_seconds: list[float],
+             root: Path) -> dict[str, Any]:
+    """``contract.json`` for ``artifacts`` exported from ``source``: its `asrkd.contract.Contract`
+    (``to_dict``; the sample rate under ``audio``) plus what the bundle adds (module docstring)."""
+    model = source.contract.to_dict()
+    frontend = source.contract.frontend
     return {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
         "audio": {
-            "sample_rate": facts.sample_rate,
+            "sample_rate": model.pop("sample_rate"),
             "channels": 1,
             "pcm": "float32 mono, samples in [-1, 1] (int16 PCM / 32768)",
         },
         "windows_seconds": list(windows_seconds),
-        "window_samples": [facts.samples(s) for s in windows_seconds],
-        "output_frame_shift_seconds": facts.output_frame_shift,
-        "output_frame_shift_samples": facts.hop_length * facts.subsampling,
+        "window_samples": [source.contract.samples(s) for s in windows_seconds],
+        **model,
         "output_frames": "out_lens = ceil(feature_frames / subsampling), feature_frames = "
         + ("1 + samples // hop_length" if frontend.center else "1 + (samples - n_fft) // hop_length"),
-        "frontend": frontend.to_dict(),
-        "subsampling": facts.subsampling,
-        "blank_id": facts.blank_id,
-        "vocab_size": facts.vocab_size,
-        "vocabulary_sha256": tokenizer.fingerprint(),
         "tokens_file": TOKENS_FILENAME,
         "word_separator": WORD_SEP,
         "decoding": DECODING,
         "long_audio": LONG_AUDIO_POLICY,
         "short_audio": SHORT_AUDIO_POLICY,
-        "inputs": {n: TENSOR_MEANINGS[n] for n in graph.input_names},
-        "outputs": {n: TENSOR_MEANINGS[n] for n in graph.output_names},
+        "inputs": {n: TENSOR_MEANINGS[n] for n in source.graph.input_names},
+        "outputs": {n: TENSOR_MEANINGS[n] for n in source.graph.output_names},
         "model": {
-            "config": loaded_config.get("model"),
-            "step": loaded_config.get("step"),
-            "asrkd_version": loaded_config.get("asrkd_version"),
+            "config": source.config.get("model"),
+            "step": source.config.get("step"),
+            "asrkd_version": source.config.get("asrkd_version"),
         },
         "artifacts": [
             {**a.to_dict(root), "file": os.path.relpath(a.path, root)} for a in artifacts
@@ -156,23 +155,25 @@ def read_contract(out_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def model_card(loaded_config: dict, graph: ExportGraph, report: dict, n_params: int) -> str:
+def model_card(source: ExportSource, report: dict) -> str:
     """``MODEL_CARD.md``: what the model is and how it measured, from the checkpoint and report."""
-    mc = loaded_config.get("model", {})
-    train = loaded_config.get("train_config") or {}
+    recorded = source.config
+    mc = recorded.get("model", {})
+    train = recorded.get("train_config") or {}
     data = train.get("data") if isinstance(train, dict) else None
-    facts = graph.facts
+    c = source.contract
     ref = report.get("reference", {})
+    n_params = count_parameters(source.graph.model)
     lines = [
         "# Model card",
         "",
         "## What it is",
         f"A Conformer-CTC speech recogniser ({n_params / 1e6:.2f} M parameters: d_model "
         f"{mc.get('d_model')}, {mc.get('n_layers')} layers, {mc.get('n_heads')} heads, x{mc.get('subsampling')} "
-        f"subsampling, {facts.vocab_size} output tokens with blank id {facts.blank_id}) trained with asrkd "
-        f"(checkpoint step {loaded_config.get('step')}, asrkd {loaded_config.get('asrkd_version')}). Input: "
-        f"{facts.sample_rate} Hz mono float PCM; output: CTC log-posteriors every "
-        f"{facts.output_frame_shift * 1000:g} ms. The log-mel front end is inside every artifact.",
+        f"subsampling, {c.vocab_size} output tokens with blank id {c.blank_id}) trained with asrkd "
+        f"(checkpoint step {recorded.get('step')}, asrkd {recorded.get('asrkd_version')}). Input: "
+        f"{c.sample_rate} Hz mono float PCM; output: CTC log-posteriors every "
+        f"{c.output_frame_shift * 1000:g} ms. The log-mel front end is inside every artifact.",
         "",
         "## Training data (as recorded in the checkpoint)",
     ]
@@ -187,7 +188,7 @@ def model_card(loaded_config: dict, graph: ExportGraph, report: dict, n_params: 
     if kd:
         lines += ["", "Distillation settings recorded in the checkpoint:", "```json",
                   json.dumps(kd, indent=2, ensure_ascii=False), "```"]
-    metrics = loaded_config.get("metrics") or {}
+    metrics = recorded.get("metrics") or {}
     if metrics:
         lines += ["", "Metrics stored in the checkpoint at save time:", "```json",
                   json.dumps(metrics, indent=2), "```"]

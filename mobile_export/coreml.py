@@ -24,7 +24,8 @@ config, subsampling, output frame shift, windows, vocabulary hash: an app needs 
 Core ML runs only on Apple platforms. On Linux ``export`` still converts, saves and then checks
 the saved program (``check_package``: input and output names, types and shapes, the MIL
 operations, weight precisions, metadata); ``predict`` needs macOS (eval/runners.py
-``CoreMLRunner``), so the report says ``not_run`` with that reason.
+``CoreMLRunner``), so the report says ``not_run`` with that reason. `CoreMLExporter` is this
+format's `mobile_export.exporter.Exporter`.
 """
 
 from __future__ import annotations
@@ -33,17 +34,22 @@ import json
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from mobile_export.bundle import Artifact, artifact_stem
+from asrkd.contract import Contract
+from mobile_export.bundle import Artifact
+from mobile_export.exporter import Exporter
 from mobile_export.graph import MIN_SECONDS, TENSOR_MEANINGS, ExportGraph
 
-FORMAT = "coreml"
-SUFFIX = ".mlpackage"
+if TYPE_CHECKING:
+    from mobile_export.options import ExportOptions
+    from mobile_export.source import ExportSource
+
 PRECISIONS = {
     "fp16": "float16 encoder (Neural Engine capable), float32 front end",
     "fp32": "float32 weights and compute (GPU/CPU)",
@@ -83,7 +89,7 @@ def _input_types(graph: ExportGraph, windows: list[float], shapes: str):
     import coremltools as ct
 
     lengths = [graph.input_length(s) for s in windows]
-    tail = (graph.facts.n_mels,) if graph.features_in else ()
+    tail = (graph.contract.n_mels,) if graph.features_in else ()
     if shapes == "enumerated" and len(lengths) == 1:
         x_shape = (1, lengths[0], *tail)  # Core ML enumerates two or more shapes; one is static
     elif shapes == "enumerated":
@@ -107,18 +113,17 @@ def _is_frontend(op) -> bool:
     return bool(names) and names[0] == FRONTEND_SCOPE
 
 
-def metadata(graph: ExportGraph, tokenizer, windows: list[float]) -> dict[str, str]:
+def metadata(contract: Contract, tokenizer, windows: list[float]) -> dict[str, str]:
     """``user_defined_metadata`` entries (strings; JSON for lists and dicts)."""
-    f = graph.facts
     return {
-        f"{METADATA_PREFIX}sample_rate": str(f.sample_rate),
+        f"{METADATA_PREFIX}sample_rate": str(contract.sample_rate),
         f"{METADATA_PREFIX}pcm": "float32 mono in [-1, 1]",
-        f"{METADATA_PREFIX}frontend": json.dumps(graph.frontend.config.to_dict()),
-        f"{METADATA_PREFIX}subsampling": str(f.subsampling),
-        f"{METADATA_PREFIX}output_frame_shift_seconds": repr(f.output_frame_shift),
-        f"{METADATA_PREFIX}blank_id": str(f.blank_id),
+        f"{METADATA_PREFIX}frontend": json.dumps(contract.frontend.to_dict()),
+        f"{METADATA_PREFIX}subsampling": str(contract.subsampling),
+        f"{METADATA_PREFIX}output_frame_shift_seconds": repr(contract.output_frame_shift),
+        f"{METADATA_PREFIX}blank_id": str(contract.blank_id),
         f"{METADATA_PREFIX}tokens": json.dumps(list(tokenizer.tokens), ensure_ascii=False),
-        f"{METADATA_PREFIX}vocabulary_sha256": tokenizer.fingerprint(),
+        f"{METADATA_PREFIX}vocabulary_sha256": contract.vocabulary_sha256,
         f"{METADATA_PREFIX}windows_seconds": json.dumps(list(windows)),
     }
 
@@ -192,16 +197,16 @@ def compress(mlmodel_fp16, precision: str):
     raise ValueError(f"Core ML precision {precision!r} unknown; choose from {sorted(PRECISIONS)}")
 
 
-def describe(mlmodel, graph: ExportGraph, tokenizer, windows: list[float], precision: str) -> None:
+def describe(mlmodel, source: ExportSource, windows: list[float], precision: str) -> None:
     """Descriptions and ``asrkd.*`` metadata on the model (in place)."""
     mlmodel.short_description = (
         f"asrkd Conformer-CTC speech recogniser ({precision}); see contract.json of its bundle"
     )
-    for name in graph.input_names:
+    for name in source.graph.input_names:
         mlmodel.input_description[name] = TENSOR_MEANINGS[name]
-    for name in graph.output_names:
+    for name in source.graph.output_names:
         mlmodel.output_description[name] = TENSOR_MEANINGS[name]
-    mlmodel.user_defined_metadata.update(metadata(graph, tokenizer, windows))
+    mlmodel.user_defined_metadata.update(metadata(source.contract, source.tokenizer, windows))
 
 
 # ------------------------------------------------------------------------ checks (no predict)
@@ -302,53 +307,68 @@ def metadata_keys() -> list[str]:
         "tokens", "vocabulary_sha256", "windows_seconds")]
 
 
-def can_predict() -> bool:
-    """Core ML executes only on macOS (coremltools' predict needs the Core ML framework)."""
-    return sys.platform == "darwin"
+class CoreMLExporter(Exporter):
+    """Core ML at fp16, fp32, int8, pal6 and pal4: ``options.windows`` as enumerated shapes or a
+    range up to the largest (``options.coreml_shapes``), for ``options.coreml_target``."""
 
+    name = "coreml"
+    suffix = ".mlpackage"
+    precisions = PRECISIONS
 
-def export(graph: ExportGraph, out_dir: Path, precisions: list[str], tokenizer,
-           windows: list[float], *, shapes: str = "enumerated",
-           minimum_deployment_target: str = DEFAULT_TARGET) -> dict[str, Artifact | Exception]:
-    """Every requested precision as ``model.<precision>.mlpackage``, each checked with
-    ``check_package`` (the result is the artifact's ``checks``)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    windows = sorted(float(w) for w in windows)
-    if shapes not in SHAPE_MODES:
-        raise ValueError(f"Core ML shapes must be one of {SHAPE_MODES}, got {shapes!r}")
-    results: dict[str, Artifact | Exception] = {}
-    try:
-        traced = trace(graph, windows)
-        base: dict[str, Any] = {}
-        needs_fp16 = any(p != "fp32" for p in precisions)
-        if needs_fp16:
-            base["fp16"] = convert(graph, windows, "fp16", shapes=shapes,
-                                   minimum_deployment_target=minimum_deployment_target, traced=traced)
-    except Exception as e:
-        return {p: e for p in precisions}
-    for precision in precisions:
-        path = out_dir / (artifact_stem(precision) + SUFFIX)
+    def convert(self, source: ExportSource, out_dir: Path, precisions: Sequence[str],
+                options: ExportOptions) -> dict[str, Artifact | Exception]:
+        """The graph is traced once and converted to fp16 once (int8 and palettized programs
+        compress that one); every saved package is checked with ``check_package`` (the
+        artifact's ``checks``)."""
+        graph, shapes, target = source.graph, options.coreml_shapes, options.coreml_target
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        windows = sorted(float(w) for w in options.windows)
+        if shapes not in SHAPE_MODES:
+            raise ValueError(f"Core ML shapes must be one of {SHAPE_MODES}, got {shapes!r}")
         try:
+            traced = trace(graph, windows)
+            fp16 = None
+            if any(p != "fp32" for p in precisions):
+                fp16 = convert(graph, windows, "fp16", shapes=shapes, minimum_deployment_target=target,
+                               traced=traced)
+        except Exception as e:
+            return {p: e for p in precisions}
+
+        def build(precision: str, path: Path) -> Artifact:
             if precision == "fp32":
-                mlmodel = convert(graph, windows, "fp32", shapes=shapes,
-                                  minimum_deployment_target=minimum_deployment_target, traced=traced)
+                mlmodel = convert(graph, windows, "fp32", shapes=shapes, minimum_deployment_target=target,
+                                  traced=traced)
             elif precision == "fp16":
-                mlmodel = base["fp16"]
+                mlmodel = fp16
             else:
-                mlmodel = compress(base["fp16"], precision)
-            describe(mlmodel, graph, tokenizer, windows, precision)
+                mlmodel = compress(fp16, precision)
+            describe(mlmodel, source, windows, precision)
             if path.exists():
                 shutil.rmtree(path)
             mlmodel.save(str(path))
             checks = check_package(path, graph, windows, shapes, precision)
-            checks.update(shapes=shapes, minimum_deployment_target=minimum_deployment_target)
-            results[precision] = Artifact(
-                FORMAT, precision, path,
+            checks.update(shapes=shapes, minimum_deployment_target=target)
+            return Artifact(
+                self.name, precision, path,
                 windows_seconds=windows if shapes == "enumerated" else None,
                 max_seconds=windows[-1], min_seconds=MIN_SECONDS if shapes == "range" else None,
                 description=PRECISIONS[precision], checks=checks,
             )
-        except Exception as e:
-            results[precision] = e
-    return results
+
+        return self.each_precision(out_dir, precisions, build)
+
+    def check(self, artifact: Artifact, source: ExportSource) -> dict[str, Any]:
+        """``check_package`` on the saved program, with the shapes it was exported with."""
+        return check_package(artifact.path, source.graph, artifact.windows_seconds or [artifact.max_seconds],
+                             "enumerated" if artifact.windows_seconds else "range", artifact.precision)
+
+    def cannot_run(self, checks: dict[str, Any] | None) -> str | None:
+        """Core ML executes only on macOS (coremltools' predict needs the Core ML framework)."""
+        if sys.platform == "darwin":
+            return None
+        c = checks or {}
+        return (f"not run: needs macOS (Core ML predict); on {sys.platform} the saved program was "
+                f"loaded and checked instead: inputs {list(c.get('inputs', {}))}, outputs "
+                f"{list(c.get('outputs', {}))}, {sum(c.get('mil_operations', {}).values())} MIL "
+                f"operations, weights {c.get('weight_tensors')}, asrkd metadata present")

@@ -23,22 +23,28 @@ Two things this module works around, both checked with torch 2.13 / executorch 1
   made persistent on a copy: XNNPACK's lowering otherwise fails with "Non-persistent buffer ...
   is in the state dict".
 
-Run with ExecuTorch's Python runtime (eval/runners.py ``ExecuTorchRunner``).
+Run with ExecuTorch's Python runtime (eval/runners.py ``ExecuTorchRunner``). `ExecuTorchExporter` is
+this format's `mobile_export.exporter.Exporter`.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from asrkd.fileio import atomic_write_bytes
-from mobile_export.bundle import Artifact, artifact_stem
+from mobile_export.bundle import Artifact
+from mobile_export.exporter import Exporter
 from mobile_export.graph import MIN_SECONDS, ExportGraph, with_encoder_dtype
 
-FORMAT = "executorch"
-SUFFIX = ".pte"
+if TYPE_CHECKING:
+    from mobile_export.options import ExportOptions
+    from mobile_export.source import ExportSource
+
 PRECISIONS = {
     "fp32": "float32 weights and compute, XNNPACK delegate",
     "fp16": "float16 encoder weights and compute, float32 front end and I/O, XNNPACK delegate",
@@ -103,21 +109,22 @@ def lower(program) -> bytes:
     return edge.to_executorch().buffer
 
 
-def export(graph: ExportGraph, out_dir: Path, precisions: list[str],
-           max_seconds: float) -> dict[str, Artifact | Exception]:
-    """Every requested precision as ``model.<precision>.pte``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Artifact | Exception] = {}
-    for precision in precisions:
-        path = out_dir / (artifact_stem(precision) + SUFFIX)
-        try:
-            atomic_write_bytes(path, lower(export_program(graph, max_seconds, precision)))
-            results[precision] = Artifact(
-                FORMAT, precision, path, max_seconds=float(max_seconds), description=PRECISIONS[precision],
-            )
-        except Exception as e:
-            if path.exists():
-                path.unlink()
-            results[precision] = e
-    return results
+class ExecuTorchExporter(Exporter):
+    """ExecuTorch at fp32, fp16 and int8, dynamic length up to the largest of ``options.windows``."""
+
+    name = "executorch"
+    suffix = ".pte"
+    precisions = PRECISIONS
+
+    def convert(self, source: ExportSource, out_dir: Path, precisions: Sequence[str],
+                options: ExportOptions) -> dict[str, Artifact | Exception]:
+        """Each precision exported and lowered on its own."""
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        max_seconds = float(max(options.windows))
+
+        def build(precision: str, path: Path) -> Artifact:
+            atomic_write_bytes(path, lower(export_program(source.graph, max_seconds, precision)))
+            return Artifact(self.name, precision, path, max_seconds=max_seconds,
+                            description=PRECISIONS[precision])
+
+        return self.each_precision(out_dir, precisions, build)

@@ -22,14 +22,16 @@ One output frame covers ``hop_length * subsampling`` input samples (``output_fra
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
-from asrkd.features import FrontendConfig, LogMel
-from asrkd.models.conformer import ConformerConfig, ConformerCTC, subsampled_lengths
+from asrkd.contract import BLANK_ID, Contract
+from asrkd.features import LogMel
+from asrkd.models.conformer import ConformerCTC
 
 PCM_INPUTS = ("pcm", "pcm_lens")
 FEATURE_INPUTS = ("feats", "feat_lens")
@@ -57,34 +59,6 @@ TENSOR_MEANINGS = {
 }
 
 
-@dataclass(frozen=True)
-class GraphFacts:
-    """Numbers an app needs to feed the graph and read its outputs, all from the checkpoint."""
-
-    sample_rate: int
-    hop_length: int
-    subsampling: int
-    n_mels: int
-    vocab_size: int
-    blank_id: int
-
-    @property
-    def output_frame_shift(self) -> float:
-        """Seconds between two output frames (front-end hop x encoder subsampling)."""
-        return self.hop_length * self.subsampling / self.sample_rate
-
-    def samples(self, seconds: float) -> int:
-        """PCM samples in ``seconds`` of audio (rounded to the nearest sample)."""
-        return round(seconds * self.sample_rate)
-
-    def feature_frames(self, num_samples: int, frontend: FrontendConfig) -> int:
-        return frontend.num_frames(num_samples)
-
-    def output_frames(self, num_samples: int, frontend: FrontendConfig) -> int:
-        """Valid output frames for an utterance of ``num_samples`` samples."""
-        return int(subsampled_lengths(frontend.num_frames(num_samples), self.subsampling))
-
-
 class ExportGraph(nn.Module):
     """LogMel + ConformerCTC (+ greedy ids, confidence) as one module with positional outputs.
 
@@ -102,7 +76,7 @@ class ExportGraph(nn.Module):
         features_in: bool = False,
         with_tokens: bool = True,
         with_confidence: bool = True,
-        blank_id: int = 0,
+        blank_id: int = BLANK_ID,
     ):
         super().__init__()
         if frontend.config.n_mels != model.config.n_mels:
@@ -136,22 +110,19 @@ class ExportGraph(nn.Module):
         return tuple(names)
 
     @property
-    def facts(self) -> GraphFacts:
-        fc: FrontendConfig = self.frontend.config
-        mc: ConformerConfig = self.model.config
-        return GraphFacts(
-            sample_rate=fc.sample_rate,
-            hop_length=fc.hop_length,
-            subsampling=mc.subsampling,
-            n_mels=fc.n_mels,
-            vocab_size=mc.vocab_size,
-            blank_id=self.blank_id,
-        )
+    def contract(self) -> Contract:
+        """The numbers an app needs to feed the graph and read its outputs (sample rate, hop,
+        mel bands, subsampling, vocabulary size, blank id), from the front end's and the model's
+        configs. The graph holds no tokenizer, so ``vocabulary_sha256`` is None here; an
+        `mobile_export.source.ExportSource` has the full contract."""
+        contract = Contract.from_parts(self.frontend.config, self.model.config)
+        return replace(contract, blank_id=self.blank_id)
 
     def input_length(self, seconds: float) -> int:
         """Length of the time axis of ``x`` for ``seconds`` of audio (samples, or frames)."""
-        n = self.facts.samples(seconds)
-        return self.frontend.config.num_frames(n) if self.features_in else n
+        contract = self.contract
+        n = contract.samples(seconds)
+        return contract.feature_frames(n) if self.features_in else n
 
     def example_inputs(self, length: int, batch: int = 1, valid: int | None = None) -> tuple[Tensor, Tensor]:
         """Deterministic inputs to trace with: ``x`` of ``length`` on its time axis, ``x_lens`` =
@@ -182,7 +153,7 @@ class ExportGraph(nn.Module):
         return tuple(outputs)
 
 
-def confidence(log_probs: Tensor, out_lens: Tensor, blank: int = 0, vocab_size: int | None = None) -> Tensor:
+def confidence(log_probs: Tensor, out_lens: Tensor, blank: int = BLANK_ID, vocab_size: int | None = None) -> Tensor:
     """``asrkd.decoding.batch_confidence`` written for converters: log_probs [B, T, V], out_lens [B]
     -> [B] float32.
 
@@ -207,8 +178,6 @@ def confidence(log_probs: Tensor, out_lens: Tensor, blank: int = 0, vocab_size: 
 def with_encoder_dtype(graph: ExportGraph, dtype: torch.dtype) -> ExportGraph:
     """A copy of ``graph`` whose encoder (Conformer) computes in ``dtype``; the front end stays
     float32 (its variance sums overflow float16 on long windows) and so do the log-probs."""
-    import copy
-
     return ExportGraph(
         graph.frontend,
         copy.deepcopy(graph.model).to(dtype),
@@ -217,18 +186,3 @@ def with_encoder_dtype(graph: ExportGraph, dtype: torch.dtype) -> ExportGraph:
         with_confidence=graph.with_confidence,
         blank_id=graph.blank_id,
     )
-
-
-def build_graph(checkpoint, **options) -> ExportGraph:
-    """``ExportGraph`` of a checkpoint folder or run folder (see ``asrkd.checkpoint.resolve_checkpoint``)."""
-    from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
-
-    return ExportGraph.from_loaded(load_checkpoint(resolve_checkpoint(checkpoint)), **options)
-
-
-@torch.no_grad()
-def reference_log_probs(graph: ExportGraph, x: Tensor) -> Tensor:
-    """PyTorch log-probs of one unpadded utterance ``x`` ([N] PCM or [T, n_mels] feats) -> [T', V]."""
-    lens = torch.tensor([x.shape[0]], dtype=torch.long)
-    log_probs, out_lens = graph(x.unsqueeze(0), lens)[:2]
-    return log_probs[0, : int(out_lens[0])]

@@ -12,24 +12,29 @@ the spectrum. For int8, front-end nodes are found by the name scope the dynamo e
 (``pkg.torch.onnx.name_scopes`` = ['', 'frontend', ...]).
 
 The legacy (TorchScript) exporter is not used: it bakes the traced length into reshapes
-(docs DEPENDENCIES.md). Run with onnxruntime (eval/runners.py ``OnnxRunner``).
+(docs DEPENDENCIES.md). Run with onnxruntime (eval/runners.py ``OnnxRunner``). `OnnxExporter` is
+this format's `mobile_export.exporter.Exporter`.
 """
 
 from __future__ import annotations
 
 import ast
-import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from mobile_export.bundle import Artifact, artifact_stem
+from mobile_export.bundle import Artifact
+from mobile_export.exporter import Exporter
 from mobile_export.graph import ExportGraph, with_encoder_dtype
 
-FORMAT = "onnx"
-SUFFIX = ".onnx"
+if TYPE_CHECKING:
+    from mobile_export.options import ExportOptions
+    from mobile_export.source import ExportSource
+
 PRECISIONS = {
     "fp32": "float32 weights and compute",
     "fp16": "float16 encoder weights and compute, float32 front end and I/O",
@@ -104,35 +109,34 @@ def export_fp16(graph: ExportGraph, path: Path) -> Path:
     return export_fp32(with_encoder_dtype(graph, torch.float16), path)
 
 
-def export(graph: ExportGraph, out_dir: Path, precisions: list[str]) -> dict[str, Artifact | Exception]:
-    """Every requested precision of ``graph`` into ``out_dir`` as ``model.<precision>.onnx``.
+class OnnxExporter(Exporter):
+    """ONNX at fp32, fp16 and int8: dynamic batch and time axes, so no window option applies."""
 
-    Returns an ``Artifact`` or the exception that stopped it, per precision. The fp32 export is
-    made once; fp16 and int8 are derived from it (kept in a temporary file when fp32 itself is
-    not requested).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Artifact | Exception] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32_path = out_dir / (artifact_stem("fp32") + SUFFIX) if "fp32" in precisions else Path(tmp) / "fp32.onnx"
-        try:
-            export_fp32(graph, fp32_path)
-        except Exception as e:  # every requested precision depends on it
-            return {p: e for p in precisions}
-        for precision in precisions:
-            path = out_dir / (artifact_stem(precision) + SUFFIX)
+    name = "onnx"
+    suffix = ".onnx"
+    precisions = PRECISIONS
+
+    def convert(self, source: ExportSource, out_dir: Path, precisions: Sequence[str],
+                options: ExportOptions) -> dict[str, Artifact | Exception]:
+        """The fp32 export is made once; fp16 and int8 are derived from it (kept in a temporary
+        file when fp32 itself is not requested)."""
+        graph = source.graph
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32_path = self.path(out_dir, "fp32") if "fp32" in precisions else Path(tmp) / "fp32.onnx"
             try:
+                export_fp32(graph, fp32_path)
+            except Exception as e:  # every requested precision depends on it
+                return {p: e for p in precisions}
+
+            def build(precision: str, path: Path) -> Artifact:
                 if precision == "int8":
                     quantize_int8(fp32_path, path)
                 elif precision == "fp16":
                     export_fp16(graph, path)
                 elif precision != "fp32":
                     raise ValueError(f"ONNX precision {precision!r} unknown; choose from {sorted(PRECISIONS)}")
-                results[precision] = Artifact(FORMAT, precision, path, description=PRECISIONS[precision])
-            except Exception as e:
-                if path.exists():
-                    os.unlink(path)
-                results[precision] = e
-    return results
+                return Artifact(self.name, precision, path, description=PRECISIONS[precision])
 
+            return self.each_precision(out_dir, precisions, build)

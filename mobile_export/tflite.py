@@ -21,25 +21,28 @@ fp16 and int8 are derived from the fp32 flatbuffer (conversion is the slow part,
 four windows of the student); the log-mel front end stays float32 in all of them (its ops are
 recognised by the ``LogMel`` scope litert-torch writes into tensor names).
 Run with ``ai_edge_litert.interpreter.Interpreter`` (XNNPACK on by default), see
-eval/runners.py ``LiteRTRunner``.
+eval/runners.py ``LiteRTRunner``. `TFLiteExporter` is this format's `mobile_export.exporter.Exporter`.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from asrkd.fileio import atomic_write_bytes
-from mobile_export.bundle import Artifact, artifact_stem
+from mobile_export.bundle import Artifact
+from mobile_export.exporter import Exporter
 from mobile_export.graph import ExportGraph
 
-FORMAT = "tflite"
-SUFFIX = ".tflite"
-DEFAULT_WINDOWS = (2.0, 5.0, 10.0, 20.0)
+if TYPE_CHECKING:
+    from mobile_export.options import ExportOptions
+    from mobile_export.source import ExportSource
+
 PRECISIONS = {
     "fp32": "float32 weights and compute",
     "fp16": "float16 weights (dequantised to float32 at load), float32 compute",
@@ -131,33 +134,31 @@ def quantize(fp32_path: Path, path: Path, precision: str) -> Path:
     return Path(path)
 
 
-def export(graph: ExportGraph, out_dir: Path, precisions: list[str],
-           windows: list[float] = DEFAULT_WINDOWS) -> dict[str, Artifact | Exception]:
-    """Every requested precision as ``model.<precision>.tflite`` with one signature per window.
+class TFLiteExporter(Exporter):
+    """TFLite at fp32, fp16 and int8, one signature per window of ``options.windows``."""
 
-    Returns an ``Artifact`` or the exception that stopped it, per precision.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    windows = sorted(float(w) for w in windows)
-    results: dict[str, Artifact | Exception] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32_path = out_dir / (artifact_stem("fp32") + SUFFIX) if "fp32" in precisions else Path(tmp) / "fp32.tflite"
-        try:
-            signatures = convert_fp32(graph, fp32_path, windows)
-        except Exception as e:
-            return {p: e for p in precisions}
-        for precision in precisions:
-            path = out_dir / (artifact_stem(precision) + SUFFIX)
+    name = "tflite"
+    suffix = ".tflite"
+    precisions = PRECISIONS
+
+    def convert(self, source: ExportSource, out_dir: Path, precisions: Sequence[str],
+                options: ExportOptions) -> dict[str, Artifact | Exception]:
+        """fp32 is converted once (into a temporary file when not requested itself); fp16 and
+        int8 are quantised copies of it with the same signatures."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        windows = sorted(float(w) for w in options.windows)
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32_path = self.path(out_dir, "fp32") if "fp32" in precisions else Path(tmp) / "fp32.tflite"
             try:
+                signatures = convert_fp32(source.graph, fp32_path, windows)
+            except Exception as e:
+                return {p: e for p in precisions}
+
+            def build(precision: str, path: Path) -> Artifact:
                 if precision != "fp32":
                     quantize(fp32_path, path, precision)
-                results[precision] = Artifact(
-                    FORMAT, precision, path, windows_seconds=windows, max_seconds=windows[-1],
-                    signatures=signatures, description=PRECISIONS[precision],
-                )
-            except Exception as e:
-                if path.exists():
-                    os.unlink(path)
-                results[precision] = e
-    return results
+                return Artifact(self.name, precision, path, windows_seconds=windows, max_seconds=windows[-1],
+                                signatures=signatures, description=PRECISIONS[precision])
+
+            return self.each_precision(out_dir, precisions, build)

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from asrkd.audio import load_audio
-from asrkd.checkpoint import save_checkpoint
+from asrkd.checkpoint import load_checkpoint, save_checkpoint
 from asrkd.cli import main
+from asrkd.contract import SAMPLE_RATE
 from asrkd.data import read_manifest, write_manifest
 from asrkd.decoding import greedy_decode
 from asrkd.features import FrontendConfig, LogMel
@@ -23,6 +24,7 @@ from asrkd.models.conformer import ConformerCTC, build_preset
 from asrkd.synth import synthesize_corpus
 from asrkd.text import CharTokenizer, normalize_text
 from eval.runners import TorchRunner
+from mobile_export.export import ExportOptions, export_model
 from mobile_export.graph import ExportGraph
 
 REPORT_KEYS = {"format", "precision", "path", "size_bytes", "status", "reason", "wer", "cer",
@@ -107,7 +109,7 @@ def test_export_writes_a_verified_bundle(bundle):
 def test_bundle_holds_contract_tokens_card_and_per_utterance_results(bundle):
     _, out = bundle
     contract = json.loads((out / "contract.json").read_text(encoding="utf-8"))
-    assert contract["audio"]["sample_rate"] == 16000
+    assert contract["audio"]["sample_rate"] == SAMPLE_RATE
     assert contract["window_samples"] == [80000]
     assert contract["output_frame_shift_seconds"] == pytest.approx(0.04)
     assert contract["blank_id"] == 0 and contract["vocabulary_sha256"] == TOKENIZER.fingerprint()
@@ -123,6 +125,20 @@ def test_bundle_holds_contract_tokens_card_and_per_utterance_results(bundle):
     assert "## Training data" in card and "## Limitations" in card and "| onnx fp32 | ok |" in card
     assert "| onnx fp32 | ok |" in (out / "REPORT.md").read_text(encoding="utf-8")
     assert (out.parent / "out.zip").is_file()
+
+
+def test_export_takes_a_model_in_memory(bundle, labelled, tmp_path):
+    """The Python API exports modules that were never saved, to the same report keys as the CLI."""
+    loaded = load_checkpoint(labelled[0])
+    report = export_model((loaded.frontend, loaded.model, loaded.tokenizer), tmp_path / "out", labelled[1],
+                          ExportOptions(formats=("onnx",), precisions=("fp32",), rtf_repeats=0))
+    assert report.checkpoint is None and report.gate.passed and report.reference.wer < 0.2
+    (onnx,) = report.artifacts
+    assert onnx.status == "ok" and onnx.scores.agreement == 1.0 and onnx.wer_increase == 0.0
+    assert list(onnx.to_dict()) == list(entry(read_report(bundle[1]), "onnx", "fp32"))
+    assert read_report(tmp_path / "out") == json.loads(json.dumps(report.to_dict()))
+    contract = json.loads((tmp_path / "out" / "contract.json").read_text(encoding="utf-8"))
+    assert contract["model"]["step"] is None and contract["vocabulary_sha256"] == TOKENIZER.fingerprint()
 
 
 def damage_ctc_head(path):

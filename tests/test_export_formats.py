@@ -18,7 +18,10 @@ from eval.runners import (
     RunnerUnavailable,
     TorchRunner,
 )
-from mobile_export import coreml, executorch, onnx, tflite
+from mobile_export import coreml
+from mobile_export.formats import EXPORTERS
+from mobile_export.options import ExportOptions
+from mobile_export.source import ExportSource
 
 TOKENIZER = CharTokenizer.default_english()
 
@@ -33,8 +36,10 @@ def torch_runner(graph):
     return TorchRunner("unused", threads=1, graph=graph)
 
 
-def exported(results: dict) -> dict:
-    """Fail with the converter's own exception if any precision did not export."""
+def exported(fmt: str, graph, out, precisions: list[str], **options) -> dict:
+    """``fmt``'s exporter on ``graph`` (``options``: ExportOptions fields); fails with the
+    converter's own exception if any precision did not export."""
+    results = EXPORTERS[fmt].convert(ExportSource(graph, TOKENIZER), out, precisions, ExportOptions(**options))
     for precision, outcome in results.items():
         if isinstance(outcome, Exception):
             raise AssertionError(f"{precision} export failed") from outcome
@@ -49,7 +54,7 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------- ONNX
 @pytest.fixture(scope="module")
 def onnx_artifacts(graph, tmp_path_factory):
-    return exported(onnx.export(graph, tmp_path_factory.mktemp("onnx"), ["fp32", "int8"]))
+    return exported("onnx", graph, tmp_path_factory.mktemp("onnx"), ["fp32", "int8"])
 
 
 def test_onnx_fp32_matches_pytorch_at_any_length_and_batch(graph, torch_runner, onnx_artifacts):
@@ -92,7 +97,7 @@ def test_onnx_int8_keeps_the_front_end_in_float32(torch_runner, onnx_artifacts):
 def test_onnx_fp16_has_a_half_encoder_and_float32_io(graph, torch_runner, tmp_path):
     import onnx as onnx_lib
 
-    fp16 = exported(onnx.export(graph, tmp_path, ["fp16"]))["fp16"]
+    fp16 = exported("onnx", graph, tmp_path, ["fp16"])["fp16"]
     model = onnx_lib.load(str(fp16.path))
     dtypes = {i.data_type for i in model.graph.initializer if len(i.dims) >= 2}
     assert dtypes == {onnx_lib.TensorProto.FLOAT16, onnx_lib.TensorProto.FLOAT}
@@ -105,7 +110,7 @@ def test_onnx_fp16_has_a_half_encoder_and_float32_io(graph, torch_runner, tmp_pa
 @pytest.fixture(scope="module")
 def tflite_artifacts(graph, tmp_path_factory):
     out = tmp_path_factory.mktemp("tflite")
-    return exported(tflite.export(graph, out, ["fp32", "int8"], windows=[2.0, 5.0]))
+    return exported("tflite", graph, out, ["fp32", "int8"], windows=(2.0, 5.0))
 
 
 def test_tflite_signatures_are_the_windows(tflite_artifacts):
@@ -159,8 +164,8 @@ def test_level_rms_front_end_exports_and_matches_pytorch(tmp_path):
     runtimes that convert the front end themselves: ONNX and TFLite, in a padded window."""
     graph = tiny_graph(FrontendConfig(level="rms"))
     reference = TorchRunner("unused", threads=1, graph=graph)
-    runners = [OnnxRunner(exported(onnx.export(graph, tmp_path / "onnx", ["fp32"]))["fp32"].path),
-               LiteRTRunner(exported(tflite.export(graph, tmp_path / "tflite", ["fp32"], windows=[2.0]))["fp32"].path)]
+    runners = [OnnxRunner(exported("onnx", graph, tmp_path / "onnx", ["fp32"])["fp32"].path),
+               LiteRTRunner(exported("tflite", graph, tmp_path / "tflite", ["fp32"], windows=(2.0,))["fp32"].path)]
     for seconds, gain in ((0.05, 1.0), (1.3, 1.0), (1.3, 0.03)):  # 0.03: a recording 30 dB quieter
         pcm = gain * speechlike(seconds)
         for runner in runners:
@@ -172,7 +177,7 @@ def test_level_rms_front_end_exports_and_matches_pytorch(tmp_path):
 # ------------------------------------------------------------------------------- ExecuTorch
 @pytest.fixture(scope="module")
 def pte_fp32(graph, tmp_path_factory):
-    return exported(executorch.export(graph, tmp_path_factory.mktemp("pte"), ["fp32"], max_seconds=3.0))["fp32"]
+    return exported("executorch", graph, tmp_path_factory.mktemp("pte"), ["fp32"], windows=(3.0,))["fp32"]
 
 
 def test_executorch_fp32_matches_pytorch_at_dynamic_lengths(torch_runner, pte_fp32):
@@ -187,7 +192,7 @@ def test_executorch_fp32_matches_pytorch_at_dynamic_lengths(torch_runner, pte_fp
 
 @pytest.mark.slow
 def test_executorch_int8_and_fp16_run(graph, torch_runner, tmp_path):
-    results = exported(executorch.export(graph, tmp_path, ["int8", "fp16"], max_seconds=3.0))
+    results = exported("executorch", graph, tmp_path, ["int8", "fp16"], windows=(3.0,))
     pcm = speechlike(1.3)
     ref = torch_runner.run(pcm)
     assert max_diff(ExecuTorchRunner(results["fp16"].path).run(pcm), ref) <= 1e-2
@@ -198,7 +203,7 @@ def test_executorch_int8_and_fp16_run(graph, torch_runner, tmp_path):
 @pytest.fixture(scope="module")
 def mlpackages(graph, tmp_path_factory):
     out = tmp_path_factory.mktemp("coreml")
-    return exported(coreml.export(graph, out, ["fp16", "int8"], TOKENIZER, windows=[2.0, 5.0]))
+    return exported("coreml", graph, out, ["fp16", "int8"], windows=(2.0, 5.0))
 
 
 def test_coreml_program_has_the_contract(mlpackages):
@@ -234,8 +239,7 @@ def test_coreml_check_catches_a_program_that_does_not_match(graph, mlpackages):
 
 
 def test_coreml_range_shapes(graph, tmp_path):
-    results = exported(coreml.export(graph, tmp_path, ["fp32"], TOKENIZER, windows=[2.0, 5.0],
-                                     shapes="range"))
+    results = exported("coreml", graph, tmp_path, ["fp32"], windows=(2.0, 5.0), coreml_shapes="range")
     assert results["fp32"].checks["inputs"]["pcm"]["range"][1] == [SR // 10, 5 * SR]
     assert results["fp32"].windows_seconds is None and results["fp32"].max_seconds == 5.0
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from asrkd.contract import SAMPLE_RATE
 from asrkd.decoding import batch_confidence
 from asrkd.features import FrontendConfig, LogMel
 from asrkd.models.conformer import ConformerCTC, build_preset
@@ -15,7 +16,7 @@ from eval.rtf import measure
 from eval.runners import TorchRunner
 from mobile_export.graph import ExportGraph, confidence, with_encoder_dtype
 
-SR = FrontendConfig().sample_rate
+SR = SAMPLE_RATE
 
 
 def tiny_graph(frontend: FrontendConfig | None = None, **overrides) -> ExportGraph:
@@ -56,7 +57,7 @@ def test_padding_does_not_change_the_valid_frames(graph):
     lp2, lens2, ids2, conf2 = run_window(graph, pcm, 2.0)
     lp5, lens5, ids5, conf5 = run_window(graph, pcm, 5.0, fill=0.5)  # loud garbage as padding
     n = int(lens2[0])
-    assert n == int(lens5[0]) == graph.facts.output_frames(len(pcm), graph.frontend.config)
+    assert n == int(lens5[0]) == graph.contract.output_frames(len(pcm))
     assert lp5.shape[1] > lp2.shape[1] > n  # both windows hold padding frames
     torch.testing.assert_close(lp5[0, :n], lp2[0, :n], atol=2e-5, rtol=0)
     assert torch.equal(ids5[0, :n], ids2[0, :n])
@@ -97,12 +98,13 @@ def test_features_in_graph_matches_pcm_graph(graph):
         torch.testing.assert_close(features_graph(feats, feat_lens)[0], graph(pcm, lens)[0])
 
 
-def test_facts_come_from_the_configs():
+def test_contract_comes_from_the_configs():
     graph = tiny_graph(subsampling=8)
-    facts = graph.facts
-    assert facts.output_frame_shift == pytest.approx(0.08)  # 10 ms hop x 8
-    assert facts.samples(2.0) == 2 * SR
-    assert facts.output_frames(SR, graph.frontend.config) == 13  # 101 frames -> 51 -> 26 -> 13
+    contract = graph.contract
+    assert contract.output_frame_shift == pytest.approx(0.08)  # 10 ms hop x 8
+    assert contract.samples(2.0) == 2 * SR and graph.input_length(2.0) == 2 * SR
+    assert contract.output_frames(SR) == 13  # 101 frames -> 51 -> 26 -> 13
+    assert contract.blank_id == graph.blank_id and contract.vocab_size == graph.model.config.vocab_size
     assert graph.output_names == ("log_probs", "out_lens", "token_ids", "confidence")
     assert ExportGraph(graph.frontend, graph.model, with_tokens=False).output_names == (
         "log_probs", "out_lens", "confidence")
@@ -133,9 +135,8 @@ def test_runner_pads_to_the_smallest_window_and_splits_long_audio(graph):
     long = speechlike(4.5)
     out = runner.run(long)
     assert runner.last_chunks == 3  # 2 s + 2 s + 0.5 s
-    fc = graph.frontend.config
-    expected = sum(graph.facts.output_frames(n, fc) for n in (2 * SR, 2 * SR, len(long) - 4 * SR))
-    assert out.shape == (expected, graph.facts.vocab_size)
+    expected = sum(graph.contract.output_frames(n) for n in (2 * SR, 2 * SR, len(long) - 4 * SR))
+    assert out.shape == (expected, graph.contract.vocab_size)
     np.testing.assert_allclose(out[:10], runner.run(long[: 2 * SR])[:10], atol=2e-5, rtol=0)
 
 

@@ -1,0 +1,83 @@
+"""What an export makes and how it is verified: `ExportOptions`, checked when it is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from asrkd.contract import EXPORT_WINDOWS_SECONDS
+from mobile_export import coreml
+from mobile_export.formats import EXPORTERS, FORMATS
+
+PRECISIONS = ("fp32", "fp16", "int8", "pal6", "pal4")
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class ExportError(ValueError):
+    """Bad options or inputs for an export; the message says what to change."""
+
+
+@dataclass
+class ExportOptions:
+    """Options of ``asrkd export`` (each field is the CLI flag of the same name).
+
+    What is made:
+        formats: formats to export, in report order (`mobile_export.formats.FORMATS`).
+        precisions: precisions to try in every format; one a format does not offer is reported
+            ``not_run`` with the reason and does not count for the gate (`PRECISIONS`).
+        windows: input lengths in seconds of static-shape artifacts (TFLite signatures, Core ML
+            enumerated shapes); the largest is the maximum of dynamic ones (ExecuTorch, a Core ML
+            range). Default: `asrkd.contract.EXPORT_WINDOWS_SECONDS`.
+        coreml_shapes: ``"enumerated"`` (one shape per window, Neural Engine capable) or
+            ``"range"`` (any length up to the largest window).
+        coreml_target: Core ML minimum deployment target (a ``coremltools.target`` name).
+        zip: also write ``OUT.zip`` with the bundle.
+
+    How it is verified (on the evaluation manifest):
+        max_wer_increase: the gate, in WER percentage points above the PyTorch model.
+        max_utterances: score only the first N utterances (None: all).
+        threads: the "all threads" RTF setting (None: every core of this machine).
+        rtf_repeats: timed passes per RTF measurement; 0 measures no speed (fields null).
+        rtf_utterances: utterances timed per pass.
+        cold_start: also measure load time, first run and peak memory in a fresh process.
+
+    Raises `ExportError` naming every invalid field.
+    """
+
+    formats: tuple[str, ...] = FORMATS
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
+    windows: tuple[float, ...] = EXPORT_WINDOWS_SECONDS
+    max_wer_increase: float = 0.5
+    threads: int | None = None
+    rtf_repeats: int = 5
+    cold_start: bool = True
+    rtf_utterances: int = 10
+    max_utterances: int | None = None
+    zip: bool = False
+    coreml_shapes: str = "enumerated"
+    coreml_target: str = coreml.DEFAULT_TARGET
+
+    def __post_init__(self):
+        self.formats = tuple(self.formats)
+        self.precisions = tuple(self.precisions)
+        self.windows = tuple(sorted(float(w) for w in self.windows))
+        problems = []
+        unknown = [f for f in self.formats if f not in EXPORTERS]
+        if unknown:
+            problems.append(f"unknown format(s) {unknown}; choose from {list(FORMATS)}")
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown:
+            problems.append(f"unknown precision(s) {unknown}; choose from {list(PRECISIONS)}")
+        if not self.windows or min(self.windows) <= 0:
+            problems.append(f"windows must be positive seconds, got {list(self.windows)}")
+        if self.max_wer_increase < 0:
+            problems.append(f"max_wer_increase must be >= 0 WER points, got {self.max_wer_increase}")
+        if self.rtf_repeats < 0 or self.rtf_utterances < 1:
+            problems.append("rtf_repeats must be >= 0 and rtf_utterances >= 1")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads must be >= 1, got {self.threads}")
+        if self.max_utterances is not None and self.max_utterances < 1:
+            problems.append(f"max_utterances must be >= 1, got {self.max_utterances}")
+        if self.coreml_shapes not in coreml.SHAPE_MODES:
+            problems.append(f"coreml_shapes must be one of {coreml.SHAPE_MODES}")
+        if problems:
+            raise ExportError("; ".join(problems))

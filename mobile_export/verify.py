@@ -1,0 +1,85 @@
+"""Verification: run each exported artifact in its own runtime on the evaluation set and score it
+against the PyTorch reference (eval/report.py), then apply the gate (mobile_export/gate.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.report import Transcripts, compare, transcribe
+from eval.rtf import measure_speed
+from mobile_export.bundle import Artifact
+from mobile_export.exporter import Exporter
+from mobile_export.formats import EXPORTERS
+from mobile_export.gate import apply_gate
+from mobile_export.options import ExportOptions
+from mobile_export.reference import EvalSet
+from mobile_export.report import ArtifactEntry, exception_text
+from mobile_export.source import ExportSource
+
+# What one (format, precision) came to: its artifact, the exception that stopped its export, or
+# why it was not exported (a precision the format does not offer).
+Outcome = Artifact | Exception | str
+
+
+@dataclass
+class Verifier:
+    """Runs artifacts on ``data`` and compares them with the PyTorch ``reference`` (transcripts;
+    ``reference_wer``: its WER, what the gate measures from).
+
+    ``out_dir``: the bundle (report paths are relative to it). ``recheck``: re-verify artifacts
+    of an existing bundle (``verify_only``), so what a format checks without running is checked
+    again on the files as they are now. ``rows`` collects the per-utterance results.
+    """
+
+    source: ExportSource
+    data: EvalSet
+    reference: Transcripts
+    reference_wer: float | None
+    options: ExportOptions
+    threads_all: int
+    out_dir: Path
+    recheck: bool
+    log: Callable[[str], None]
+    rows: list[dict] = field(default_factory=list)
+
+    def verify(self, fmt: str, precision: str, outcome: Outcome) -> ArtifactEntry:
+        """The report entry of one (format, precision), measured where it can run."""
+        entry = ArtifactEntry(fmt, precision)
+        if isinstance(outcome, str):
+            entry.reason = outcome
+            return entry
+        if isinstance(outcome, Exception):
+            entry.reason, entry.gate_passed = f"export failed: {exception_text(outcome)}", False
+            self.log(f"  {fmt} {precision}: export failed: {exception_text(outcome)}")
+            return entry
+        if self._run(EXPORTERS[fmt], outcome, entry):
+            self.log(f"  {fmt} {precision}: {entry.status_line()}")
+        return entry
+
+    def _run(self, exporter: Exporter, a: Artifact, entry: ArtifactEntry) -> bool:
+        """Fill ``entry`` from the artifact ``a``; False when its format cannot run here."""
+        entry.path = str(a.path.relative_to(self.out_dir)) if a.path.is_relative_to(self.out_dir) else str(a.path)
+        entry.description, entry.checks = a.description, a.checks or None
+        try:
+            entry.size_bytes = a.size_bytes
+            if self.recheck:
+                entry.checks = exporter.check(a, self.source)
+            entry.reason = exporter.cannot_run(entry.checks)
+            if entry.reason is not None:
+                return False
+            runner = exporter.open_runner(a.path, 1)
+            out = transcribe(runner, self.data.pcms, self.source.tokenizer)
+            entry.scores, rows = compare(self.reference, out, self.data.refs, self.data.utt_ids,
+                                         self.data.speakers)
+            o = self.options
+            entry.speed = measure_speed(exporter.name, a.path, self.data.pcms[: o.rtf_utterances],
+                                        self.data.sample_rate, o.rtf_repeats, self.threads_all, o.cold_start)
+            self.rows += [{"artifact": a.name, **r} for r in rows]
+            apply_gate(entry, self.reference_wer, o.max_wer_increase)
+        except Exception as e:
+            entry.status, entry.gate_passed = "not_run", False
+            entry.reason = f"run failed: {exception_text(e)}"
+        return True
