@@ -1,9 +1,14 @@
-"""Distillation losses, each on padded batches. Shapes: B utterances, T frames, V tokens, K top-k
-entries, D hidden size.
+"""Training losses, each on padded batches. Shapes: B utterances, T frames, V tokens, U target
+tokens, K top-k entries, D hidden size.
 
-Every frame- and sequence-level term is, like ``asrkd.train.ctc_loss``, summed over the frames
-(or hypotheses) of an utterance and averaged over the utterances of the batch, so the weights of
-different terms are on one scale.
+Two layers:
+
+* **loss terms** (functions): `ctc_loss` and the distillation terms `frame_kd_loss`,
+  `sequence_kd_loss`, `feature_kd_loss`, `relation_kd_loss`. Every term is summed over the frames
+  (or hypotheses) of an utterance and averaged over the utterances of the batch, so the weights
+  of different terms are on one scale.
+* **loss objects** (`TrainingLoss`): what `asrkd.train.TrainingLoop` calls on every batch.
+  `CTCLoss` is plain CTC (with intermediate CTC); `asrkd.kd.KDLoss` adds the teacher's terms.
 
 Teacher posteriors arrive compressed (``asrkd.cache.TeacherTargets``): per frame the K most
 probable tokens and the log of the mass outside them (the *residual* bucket). Before the loss they
@@ -30,12 +35,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from asrkd.cache import TeacherTargets
+from asrkd.config import BLANK_MODES
+from asrkd.contract import BLANK_ID
 from asrkd.teacher import is_char_vocabulary
 from asrkd.text import BLANK
-from asrkd.train import ctc_loss
 
 __all__ = [
     "BLANK_MODES",
+    "CTCLoss",
     "FrameRateError",
     "VocabularyMap",
     "VocabularyMismatchError",
@@ -51,9 +58,8 @@ __all__ = [
     "pool_hidden",
     "relation_kd_loss",
     "sequence_kd_loss",
+    "TrainingLoss",
 ]
-
-BLANK_MODES = ("all", "downweight", "nonblank", "symmetric")
 
 # A residual bucket below this probability counts as empty: the teacher's is rounding noise of
 # 1 - sum(top-k), the student's is clamped here so that its log stays finite.
@@ -67,6 +73,110 @@ class VocabularyMismatchError(ValueError):
 
 class FrameRateError(ValueError):
     """Teacher and student frame rates (or lengths) do not line up."""
+
+
+# ---------------------------------------------------------------------------------------------
+# CTC, and the loss objects the training loop calls
+# ---------------------------------------------------------------------------------------------
+
+ModelOutput = tuple[Tensor, Tensor, "list[Tensor] | None"]
+"""What ``ConformerCTC.forward`` returns: log_probs [B, T, V], out_lens [B], hidden (one
+[B, T, D] per block, or None without ``return_hidden``)."""
+
+
+def ctc_loss(log_probs: Tensor, out_lens: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
+    """Mean over the batch of per-utterance CTC negative log-likelihood.
+
+    log_probs [B, T, V], out_lens [B], targets [B, U] (padded with -1), target_lens [B].
+    Utterances too short for their transcript contribute 0 (``zero_infinity``) instead of NaN.
+    """
+    return F.ctc_loss(
+        log_probs.transpose(0, 1),
+        targets.clamp(min=0),
+        out_lens,
+        target_lens,
+        blank=BLANK_ID,
+        reduction="sum",
+        zero_infinity=True,
+    ) / log_probs.shape[0]
+
+
+class TrainingLoss:
+    """What `asrkd.train.TrainingLoop` asks of a loss object.
+
+    ``loss(out, batch, step) -> (total, terms)``: ``out`` is the student's `ModelOutput`, ``batch``
+    an asrkd collated batch (`asrkd.data.collate`), ``step`` the optimiser step about to be taken
+    (weights may follow a schedule); ``total`` is the scalar to minimise, ``terms`` the named
+    floats logged beside it. ``needs_hidden(step)`` says whether the model must return its hidden
+    states. A loss with trainable modules of its own (KD projections) returns their parameters
+    from `parameters` (for the optimiser) and their state from `state_dict` (for checkpoints).
+    """
+
+    def needs_hidden(self, step: int = 0) -> bool:
+        """Whether the model must be called with ``return_hidden=True`` at ``step``."""
+        return False
+
+    def __call__(self, out: ModelOutput, batch: dict, step: int = 0) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable parameters the loss owns (none by default)."""
+        return []
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """State of the loss's own modules, saved with each checkpoint's trainer state."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore `state_dict` (a resume)."""
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state to load, got keys {sorted(state)[:5]}")
+
+
+class CTCLoss(TrainingLoss):
+    """CTC of the output against the batch's transcripts, mixed with intermediate CTC.
+
+    With ``interctc_layers`` (1-based blocks below the last; Lee & Watanabe, ICASSP 2021) the
+    loss is ``(1 - w) CTC(output) + w mean_k CTC(block k)``, each block read through ``model``'s
+    own CTC head (`ConformerCTC.ctc_log_probs`: no weights are added). Logged terms: ``ctc`` (the
+    output's alone) and ``interctc`` (the mean of the blocks').
+
+    >>> loss_fn = CTCLoss(model, interctc_layers=[2])                               # doctest: +SKIP
+    >>> loss, terms = loss_fn(model(feats, feat_lens, return_hidden=True), batch)   # doctest: +SKIP
+    """
+
+    def __init__(self, model: torch.nn.Module | None = None, interctc_layers: Sequence[int] = (),
+                 interctc_weight: float = 0.3):
+        self.model = model
+        self.interctc_layers = list(interctc_layers)
+        self.interctc_weight = interctc_weight
+        if self.interctc_layers:
+            if model is None:
+                raise ValueError("interctc_layers: intermediate CTC reads blocks through the model's CTC head; "
+                                 "pass the model")
+            last = model.config.n_layers
+            if any(k >= last or k < 1 for k in self.interctc_layers):
+                raise ValueError(
+                    f"interctc_layers {self.interctc_layers}: blocks are 1..{last}, and block {last} is the "
+                    f"model's output, already trained by CTC; give blocks 1..{last - 1}"
+                )
+
+    def needs_hidden(self, step: int = 0) -> bool:
+        return bool(self.interctc_layers)
+
+    def __call__(self, out: ModelOutput, batch: dict, step: int = 0) -> tuple[Tensor, dict[str, float]]:
+        """out: (log_probs [B, T, V], out_lens [B], hidden); batch["targets"] [B, U] (padded with -1),
+        batch["target_lens"] [B]. Returns the scalar loss and its logged parts."""
+        log_probs, out_lens, hidden = out
+        loss = ctc_loss(log_probs, out_lens, batch["targets"], batch["target_lens"])
+        if not self.interctc_layers:
+            return loss, {"ctc": loss.item()}
+        inter = sum(
+            ctc_loss(self.model.ctc_log_probs(hidden[k - 1]), out_lens, batch["targets"], batch["target_lens"])
+            for k in self.interctc_layers
+        ) / len(self.interctc_layers)
+        w = self.interctc_weight
+        return (1 - w) * loss + w * inter, {"ctc": loss.item(), "interctc": inter.item()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +364,7 @@ def align_to_student(targets: TeacherTargets, student_lens: Tensor, max_t: int,
 
 
 def frame_weights(targets: TeacherTargets, mode: str = "all", blank_weight: float = 0.1,
-                  blank_id: int = 0) -> Tensor:
+                  blank_id: int = BLANK_ID) -> Tensor:
     """Weight of each frame in frame KD, [B, T] float, 0 beyond ``targets.lengths``.
 
     A frame is *blank* when the teacher's most probable token is the blank.
@@ -365,7 +475,7 @@ def sequence_kd_loss(student_log_probs: Tensor, lengths: Tensor,
     for i, h in enumerate(hyps):
         targets[i, : len(h)] = torch.tensor(h, dtype=torch.long)
     per_hyp = F.ctc_loss(student_log_probs[index].transpose(0, 1), targets, lengths[index], target_lens,
-                         blank=0, reduction="none", zero_infinity=True)
+                         blank=BLANK_ID, reduction="none", zero_infinity=True)
     return (per_hyp * torch.tensor(weights, device=device)).sum() / student_log_probs.shape[0]
 
 

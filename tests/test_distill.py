@@ -81,13 +81,17 @@ class _Killed(Exception):
     pass
 
 
-class DiesAtStep(Distiller):
-    die_at = 7
+def dies_before_step(distiller: Distiller, step: int) -> Distiller:
+    """The distiller, made to raise (as if killed) when it is about to take optimiser step ``step``."""
+    loop, train_step = distiller.loop, distiller.loop.train_step
 
-    def compute_loss(self, batch, feats, feat_lens):
-        if self.step + 1 == self.die_at:
+    def dying(batch):
+        if loop.pos.step + 1 == step:
             raise _Killed
-        return super().compute_loss(batch, feats, feat_lens)
+        return train_step(batch)
+
+    loop.train_step = dying
+    return distiller
 
 
 def test_every_term_trains_and_a_killed_run_resumes_to_the_same_losses(corpus, cache_dir, tmp_path):
@@ -118,7 +122,7 @@ def test_every_term_trains_and_a_killed_run_resumes_to_the_same_losses(corpus, c
     killed = tmp_path / "killed"
     config = TrainConfig.from_dict(kd_config(corpus, killed, cache_dir, **changes))
     with pytest.raises(_Killed):
-        DiesAtStep(config).fit()
+        dies_before_step(Distiller(config), 7).fit()
     resumed_from = int(list_step_checkpoints(killed / "checkpoints")[-1].name[5:])
     assert resumed_from == 6
     Distiller(config, resume=True).fit()
@@ -195,7 +199,7 @@ def test_unlabelled_audio_gets_pseudo_labels_and_the_filter_records_its_drops(co
     for d in drops:
         assert d["confidence"] == confidences[d["utt_id"]] and d["threshold"] == threshold
         assert d["reason"].startswith("confidence ") and f"< min_confidence {threshold}" in d["reason"]
-    kept = distiller.train_utts
+    kept = distiller.parts.train_utts
     assert len(kept) == 3 and all(u.extra["pseudo_label"] for u in kept)
     teacher_cache = PosteriorCache(cache)
     assert [u.text for u in kept] == [teacher_cache.nbest(u.utt_id)[0].text for u in kept]
@@ -243,7 +247,7 @@ def _ddp_worker(rank, world, port, cfg_dict, out):
                       MASTER_PORT=str(port))
     distiller = Distiller(TrainConfig.from_dict(cfg_dict))
     distiller.fit()
-    state = {**distiller.model.state_dict(), **{f"kd.{k}": v for k, v in distiller.projections.state_dict().items()}}
+    state = {**distiller.model.state_dict(), **{f"kd.{k}": v for k, v in distiller.parts.loss.state_dict().items()}}
     torch.save({k: v.clone() for k, v in state.items()}, f"{out}/rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -276,10 +280,11 @@ def test_a_hugging_face_teacher_at_20ms_distils_into_a_40ms_character_student(co
                     kd={"cache": str(tmp_path / "cache"), "layer_map": {2: 1},
                         "weights": {"ctc": 1.0, "frame": 1.0, "sequence": 1.0, "feature": 1.0}})
     distiller = Distiller(TrainConfig.from_dict(cfg))
-    assert distiller.ratio == 2
+    kd = distiller.parts.loss
+    assert kd.ratio == 2
     teacher_vocab, student = PosteriorCache(tmp_path / "cache").vocabulary, distiller.tokenizer.tokens
-    assert distiller.vmap.ids[teacher_vocab.index("e")] == student.index("e")  # "E" in the HF vocabulary
-    assert {"<s>", "</s>", "<unk>"} <= set(distiller.vmap.unmapped_teacher)
+    assert kd.vmap.ids[teacher_vocab.index("e")] == student.index("e")  # "E" in the HF vocabulary
+    assert {"<s>", "</s>", "<unk>"} <= set(kd.vmap.unmapped_teacher)
     distiller.fit()
     rows = [r for r in read_log(tmp_path / "run") if "loss" in r]
     assert all(r["frame"] > 0 and r["feature"] > 0 and "sequence" in r for r in rows)

@@ -17,12 +17,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import asrkd.train as train_module
+import asrkd.loop as loop_module
 from asrkd.checkpoint import list_step_checkpoints, load_checkpoint
 from asrkd.cli import main as cli_main
 from asrkd.config import ConfigError, TrainConfig
 from asrkd.data import read_manifest
 from asrkd.inference import Transcriber, evaluate
+from asrkd.loop import FeatureAugment
 from asrkd.synth import synthesize_corpus
 from asrkd.train import Trainer, read_log
 
@@ -53,9 +54,9 @@ def tiny_config(manifest: Path, out_dir: Path, **changes) -> dict:
 def test_ten_utterance_batch_overfits_to_wer_zero(ten_utts, tmp_path):
     cfg = TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "run", optim={"max_steps": 400}))
     trainer = Trainer(cfg)
-    assert len(trainer.sampler) == 1  # all 10 utterances in one batch
+    assert len(trainer.parts.data) == 1  # all 10 utterances in one batch
     best = trainer.fit()
-    result = evaluate(trainer.model, trainer.frontend, trainer.tokenizer, read_manifest(ten_utts))
+    result = evaluate(trainer.model, trainer.parts.frontend, trainer.tokenizer, read_manifest(ten_utts))
     assert result["wer"] == 0.0, list(zip(result["refs"], result["hyps"]))
     # The checkpoint on disk transcribes the same way as the model in memory.
     transcriber = Transcriber.from_checkpoint(best)
@@ -284,26 +285,26 @@ def test_every_epoch_ends_once_even_when_batch_counts_vary(ten_utts, tmp_path):
                       data={"dev": str(ten_utts), "max_batch_seconds": budget, "num_buckets": 2},
                       optim={"max_steps": None, "epochs": 3})
     trainer = Trainer(TrainConfig.from_dict(cfg))
-    assert trainer.max_steps == sum(counts(budget))
+    assert trainer.parts.max_steps == sum(counts(budget))
     trainer.fit()
-    assert trainer.epoch == 3
+    assert trainer.loop.pos.epoch == 3
     dev_rows = [r for r in read_log(tmp_path / "run") if "dev_wer" in r]
     ends = list(itertools.accumulate(counts(budget)))
     assert [int(r["step"]) for r in dev_rows] == ends
 
 
 def test_vtlp_warps_the_training_features_per_step_and_reproducibly(ten_utts, tmp_path):
-    plain = Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "a")))
-    batch = next(iter(plain._loader()))
-    warped = Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "b", augment={"vtlp_prob": 1.0})))
-    base, lens = plain.features(batch)
-    first, first_lens = warped.features(batch)
+    parts = Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "a"))).parts
+    batch = next(iter(parts.data))
+    wavs, wav_lens, frontend = batch["wavs"], batch["wav_lens"], parts.frontend
+    warped = FeatureAugment(vtlp_prob=1.0, seed=0)
+    base, lens = FeatureAugment().features(frontend, wavs, wav_lens, step=0)
+    first, first_lens = warped.features(frontend, wavs, wav_lens, step=0)
     assert torch.equal(lens, first_lens)
-    assert torch.equal(warped.features(batch)[0], first)  # drawn from (seed, step): same step, same warp
+    assert torch.equal(warped.features(frontend, wavs, wav_lens, step=0)[0], first)  # (seed, step): same warp
     changed = [not torch.allclose(first[b, : lens[b]], base[b, : lens[b]], atol=1e-3) for b in range(len(lens))]
     assert all(changed)
-    warped.step += 1
-    assert not torch.equal(warped.features(batch)[0], first)  # another step, other factors
+    assert not torch.equal(warped.features(frontend, wavs, wav_lens, step=1)[0], first)  # another step, other factors
 
 
 def test_dev_lexicon_decodes_the_dev_set_with_it_and_bad_ones_are_refused(ten_utts, tmp_path, monkeypatch):
@@ -312,17 +313,17 @@ def test_dev_lexicon_decodes_the_dev_set_with_it_and_bad_ones_are_refused(ten_ut
     cfg = tiny_config(ten_utts, tmp_path / "run", data={"dev": str(ten_utts), "dev_lexicon": str(words)},
                       optim={"max_steps": 2})
     seen = []
-    real_evaluate = train_module.evaluate
+    real_evaluate = loop_module.evaluate
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("lexicon"))
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "evaluate", spy)
+    monkeypatch.setattr(loop_module, "evaluate", spy)
     trainer = Trainer(TrainConfig.from_dict(cfg))
     trainer.fit()
-    assert seen and all(lex is trainer.dev_lexicon for lex in seen)
-    assert trainer.dev_lexicon.words == {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    assert seen and all(lex is trainer.parts.dev.lexicon for lex in seen)
+    assert trainer.parts.dev.lexicon.words == {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
 
     cfg["data"]["dev_lexicon"] = str(tmp_path / "missing.words")
     with pytest.raises(ConfigError, match="data.dev_lexicon: .*missing.words: cannot read the lexicon"):
@@ -359,11 +360,11 @@ def _layer_ctc(trainer: Trainer, manifest: Path, layer: int) -> float:
     from asrkd.data import collate
 
     utts = read_manifest(manifest)
-    items = [trainer.dataset[i] for i in range(len(utts))]
+    items = [trainer.parts.dataset[i] for i in range(len(utts))]
     batch = collate(items)
     trainer.model.eval()
     with torch.no_grad():
-        feats, feat_lens = trainer.frontend(batch["wavs"], batch["wav_lens"])
+        feats, feat_lens = trainer.parts.frontend(batch["wavs"], batch["wav_lens"])
         _, out_lens, hidden = trainer.model(feats, feat_lens, return_hidden=True)
         lp = F.log_softmax(trainer.model.ctc_head(hidden[layer - 1]), dim=-1)
         return float(F.ctc_loss(lp.transpose(0, 1), batch["targets"].clamp(min=0), out_lens,
@@ -379,11 +380,11 @@ def test_intermediate_ctc_mixes_the_losses_and_trains_the_lower_block(ten_utts, 
                                             model={"interctc_layers": [1, 2], "interctc_weight": 0.4}))
     trainer = Trainer(cfg)
     # The loss is (1 - w) CTC(output) + w mean(CTC(block 1), CTC(block 2)), all through one head.
-    batch = collate([trainer.dataset[i] for i in range(4)])
+    batch = collate([trainer.parts.dataset[i] for i in range(4)])
     trainer.model.eval()
-    feats, feat_lens = trainer.frontend(batch["wavs"], batch["wav_lens"])
-    loss, terms = trainer.compute_loss(batch, feats, feat_lens)
-    log_probs, out_lens, hidden = trainer.model(feats, feat_lens, return_hidden=True)
+    feats, feat_lens = trainer.parts.frontend(batch["wavs"], batch["wav_lens"])
+    log_probs, out_lens, hidden = out = trainer.model(feats, feat_lens, return_hidden=True)
+    loss, terms = trainer.parts.loss(out, batch)
 
     def ctc(lp):
         lp = lp.detach()

@@ -1,0 +1,351 @@
+"""From a YAML config to the training loop's parts: `build_training(config) -> TrainingParts`.
+
+What each config section becomes::
+
+    data      -> utterances (+ pseudo-labels), tokenizer, BucketedLoader, DevSet
+    frontend  -> LogMel                     model  -> ConformerCTC (+ init_from weights)
+    augment   -> waveform transforms (AudioDataset) and FeatureAugment (VTLP, SpecAugment)
+    optim     -> AdamW + warm-up / cosine LambdaLR, max_steps
+    kd        -> a target source (asrkd.teacher_targets) and KDLoss; without distill: CTCLoss
+    run       -> seed, threads, out_dir and the loop's options
+
+The order of construction is part of the result: the global torch RNG is seeded with
+``run.seed``, then draws, in this order, nothing while a teacher is loaded (inside
+``fork_rng``), the model's initial weights, the KD projections' initial weights; the DataLoader
+seeds its workers from a generator of its own. The same config therefore gives the same weights
+and the same losses, step for step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from asrkd.cache import PosteriorCache
+from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
+from asrkd.config import ConfigError, OptimConfig, TrainConfig
+from asrkd.data import (
+    AddNoise,
+    AudioDataset,
+    BandLimit,
+    BreathNoise,
+    BucketingBatchSampler,
+    Compose,
+    Gain,
+    SpecAugment,
+    SpeedPerturb,
+    Utterance,
+    read_manifest,
+)
+from asrkd.decoding import Lexicon, LexiconError
+from asrkd.features import FrontendConfig, LogMel
+from asrkd.kd import FRAME_TERMS, KDLoss, KDSettingError
+from asrkd.loader import BucketedLoader
+from asrkd.loop import DevSet, FeatureAugment, TrainingLoop, init_distributed
+from asrkd.losses import CTCLoss, TrainingLoss
+from asrkd.models.conformer import ConformerCTC, build_preset, count_parameters
+from asrkd.pseudo_labels import (
+    PSEUDO_LABEL_DROPS,
+    drop_unspellable,
+    pseudo_label,
+    tokenizer_from_cache,
+    write_drops,
+)
+from asrkd.teacher import Teacher, load_teacher
+from asrkd.teacher_targets import CachedTargets, OnlineTargets, TargetSource
+from asrkd.text import CharTokenizer, load_tokenizer
+
+__all__ = ["TrainingParts", "build_training", "lr_factor"]
+
+
+@dataclass
+class TrainingParts:
+    """What `build_training` made of a config: the loop's parts and what they were made from."""
+
+    config: TrainConfig
+    train_utts: list[Utterance]
+    tokenizer: CharTokenizer
+    frontend: LogMel
+    model: ConformerCTC
+    dataset: AudioDataset
+    data: BucketedLoader
+    augment: FeatureAugment
+    loss: TrainingLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    max_steps: int
+    dev: DevSet | None
+
+    def loop(self) -> TrainingLoop:
+        """The `TrainingLoop` over these parts, with the config's run options."""
+        run = self.config.run
+        return TrainingLoop(
+            self.model, self.frontend, self.data, self.optimizer, self.loss, tokenizer=self.tokenizer,
+            out_dir=run.out_dir, max_steps=self.max_steps, scheduler=self.scheduler, augment=self.augment,
+            dev=self.dev, grad_clip=self.config.optim.grad_clip, log_every=run.log_every,
+            checkpoint_every=run.checkpoint_every, keep_last=run.keep_last, progress=run.progress,
+            train_config=self.config.to_dict())
+
+    def summary(self) -> str:
+        """One line: model size, data size, steps."""
+        hours = sum(u.duration for u in self.train_utts) / 3600
+        return (f"model {self.config.model.preset}: {count_parameters(self.model) / 1e6:.2f} M params; "
+                f"{len(self.train_utts)} train utterances ({hours:.2f} h); "
+                f"{len(self.data)} steps/epoch; {self.max_steps} steps")
+
+
+def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher | None = None) -> TrainingParts:
+    """Build every part of a training run from ``config``; see the module docstring.
+
+    ``distill``: train with `KDLoss` from the ``kd`` section (else `CTCLoss`). ``teacher``: an
+    already built teacher for ``kd.teacher_mode: online`` (else ``kd.teacher`` is loaded); with a
+    cache it is only used to check the cache's fingerprint. Raises `ConfigError` naming the key.
+    """
+    rank, world_size = init_distributed()
+    is_main = rank == 0
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    _validate(config)
+    if distill:
+        _validate_kd(config, teacher)
+    torch.manual_seed(config.run.seed)
+
+    utts = [u for path in config.data.train for u in read_manifest(path)]
+    source, tokenizer, drops = None, None, []
+    if distill:
+        source = _target_source(config, utts, teacher)
+        if any(u.text is None for u in utts):
+            utts, tokenizer, drops = _pseudo_labelled(config, utts, source)
+            if is_main:
+                write_drops(config.run.out_dir, drops)
+            if not utts:
+                raise ConfigError(f"every unlabelled utterance was dropped; see "
+                                  f"{config.run.out_dir}/{PSEUDO_LABEL_DROPS}")
+    dev_utts = read_manifest(config.data.dev) if config.data.dev else []
+    dev_lexicon = _dev_lexicon(config)
+    tokenizer = tokenizer or _tokenizer(config, utts)
+    frontend = LogMel(FrontendConfig.from_dict(config.frontend))
+    model = ConformerCTC(build_preset(config.model.preset, vocab_size=tokenizer.vocab_size,
+                                      n_mels=frontend.config.n_mels, **config.model.overrides))
+    sampler = BucketingBatchSampler(
+        [u.duration for u in utts], max_batch_seconds=config.data.max_batch_seconds,
+        num_buckets=config.data.num_buckets, seed=config.run.seed, rank=rank, world_size=world_size)
+    dataset = AudioDataset(utts, sample_rate=frontend.config.sample_rate, tokenizer=tokenizer,
+                           transform=_waveform_augmentation(config), seed=config.run.seed,
+                           cache_audio=config.data.cache_audio)
+    a = config.augment
+    augment = FeatureAugment(
+        SpecAugment(freq_masks=a.freq_masks, freq_width=a.freq_width, time_masks=a.time_masks,
+                    time_width=a.time_width),
+        vtlp_prob=a.vtlp_prob, vtlp_alpha=tuple(a.vtlp_alpha), seed=config.run.seed)
+    # Batches per epoch vary a little with the shuffle, so an epoch ends when its sampler is
+    # exhausted, and `epochs` converts to the exact sum of the epochs' batch counts.
+    max_steps = config.optim.max_steps or sum(_batches_in_epoch(sampler, e) for e in range(config.optim.epochs))
+    try:
+        loss: TrainingLoss = CTCLoss(model, config.model.interctc_layers, config.model.interctc_weight)
+    except ValueError as e:
+        raise ConfigError(f"model.{e}") from None
+    if config.model.init_from:
+        _init_weights(model, tokenizer, config.model.init_from, is_main)
+    if distill:
+        loss = _kd_loss(config, source, model, tokenizer, frontend, loss)
+        if "sequence" in loss.terms and isinstance(source, CachedTargets):
+            source.nbest([u.utt_id for u in utts], tokenizer)  # spelled once, up front: fails early, counts skips
+        if is_main:
+            _report_kd(loss, drops, config.run.out_dir)
+    o = config.optim
+    optimizer = torch.optim.AdamW([*model.parameters(), *loss.parameters()], lr=o.lr, betas=tuple(o.betas),
+                                  weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, optim=o, max_steps=max_steps))
+    data = BucketedLoader(dataset, sampler, num_workers=config.data.num_workers, seed=config.run.seed)
+    dev = DevSet(dev_utts, dev_lexicon, config.data.max_batch_seconds) if dev_utts else None
+    return TrainingParts(config, utts, tokenizer, frontend, model, dataset, data, augment, loss, optimizer,
+                         scheduler, max_steps, dev)
+
+
+def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up over ``optim.warmup_steps``, then
+    constant or a cosine decay to ``optim.min_lr_ratio`` at ``max_steps``."""
+    o = optim
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - o.warmup_steps) / max(1, max_steps - o.warmup_steps))
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of the config as a whole (each section checks its own fields in asrkd.config)
+# ---------------------------------------------------------------------------------------------
+
+
+def _validate(c: TrainConfig) -> None:
+    if not c.data.train:
+        raise ConfigError("data.train: give at least one training manifest")
+    if c.optim.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"optim.schedule: {c.optim.schedule!r} is not one of 'cosine', 'constant'")
+    if c.data.max_batch_seconds <= 0:
+        raise ConfigError("data.max_batch_seconds must be > 0")
+
+
+def _validate_kd(c: TrainConfig, teacher: Teacher | None) -> None:
+    kd, a = c.kd, c.augment
+    terms = kd.enabled_terms()
+    if not set(terms) - {"ctc"}:
+        raise ConfigError("kd.weights: no distillation term has a weight > 0 (frame, sequence, feature, "
+                          "relation); for CTC alone use `asrkd train`")
+    if kd.teacher_mode == "cache" and not kd.cache:
+        raise ConfigError("kd.cache: give the posterior cache folder (asrkd cache build), "
+                          "or set kd.teacher_mode: online with kd.teacher")
+    if kd.teacher_mode == "online" and not kd.teacher and teacher is None:
+        raise ConfigError("kd.teacher: online distillation needs a teacher (checkpoint or HF folder)")
+    if c.model.interctc_layers and "ctc" not in terms:
+        raise ConfigError("model.interctc_layers is mixed into the ctc term, but kd.weights.ctc is 0: "
+                          "give the ctc term a weight, or drop interctc_layers")
+    frame_level = set(FRAME_TERMS) & set(terms)
+    if kd.teacher_mode == "cache" and frame_level and list(a.speed_factors or [1.0]) != [1.0]:
+        raise ConfigError(
+            f"augment.speed_factors is {a.speed_factors}: speed perturbation changes the audio's length, "
+            f"so the student's frames would not line up with the teacher's cached ones "
+            f"({', '.join(sorted(frame_level))} KD); set augment.speed_factors: [1.0] (noise, band-limiting "
+            "and SpecAugment are fine), or use kd.teacher_mode: online"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+
+def _tokenizer(config: TrainConfig, utts: list[Utterance]):
+    """data.tokens, else the init_from checkpoint's vocabulary, else the training texts' characters."""
+    if config.data.tokens:
+        return load_tokenizer(config.data.tokens)
+    if config.model.init_from:  # keep the vocabulary the initial weights were trained with
+        return load_checkpoint(resolve_checkpoint(config.model.init_from)).tokenizer
+    texts = [u.text for u in utts if u.text]
+    if not texts:
+        raise ConfigError("data.train: no transcripts to build a vocabulary from; give data.tokens")
+    return CharTokenizer.from_texts(texts)
+
+
+def _dev_lexicon(config: TrainConfig) -> Lexicon | None:
+    path = config.data.dev_lexicon
+    if path is None:
+        return None
+    if not config.data.dev:
+        raise ConfigError("data.dev_lexicon is set but data.dev is not: there is no dev set to decode")
+    try:
+        return Lexicon.from_file(path)
+    except LexiconError as e:
+        raise ConfigError(f"data.dev_lexicon: {e}") from None
+
+
+def _waveform_augmentation(config: TrainConfig) -> Compose | None:
+    a = config.augment
+    parts = []
+    if a.speed_factors and list(a.speed_factors) != [1.0]:
+        parts.append(SpeedPerturb(tuple(a.speed_factors)))
+    if a.breath_prob > 0:  # before band-limiting: the noise is band-passed like the speech
+        parts.append(BreathNoise(level_db=tuple(a.breath_db), band_hz=tuple(a.breath_hz), prob=a.breath_prob))
+    if a.bandlimit_prob > 0:
+        parts.append(BandLimit(prob=a.bandlimit_prob, cutoff_hz=tuple(a.bandlimit_hz)))
+    if a.noise_prob > 0:
+        parts.append(AddNoise(snr_db=tuple(a.snr_db), prob=a.noise_prob))
+    if a.gain_prob > 0:
+        parts.append(Gain(gain_db=tuple(a.gain_db), prob=a.gain_prob))
+    return Compose(parts) if parts else None
+
+
+def _batches_in_epoch(sampler: BucketingBatchSampler, epoch: int) -> int:
+    current = sampler.epoch
+    sampler.set_epoch(epoch)
+    n = len(sampler)
+    sampler.set_epoch(current)
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------
+
+
+def _init_weights(model: ConformerCTC, tokenizer, path: str, is_main: bool) -> None:
+    """Copy the weights of checkpoint ``path``; its model shape and vocabulary must match
+    (dropout, which has no weights, may differ: fine-tuning often changes it)."""
+    init = load_checkpoint(resolve_checkpoint(path))
+    if dataclasses.replace(init.model.config, dropout=model.config.dropout) != model.config:
+        raise ConfigError(
+            f"model.init_from: {init.path} is a {init.model.config} but this run builds "
+            f"{model.config}; use the same preset and overrides"
+        )
+    if init.tokenizer.fingerprint() != tokenizer.fingerprint():
+        raise ConfigError(
+            f"model.init_from: {init.path} was trained with another vocabulary than data.tokens "
+            f"gives; leave data.tokens unset to reuse the checkpoint's"
+        )
+    model.load_state_dict(init.model.state_dict())
+    if is_main:
+        print(f"initialised from {init.path} (step {init.config.get('step')})")
+
+
+# ---------------------------------------------------------------------------------------------
+# distillation
+# ---------------------------------------------------------------------------------------------
+
+
+def _target_source(config: TrainConfig, utts: list[Utterance], teacher: Teacher | None) -> TargetSource:
+    """kd.cache (checked against the manifests and, if known, the teacher) or the online teacher."""
+    kd = config.kd
+    with torch.random.fork_rng():  # building the teacher must not move the student's seed
+        if kd.teacher_mode == "cache":
+            cache = PosteriorCache(kd.cache)
+            check_teacher = teacher or (load_teacher(kd.teacher) if kd.teacher else None)
+            cache.check(utts, teacher=check_teacher)
+            return CachedTargets(cache)
+        label = kd.teacher if teacher is None else None
+        return OnlineTargets(teacher or load_teacher(kd.teacher), top_k=kd.top_k, label=label)
+
+
+def _pseudo_labelled(config: TrainConfig, utts: list[Utterance], source: TargetSource):
+    """Unlabelled utterances with the teacher's best cached hypothesis as text: (kept
+    utterances, the student's tokenizer, drop records)."""
+    if not isinstance(source, CachedTargets):
+        raise ConfigError("data.train has utterances without text: their pseudo-labels come from the teacher's "
+                          "N-best in a posterior cache; build one (asrkd cache build) and set kd.cache")
+    settings = config.kd.pseudo_label
+    kept, drops = pseudo_label(utts, source.cache, settings)
+    if config.data.tokens or config.model.init_from:
+        tokenizer = _tokenizer(config, kept)  # given, or the initial checkpoint's
+    else:
+        tokenizer = tokenizer_from_cache(source.cache)
+    kept, unspellable = drop_unspellable(kept, tokenizer, source.cache, settings)
+    return kept, tokenizer, drops + unspellable
+
+
+def _kd_loss(config: TrainConfig, source: TargetSource, model: ConformerCTC, tokenizer, frontend: LogMel,
+             ctc: CTCLoss) -> KDLoss:
+    kd = config.kd
+    try:
+        return KDLoss(source, model, tokenizer, frontend.config, weights=kd.weights, temperature=kd.temperature,
+                      blank_mode=kd.blank_mode, blank_weight=kd.blank_weight, seq_temperature=kd.seq_temperature,
+                      layer_map=kd.layer_map, ctc=ctc)
+    except KDSettingError as e:
+        raise ConfigError(f"kd.{e}") from None
+
+
+def _report_kd(loss: KDLoss, drops: list[dict], out_dir: str) -> None:
+    print(f"distilling from {loss.source}; terms {loss.terms}; teacher/student frame ratio {loss.ratio}")
+    if loss.vmap is not None and not loss.vmap.identity:
+        print(f"vocabulary: teacher symbols without a student token (their mass joins the residual): "
+              f"{loss.vmap.unmapped_teacher[:10]}; student tokens the teacher lacks: {loss.vmap.uncovered_student[:10]}")
+    if drops:
+        print(f"pseudo-labels: dropped {len(drops)} utterance(s), see {out_dir}/{PSEUDO_LABEL_DROPS}")
+    if getattr(loss.source, "skipped_hypotheses", 0):
+        print(f"sequence KD: {loss.source.skipped_hypotheses} teacher hypotheses use characters the student "
+              "lacks; left out")
