@@ -4,7 +4,7 @@
         --manifest runs/data/fsdd_connected_train.jsonl [--cache runs/fsdd/kd_cache] \
         [--preset student] [--steps 20] [--max-batch-seconds 30] [--threads 2]
 
-Times one optimiser step (features, forward, loss, backward, AdamW) of the student, on the same
+Times one optimiser step (features, forward, loss, backward, clipping, AdamW) of the student, on the same
 batches (same seed, same order), for:
 
 - ``ctc``: the plain trainer (CTC only), the baseline;
@@ -53,22 +53,18 @@ def config(args, out_dir: Path, tokens: Path, kd: dict | None) -> TrainConfig:
 
 def batches(trainer: Trainer):
     """The trainer's batches, epoch after epoch."""
+    data = trainer.parts.data
     epoch = 0
     while True:
-        trainer.sampler.set_epoch(epoch)
-        yield from trainer._loader()
+        data.set_epoch(epoch)
+        yield from data
         epoch += 1
 
 
 def step_seconds(trainer: Trainer, batch: dict) -> float:
-    """One optimiser step (the trainer's loop body, without logging or checkpoints)."""
+    """One optimiser step: the training loop's own step, without logging or checkpoints."""
     t0 = time.perf_counter()
-    feats, feat_lens = trainer.features(batch)
-    loss, _ = trainer.compute_loss(batch, feats, feat_lens)
-    trainer.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    trainer.optimizer.step()
-    trainer.step += 1
+    trainer.loop.train_step(batch)
     return time.perf_counter() - t0
 
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from asrkd.contract import SAMPLE_RATE
 from asrkd.data import AudioDataset, BucketingBatchSampler, collate, read_manifest
 from asrkd.features import FrontendConfig, LogMel
+from asrkd.losses import ctc_loss
 from asrkd.models.conformer import ConformerCTC, build_preset, count_parameters
 from asrkd.text import CharTokenizer
-from asrkd.train import ctc_loss
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "manifests" / "fsdd_connected.jsonl"
 
@@ -59,7 +60,7 @@ def throughput(preset: str, data: list[dict], vocab: int, threads: int) -> tuple
         opt.step()
         dt = time.perf_counter() - t0
         if i > 0:  # first step: allocator and oneDNN warm-up
-            rates.append(float(batch["wav_lens"].sum()) / 16000 / dt)
+            rates.append(float(batch["wav_lens"].sum()) / SAMPLE_RATE / dt)
     return statistics.median(rates), count_parameters(model)
 
 
