@@ -1,4 +1,5 @@
-"""`asrkd demo`: every stage on the smoke plan, resuming, refusing a mixed folder, the report and plots.
+"""`asrkd demo`: its plans (recipes/demo/), every stage on the smoke plan, resuming, refusing a
+mixed folder, the report and plots.
 
 The smoke plan trains for seconds (its WERs mean nothing); the `--quick` plan itself runs as a
 slow test (`pytest -m slow tests/test_demo.py`, run by .ci/run).
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from asrkd.config import TrainConfig
 from asrkd.demo import (
     STAGES,
     Demo,
@@ -23,7 +27,10 @@ from asrkd.demo import (
     run_demo,
     summary_table,
 )
+from asrkd.demo.plan import PLACED_FIELDS, RECIPES, TRAINING_STAGES
 from eval import plots
+
+PLANS = ("default", "quick", "smoke")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODEL_KEYS = {"checkpoint", "params", "wer", "cer", "rtf_1thread"}
@@ -114,6 +121,76 @@ def test_missing_real_manifest_is_refused(tmp_path):
 def test_unknown_plan_is_refused():
     with pytest.raises(DemoError, match="unknown demo plan"):
         DemoPlan.named("huge")
+
+
+def _without(d: dict, fields) -> dict:
+    d = json.loads(json.dumps(d))
+    for section, key in fields:
+        d[section].pop(key)
+    return d
+
+
+@pytest.mark.parametrize("name", PLANS)
+def test_the_two_students_differ_by_the_kd_section_only(name):
+    """The no-KD baseline is only a baseline if it trains on the same batches for the same steps."""
+    plan = DemoPlan.named(name)
+    kd, ctc = (plan.stages[s].to_dict() for s in ("student_kd", "student_ctc"))
+    assert kd["kd"]["weights"]["feature"]["value"] > 0 and kd["kd"]["layer_map"]
+    for d in (kd, ctc):
+        d.pop("kd")
+        d["run"].pop("out_dir")
+    assert kd == ctc
+    assert plan.cache_layers == tuple(sorted(set(plan.stages["student_kd"].kd.layer_map.values())))
+
+
+@pytest.mark.parametrize("name", PLANS)
+def test_a_stage_file_replays_the_stage_of_the_default_folder(name):
+    """`asrkd train --config recipes/demo/<plan>/<stage>.yaml` trains what the demo trains in
+    runs/demo[-<plan>] (the CLI's default folder), on that folder's data, into its replay/ folder."""
+    folder = {"default": "runs/demo"}.get(name, f"runs/demo-{name}")
+    demo = Demo(RECIPES.parents[1] / folder, name, threads=1, log=lambda m: None)
+    outputs = {"cache": {"cache": str(demo.out / "cache")},
+               "teacher": {"checkpoint": str(demo.out / "runs" / "teacher" / "checkpoints" / "best")}}
+    for stage in TRAINING_STAGES:
+        replay = TrainConfig.from_yaml(RECIPES / name / f"{stage}.yaml")
+        placed = demo.train_config(stage, outputs=outputs if stage == "student_kd" else None)
+        assert replay.run.out_dir == str(demo.out / "replay" / stage)
+        out_dir_and_threads = [("run", "out_dir"), ("run", "threads")]
+        assert _without(replay.to_dict(), out_dir_and_threads) == _without(placed.to_dict(), out_dir_and_threads)
+
+
+def test_the_fingerprint_ignores_the_folder_and_sees_every_setting(tmp_path):
+    plan = DemoPlan.named("smoke")
+    a, b = Demo(tmp_path / "a", plan), Demo(tmp_path / "b", plan)
+    assert a.plan.fingerprint() == b.plan.fingerprint()
+    for section, key in PLACED_FIELDS:
+        assert key not in plan.to_dict()["stages"]["student_kd"][section]
+    folder = tmp_path / "smoke"
+    shutil.copytree(RECIPES / "smoke", folder)
+    for name in ("teacher.yaml", "student_ctc.yaml", "student_kd.yaml"):
+        shutil.copy(RECIPES / name, tmp_path / name)
+    assert DemoPlan.from_folder(folder).fingerprint() == plan.fingerprint()
+    with open(folder / "teacher.yaml", "a") as f:
+        f.write("augment:\n  noise_prob: 0.5\n")
+    assert DemoPlan.from_folder(folder).fingerprint() != plan.fingerprint()
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("export:\n  formats: [onnx]\n  windos: [5.0]\n", r"plan.yaml: export: unknown key\(s\) \['windos'\]"),
+    ("export:\n  formats: [onyx]\n", r"plan.yaml: export: unknown format"),
+    ("synth:\n  task: digits\n  train: {n: 0, seed: 1}\n  dev: {n: 1, seed: 2}\n  test: {n: 1, seed: 3}\n",
+     r"plan.yaml: synth.train must be"),
+])
+def test_plan_file_errors_name_the_file_and_key(tmp_path, edit, message):
+    folder = tmp_path / "smoke"
+    shutil.copytree(RECIPES / "smoke", folder)
+    for name in ("teacher.yaml", "student_ctc.yaml", "student_kd.yaml"):
+        shutil.copy(RECIPES / name, tmp_path / name)
+    raw = yaml.safe_load((folder / "plan.yaml").read_text())
+    raw.update(yaml.safe_load(edit))
+    (folder / "plan.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(DemoError, match=message):
+        DemoPlan.from_folder(folder)
 
 
 def _fake_report(tmp_path: Path) -> dict:

@@ -1,0 +1,102 @@
+"""The demo's report as text: the summary table it prints and ``REPORT.md``."""
+
+from __future__ import annotations
+
+
+def _pct(x) -> str:
+    """A fraction as a percentage with one decimal; "-" for none."""
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _rtf(x) -> str:
+    """A real-time factor with four decimals; "-" for none."""
+    return "-" if x is None else f"{x:.4f}"
+
+
+MODEL_LABELS = {"teacher": "teacher", "student_kd": "student + KD", "student_ctc": "student, CTC only"}
+
+
+def summary_table(report: dict) -> list[str]:
+    """The lines the demo prints at the end: each model and artifact with its size, WER, CER and RTF."""
+    real = report["demo"].get("real_manifest") is not None
+    head = f"{'model / artifact':<26} {'params':>8} {'WER %':>7} {'CER %':>7} {'RTF 1thr':>9} {'MB':>7}"
+    lines = [head + (f" {'real WER %':>10}" if real else ""), "-" * (len(head) + (11 if real else 0))]
+    for key, label in MODEL_LABELS.items():
+        m = report[key]
+        line = (f"{label:<26} {m['params'] / 1e6:>7.2f}M {_pct(m['wer']):>7} {_pct(m['cer']):>7} "
+                f"{_rtf(m['rtf_1thread']):>9} {'':>7}")
+        lines.append(line + (f" {_pct(m.get('wer_real')):>10}" if real else ""))
+    for a in report["export"]["artifacts"]:
+        size = "-" if a["size_bytes"] is None else f"{a['size_bytes'] / 1e6:.2f}"
+        label = f"{a['format']} {a['precision']}" + ("" if a["status"] == "ok" else f" ({a['status']})")
+        lines.append(f"{label:<26} {'':>8} {_pct(a['wer']):>7} {_pct(a['cer']):>7} "
+                     f"{_rtf(a['rtf_1thread']):>9} {size:>7}")
+    return lines
+
+
+def render_demo_markdown(report: dict) -> str:
+    """``REPORT.md`` from ``report.json``'s dict: teacher against students, the artifacts, training."""
+    d = report["demo"]
+    plan = d["plan"]
+    t, kd, ctc = report["teacher"], report["student_kd"], report["student_ctc"]
+    real = d.get("real_manifest") is not None
+    rel = (kd["wer"] / ctc["wer"]) if ctc["wer"] else None
+    lines = [
+        "# asrkd demo report",
+        "",
+        f"Plan `{plan['name']}`: {d['data']['train']['utterances']} synthetic training utterances "
+        f"({d['data']['train']['audio_seconds'] / 60:.1f} min, {d['data']['train']['voices']} voices), "
+        f"tested on {d['data']['test']['utterances']} utterances from {d['data']['test']['voices']} "
+        "voices no model heard in training. RTF: compute seconds per audio second, PyTorch eager or "
+        "the artifact's runtime, one thread, median of repeats. Lower is better everywhere.",
+        "",
+        "## Teacher vs students",
+        "",
+        "| model | params | GFLOPs / audio s | test WER % | test CER % | RTF (1 thread) |"
+        + (" real-speech WER % |" if real else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if real else ""),
+    ]
+    for key, label in MODEL_LABELS.items():
+        m = report[key]
+        lines.append(f"| {label} | {m['params'] / 1e6:.2f} M | {m['gflops_per_audio_second']:.3f} | "
+                     f"{_pct(m['wer'])} | {_pct(m['cer'])} | {_rtf(m['rtf_1thread'])} |"
+                     + (f" {_pct(m.get('wer_real'))} |" if real else ""))
+    lines += [
+        "",
+        f"The student has {t['params'] / kd['params']:.1f}x fewer parameters than the teacher and runs "
+        f"{t['rtf_1thread'] / kd['rtf_1thread']:.1f}x faster. "
+        + (f"Knowledge distillation changed its test WER from {_pct(ctc['wer'])} % (CTC only) to "
+           f"{_pct(kd['wer'])} % ({rel:.2f}x), with the same data, augmentation and steps."
+           if rel is not None else ""),
+    ]
+    if real:
+        lines += ["", f"Real speech: `{d['real_manifest']}` (a different domain from the synthetic "
+                  "training data; expect a higher WER)."]
+    lines += ["", "![WER against RTF](plots/pareto.png)", "",
+              "## Mobile artifacts (the KD student)", "",
+              "| artifact | status | test WER % | agreement with PyTorch % | RTF 1 thread | RTF all threads | size MB | load s |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for a in report["export"]["artifacts"]:
+        size = "-" if a["size_bytes"] is None else f"{a['size_bytes'] / 1e6:.2f}"
+        load = "-" if a.get("load_seconds") is None else f"{a['load_seconds']:.2f}"
+        reason = (a.get("reason") or "").removeprefix("not run: ")
+        status = a["status"] + (f": {reason}" if a["status"] != "ok" and reason else "")
+        lines.append(f"| {a['format']} {a['precision']} | {status} | {_pct(a['wer'])} | "
+                     f"{_pct(a['agreement'])} | {_rtf(a['rtf_1thread'])} | {_rtf(a['rtf_all_threads'])} | "
+                     f"{size} | {load} |")
+    gate = report["export"]["gate"]
+    lines += ["", f"Gate (each artifact within {gate['max_wer_increase']:g} WER point(s) of PyTorch): "
+              f"{'passed' if gate['passed'] else 'FAILED: ' + str(gate.get('reason'))}. "
+              "The bundle, ready for an app (artifacts, tokens.txt, contract.json, its own REPORT.md), "
+              "is in `bundle/`.", "",
+              "![artifact sizes](plots/sizes.png)", "",
+              "## Training", "",
+              "![training curves](plots/training.png)", "",
+              "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {s} | {v:.0f} |" for s, v in d["stage_seconds"].items() if s != "report"]
+    if plan.get("parallel_students"):
+        lines += ["", "The CTC-only student trains in a second process during the student_kd stage (one "
+                  "thread each); its own stage only waits for it to finish."]
+    lines += ["", f"Posterior cache: {d['cache']}", ""]
+    return "\n".join(lines)
+

@@ -1,0 +1,313 @@
+"""The demo's stages, in pipeline order: what each one reads, does and returns.
+
+Each stage is a function ``(demo, outputs) -> dict``: ``demo`` is the `asrkd.demo.engine.Demo`
+running it (its folder, plan and log), ``outputs`` maps every earlier stage to what it returned,
+and what this one returns is kept in ``OUT/stages/<stage>.json`` for a rerun to reuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asrkd.demo.plan import DemoError
+from asrkd.demo.render import render_demo_markdown, summary_table
+from asrkd.fileio import atomic_write_text, write_json
+
+if TYPE_CHECKING:
+    from asrkd.demo.engine import Demo
+
+
+def data(demo: Demo, _outputs: dict) -> dict:
+    """Synthesize the plan's corpus, one voice set per split, and check every manifest."""
+    from asrkd.data import check_manifest
+    from asrkd.synth import synthesize_corpus
+    from asrkd.text import CharTokenizer
+
+    facts = {}
+    for split, spec in demo.plan.synth.items():
+        manifest = synthesize_corpus(task=demo.plan.task, n=spec.n, out_dir=demo.data_dir / split,
+                                     seed=spec.seed, voice_set=split)
+        problems = check_manifest(manifest, tokenizer=CharTokenizer.default_english())
+        if problems:
+            first = problems[0]
+            raise DemoError(f"{manifest}:{first.line}: {first.kind}: {first.message} "
+                            f"({len(problems)} problem(s); `asrkd manifest check {manifest}`)")
+        facts[split] = _manifest_facts(manifest)
+        demo.log(f"  {split}: {facts[split]['utterances']} utterances, "
+                 f"{facts[split]['audio_seconds'] / 60:.1f} min, {facts[split]['voices']} voices")
+    return {"manifests": {s: str(m) for s, m in demo.manifests.items()}, "splits": facts}
+
+
+def teacher(demo: Demo, _outputs: dict) -> dict:
+    """Train the plan's teacher with CTC."""
+    from asrkd.train import Trainer
+
+    return _fit(Trainer, demo.train_config("teacher"), "teacher")
+
+
+def cache(demo: Demo, outputs: dict) -> dict:
+    """The teacher's top-k posteriors, N-best lists and the hidden layers the KD student reads."""
+    from asrkd.cache import StaleCacheError, build_cache
+    from asrkd.teacher import load_teacher
+
+    model = load_teacher(outputs["teacher"]["checkpoint"])
+
+    def build(force: bool):
+        return build_cache(model, [demo.manifests["train"]], demo.out / "cache",
+                           hidden_layers=demo.plan.cache_layers, force=force)
+
+    try:
+        report = build(force=False)  # resumes an interrupted build
+    except StaleCacheError as e:  # the teacher or the data were redone since
+        demo.log(f"  rebuilding the cache: {e}")
+        report = build(force=True)
+    demo.log("  " + report.summary())
+    return {"cache": str(demo.out / "cache"), "summary": report.summary()}
+
+
+def student_kd(demo: Demo, outputs: dict) -> dict:
+    """Distil the student from the cache; with ``parallel_students`` (and two cores or more) the
+    CTC-only student trains in a subprocess meanwhile, one thread each."""
+    import torch
+
+    from asrkd.distill import Distiller
+
+    parallel = demo.plan.parallel_students and demo.threads > 1 and demo.done("student_ctc") is None
+    if parallel:
+        _start_ctc_subprocess(demo)
+    cfg = demo.train_config("student_kd", threads=1 if parallel else None, outputs=outputs)
+    try:
+        return _fit(Distiller, cfg, "student_kd")
+    finally:
+        torch.set_num_threads(demo.threads)
+
+
+def _start_ctc_subprocess(demo: Demo) -> None:
+    """`asrkd train` of the CTC-only student, one thread, in the background (its log in
+    OUT/logs/student_ctc.log); the student_ctc stage waits for it."""
+    import subprocess
+
+    import yaml
+
+    cfg = demo.train_config("student_ctc", threads=1)
+    cfg.run.progress = False
+    config_path = demo.out / "runs" / "student_ctc.yaml"
+    atomic_write_text(config_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log_path = demo.out / "logs" / "student_ctc.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    demo.log(f"  training the CTC-only student alongside, one thread each (log: {log_path})")
+    with open(log_path, "ab") as log:
+        demo.ctc_process = subprocess.Popen(
+            [sys.executable, "-m", "asrkd.cli", "train", "--config", str(config_path), "--resume"],
+            stdout=log, stderr=subprocess.STDOUT)
+
+
+def student_ctc(demo: Demo, _outputs: dict) -> dict:
+    """Train the same student with CTC only, or wait for the subprocess `student_kd` started."""
+    from asrkd.train import Trainer
+
+    process = demo.ctc_process
+    if process is None:
+        return _fit(Trainer, demo.train_config("student_ctc"), "student_ctc")
+    demo.ctc_process = None
+    if process.wait() != 0:
+        raise DemoError(f"the CTC-only student's training failed (exit status {process.returncode}); "
+                        f"see {demo.out / 'logs' / 'student_ctc.log'}, then run the demo again to resume")
+    cfg = demo.train_config("student_ctc")
+    best = Path(cfg.run.out_dir) / "checkpoints" / "best"
+    if not best.is_dir():
+        raise DemoError(f"{best}: missing after the CTC-only student's training; "
+                        f"see {demo.out / 'logs' / 'student_ctc.log'}")
+    return {"checkpoint": str(best), "run_dir": cfg.run.out_dir}
+
+
+def _fit(trainer_class, cfg, run: str) -> dict:
+    best = trainer_class(cfg, resume=True).fit()
+    if best is None:
+        raise DemoError(f"{run}: training produced no checkpoint")
+    return {"checkpoint": str(best), "run_dir": cfg.run.out_dir}
+
+
+def export(demo: Demo, outputs: dict) -> dict:
+    """The KD student to every format and precision of the plan, each artifact run in its runtime."""
+    from mobile_export.export import export_bundle
+
+    bundle = demo.out / "bundle"
+    log_file = demo.out / "logs" / "export.log"
+    demo.log(f"  converter output: {log_file}")
+    with _output_to(log_file) as show:
+        report = export_bundle(outputs["student_kd"]["checkpoint"], bundle, demo.manifests["test"],
+                               demo.plan.export_options(), log=lambda m: show(demo.log, "  " + m))
+    return {"bundle": str(bundle), "gate_passed": report["gate"]["passed"]}
+
+
+def report(demo: Demo, outputs: dict) -> dict:
+    """Measure the three models, then write report.json, REPORT.md and the plots."""
+    from eval import plots
+
+    export_report = json.loads((Path(outputs["export"]["bundle"]) / "report.json").read_text())
+    models = {}
+    for name in ("teacher", "student_kd", "student_ctc"):
+        models[name] = _measured(demo, name, outputs[name]["checkpoint"])
+        models[name]["run_dir"] = outputs[name]["run_dir"]
+    demo_report = {
+        "demo": {"plan": demo.plan.to_dict(), "out": str(demo.out),
+                 "stage_seconds": {s: round(demo.stage_seconds.get(s, 0.0), 1) for s in STAGES},
+                 "data": outputs["data"]["splits"], "cache": outputs["cache"]["summary"],
+                 "test_manifest": str(demo.manifests["test"]),
+                 "real_manifest": str(demo.real_manifest) if demo.real_manifest else None},
+        **models,
+        "export": export_report,
+    }
+    plot_dir = demo.out / "plots"
+    demo_report["plots"] = {k: str(v.relative_to(demo.out))
+                            for k, v in plots.demo_plots(demo_report, plot_dir).items()}
+    write_json(demo.out / "report.json", demo_report)
+    atomic_write_text(demo.out / "REPORT.md", render_demo_markdown(demo_report))
+    for line in summary_table(demo_report):
+        demo.log(line)
+    demo.log(f"report: {demo.out / 'REPORT.md'} (report.json, plots/*.png beside it)")
+    return {"report": str(demo.out / "report.json")}
+
+
+def _measured(demo: Demo, name: str, checkpoint: str) -> dict:
+    """`_measure_model`'s figures, kept in ``stages/measure_<name>.json`` and reused while the
+    checkpoint's weights, the plan and the real manifest are unchanged. The report is rendered
+    on every run; re-timing the models each time would let a rerun on a busy machine replace
+    the figures of the run that trained them (and disagree with the export's own timings)."""
+    from asrkd.checkpoint import MODEL_FILE, resolve_checkpoint
+
+    weights = resolve_checkpoint(checkpoint) / MODEL_FILE
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    key = {"plan": demo.plan.fingerprint(), "weights_sha256": digest,
+           "real_manifest": str(demo.real_manifest) if demo.real_manifest else None}
+    path = demo.stage_file(f"measure_{name}")
+    if path.is_file():
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("key") == key:
+            demo.log(f"  {name}: measured earlier, reusing {path}")
+            return record["figures"]
+    demo.log(f"  measuring {name}")
+    figures = _measure_model(demo, checkpoint)
+    write_json(path, {"key": key, "figures": figures})
+    return figures
+
+
+def _measure_model(demo: Demo, checkpoint: str) -> dict:
+    """WER/CER on the test split (and the real manifest), params, FLOPs, one-thread RTF of
+    PyTorch eager measured exactly as the export measures its reference (eval/rtf.py)."""
+    import torch
+
+    from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
+    from asrkd.contract import Contract
+    from asrkd.data import read_manifest
+    from asrkd.inference import evaluate
+    from asrkd.models.conformer import count_parameters, flops_per_second
+    from eval.rtf import measure
+    from eval.runners import TorchRunner
+    from mobile_export.export import read_eval_set
+    from mobile_export.graph import ExportGraph
+
+    loaded = load_checkpoint(resolve_checkpoint(checkpoint))
+    options = demo.plan.export_options()
+
+    def score(manifest):
+        return evaluate(loaded.model, loaded.frontend, loaded.tokenizer, read_manifest(manifest))
+
+    test = score(demo.manifests["test"])
+    m = {"checkpoint": checkpoint, "params": count_parameters(loaded.model),
+         "wer": test["wer"], "cer": test["cer"],
+         "gflops_per_audio_second": flops_per_second(loaded.model_config) / 1e9}
+    sample_rate = Contract.from_loaded(loaded).sample_rate
+    pcms = read_eval_set(demo.manifests["test"], sample_rate, options.rtf_utterances).pcms
+    graph = ExportGraph.from_loaded(loaded)
+    threads_before = torch.get_num_threads()
+    try:
+        timing = measure(lambda: TorchRunner(loaded.path, 1, graph=graph), pcms, sample_rate,
+                         repeats=max(1, options.rtf_repeats))
+    finally:
+        torch.set_num_threads(threads_before)
+    m["rtf_1thread"] = timing.rtf
+    if demo.real_manifest is not None:
+        real = score(demo.real_manifest)
+        m["wer_real"], m["cer_real"] = real["wer"], real["cer"]
+    return m
+
+
+@contextlib.contextmanager
+def _output_to(path: Path):
+    """Send everything written to stdout and stderr, including by C++ converters writing to the
+    file descriptors directly, to ``path``; yields ``show(log, message)``, which still reaches
+    the terminal. Without real file descriptors (e.g. captured by a test), only flushes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fds = (sys.stdout.fileno(), sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        yield lambda log, message: log(message)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in fds]
+    with open(path, "ab") as f:
+        for fd in fds:
+            os.dup2(f.fileno(), fd)
+
+        def show(log, message):
+            sys.stdout.flush()
+            if log is print:
+                os.write(saved[0], (message + "\n").encode())
+            else:
+                log(message)
+
+        try:
+            yield show
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, old in zip(fds, saved):
+                os.dup2(old, fd)
+                os.close(old)
+
+
+def _manifest_facts(path: Path) -> dict:
+    from asrkd.data import read_manifest
+
+    utts = read_manifest(path)
+    return {"manifest": str(path), "utterances": len(utts),
+            "audio_seconds": round(sum(u.duration for u in utts), 2),
+            "voices": len({u.speaker for u in utts})}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline."""
+
+    name: str
+    reads: tuple[str, ...]  # stages whose outputs it reads: when one of them runs again, so does it
+    text: str  # what the log says it does
+    run: Callable[[Demo, dict], dict]
+
+
+PIPELINE: tuple[Stage, ...] = (
+    Stage("data", (), "synthesizing spoken digits (espeak-ng), disjoint voices for train/dev/test", data),
+    Stage("teacher", ("data",), "training the teacher with CTC", teacher),
+    Stage("cache", ("teacher",), "caching the teacher's posteriors, N-best lists and hidden states", cache),
+    Stage("student_kd", ("cache",), "distilling the default student from the cache (feature KD + CTC)",
+          student_kd),
+    Stage("student_ctc", ("data",), "training the same student with CTC only (the no-KD baseline)",
+          student_ctc),
+    Stage("export", ("student_kd",),
+          "exporting the KD student to every format and precision, running each artifact", export),
+    Stage("report", ("data", "teacher", "cache", "student_kd", "student_ctc", "export"),
+          "measuring WER and speed, writing report.json, REPORT.md and plots", report),
+)
+STAGES = tuple(s.name for s in PIPELINE)
+DEPENDS = {s.name: s.reads for s in PIPELINE}
