@@ -3,7 +3,7 @@
 For every artifact and the same evaluation utterances:
 
 - ``wer``, ``cer`` (with substitutions / deletions / insertions): greedy CTC transcripts against
-  the normalised references (eval/wer.py);
+  the normalised references (asrkd.metrics);
 - ``agreement``: fraction of utterances whose greedy transcript is identical to PyTorch's;
 - ``max_abs_logprob_diff``: max |artifact - PyTorch| over every valid frame and token of every
   utterance that both ran in one piece (utterances split by a runner have other frames);

@@ -17,7 +17,8 @@ the frames ``t < out_lens`` do not depend on how much padding follows them. Fram
 ``out_lens`` hold unspecified values: read outputs through ``out_lens``. No shape in the graph
 depends on the values of the inputs.
 
-One output frame covers ``hop_length * subsampling`` input samples (``output_frame_shift``).
+One output frame covers ``hop_length * subsampling`` input samples (``ExportGraph.contract``:
+``output_frame_shift_samples``).
 """
 
 from __future__ import annotations

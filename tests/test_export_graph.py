@@ -150,3 +150,30 @@ def test_rtf_harness_times_every_repeat(graph):
     assert timing.load_seconds >= 0
     if not os.path.exists("/proc/self/clear_refs"):
         assert timing.peak_rss_delta_bytes is None
+
+
+def test_every_format_is_an_exporter_with_a_runner(tmp_path):
+    """The registry is what `asrkd export --formats` offers: each entry names its runtime's runner,
+    offers only known precisions, and writes ``model.<precision><suffix>``."""
+    from eval.runners import RUNNERS
+    from mobile_export.formats import EXPORTERS
+    from mobile_export.options import PRECISIONS, ExportOptions
+
+    assert ExportOptions().formats == tuple(EXPORTERS) == ("coreml", "tflite", "onnx", "executorch")
+    for name, exporter in EXPORTERS.items():
+        assert exporter.name == name and RUNNERS[name].format == name
+        assert set(exporter.precisions) <= set(PRECISIONS) and "fp32" in exporter.precisions
+        assert exporter.path(tmp_path, "int8") == tmp_path / f"model.int8{exporter.suffix}"
+
+
+def test_a_model_in_memory_is_an_export_source(graph):
+    """``ExportSource.of`` takes the modules themselves; its contract adds the vocabulary."""
+    from mobile_export.source import ExportSource
+
+    tokenizer = CharTokenizer.default_english()
+    source = ExportSource.of((graph.frontend, graph.model, tokenizer))
+    assert source.checkpoint is None and source.config["model"] == graph.model.config.to_dict()
+    assert source.contract.vocabulary_sha256 == tokenizer.fingerprint()
+    assert source.contract.output_frame_shift == graph.contract.output_frame_shift
+    with pytest.raises(TypeError, match="pass a checkpoint folder"):
+        ExportSource.of(graph)
