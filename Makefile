@@ -19,9 +19,9 @@ demo: $(STAMP)
 demo-full: $(STAMP)
 	$(VENV)/bin/asrkd demo
 
-# The CTC-only student on synthetic digits from a YAML config (configs/quickstart/).
+# The CTC-only student on synthetic digits from a YAML config (recipes/quickstart/).
 quickstart: $(STAMP)
-	ASRKD=$(VENV)/bin/asrkd bash configs/quickstart/run.sh
+	ASRKD=$(VENV)/bin/asrkd bash recipes/quickstart/run.sh
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

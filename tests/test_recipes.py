@@ -1,0 +1,47 @@
+"""The recipes in recipes/: every config loads, run.sh names configs that exist, and the FSDD KD
+ablation changes the loss only, as its RESULTS.md says."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from asrkd.config import TrainConfig
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+FSDD = RECIPES / "fsdd" / "conf"
+CONFIGS = sorted(p for p in RECIPES.rglob("*.yaml") if p.name != "plan.yaml")  # plan.yaml: tests/test_demo.py
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(RECIPES)) for p in CONFIGS])
+def test_every_recipe_config_loads(path):
+    TrainConfig.from_yaml(path)
+
+
+def test_fsdd_run_sh_runs_every_stage_config_in_order():
+    text = (RECIPES / "fsdd" / "run.sh").read_text(encoding="utf-8")
+    named = re.findall(r"--config \$conf/(\S+\.yaml)", text)
+    assert named == ["teacher_stage1.yaml", "teacher.yaml", "teacher_ft.yaml", "student_stage1.yaml",
+                     "student_ctc.yaml", "student_kd.yaml"]
+    assert sorted(named) == sorted(p.name for p in FSDD.glob("*.yaml"))
+    # the KD student reads the recipe's last teacher, through the cache that stage 5 builds
+    kd = TrainConfig.from_yaml(FSDD / "student_kd.yaml").kd
+    teacher_ft = TrainConfig.from_yaml(FSDD / "teacher_ft.yaml")
+    assert kd.teacher == str(Path(teacher_ft.run.out_dir) / "checkpoints" / "best")
+    layers = " ".join(str(t) for t in sorted(set(kd.layer_map.values())))
+    assert f"--teacher $exp/{Path(teacher_ft.run.out_dir).name}/checkpoints/best --out $exp/{Path(kd.cache).name}" in text
+    assert f"--hidden-layers {layers}" in text
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (FSDD / "ablations").glob("kd_*.yaml")
+                                        if "unlabelled" not in p.stem))
+def test_fsdd_kd_ablations_change_the_loss_only(name):
+    def setup(path: Path) -> dict:
+        d = TrainConfig.from_yaml(path).to_dict()
+        for section, key in (("kd", "weights"), ("kd", "layer_map"), ("run", "out_dir")):
+            d[section].pop(key)
+        return d
+
+    assert setup(FSDD / "ablations" / f"{name}.yaml") == setup(FSDD / "student_kd.yaml")
