@@ -140,6 +140,7 @@ class KDLoss(TrainingLoss):
         return self.projections.state_dict()
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore the feature projections' weights (`state_dict`'s keys)."""
         self.projections.load_state_dict(state)
 
     def weights_at(self, step: int) -> dict[str, float]:
@@ -147,6 +148,7 @@ class KDLoss(TrainingLoss):
         return {t: getattr(self.weights, t).at(step) for t in self.terms}
 
     def needs_hidden(self, step: int = 0) -> bool:
+        """Hidden states are read at ``step`` by feature / relation KD and intermediate CTC."""
         w = self.weights_at(step)
         return (w.get("feature", 0) > 0 or w.get("relation", 0) > 0
                 or (w.get("ctc", 0) > 0 and self.ctc.needs_hidden(step)))

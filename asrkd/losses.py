@@ -117,6 +117,7 @@ class TrainingLoss:
         return False
 
     def __call__(self, out: ModelOutput, batch: dict, step: int = 0) -> tuple[Tensor, dict[str, float]]:
+        """(total loss, logged terms) of one batch; see the class docstring."""
         raise NotImplementedError
 
     def parameters(self) -> list[torch.nn.Parameter]:

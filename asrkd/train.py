@@ -42,10 +42,12 @@ class Trainer:
 
     @property
     def model(self) -> torch.nn.Module:
+        """The model being trained (``parts.model``)."""
         return self.parts.model
 
     @property
     def tokenizer(self) -> Any:
+        """The run's tokenizer (``parts.tokenizer``)."""
         return self.parts.tokenizer
 
     def fit(self) -> Path | None:

@@ -288,3 +288,31 @@ def test_a_hugging_face_teacher_at_20ms_distils_into_a_40ms_character_student(co
     distiller.fit()
     rows = [r for r in read_log(tmp_path / "run") if "loss" in r]
     assert all(r["frame"] > 0 and r["feature"] > 0 and "sequence" in r for r in rows)
+
+
+def test_in_memory_targets_give_the_cached_losses(corpus, cache_dir, tmp_path):
+    """The same teacher targets from memory as from the cache: the same KDLoss terms."""
+    from asrkd.data import collate
+    from asrkd.kd import KDLoss
+    from asrkd.teacher_targets import CachedTargets, InMemoryTargets
+
+    cfg = kd_config(corpus, tmp_path / "run", cache_dir, kd={**EVERY_TERM, "cache": str(cache_dir)})
+    parts = Distiller(TrainConfig.from_dict(cfg)).parts
+    cache = PosteriorCache(cache_dir)
+    utts = parts.train_utts
+    in_memory = InMemoryTargets({u.utt_id: cache.targets([u.utt_id], [1]) for u in utts}, cache.vocabulary,
+                                cache.frame_shift, nbest={u.utt_id: [(h.text, h.score) for h in cache.nbest(u.utt_id)]
+                                                          for u in utts})
+    batch = collate([parts.dataset[i] for i in range(4)])
+    feats, feat_lens = parts.frontend(batch["wavs"], batch["wav_lens"])
+    parts.model.eval()
+    out = parts.model(feats, feat_lens, return_hidden=True)
+    kd_args = dict(weights=parts.loss.weights, temperature=2.0, blank_mode="symmetric", layer_map={2: 1})
+    losses = []
+    for source in (CachedTargets(cache), in_memory):
+        torch.manual_seed(0)  # the same feature projection
+        kd = KDLoss(source, parts.model, parts.tokenizer, parts.frontend.config, **kd_args)
+        losses.append(kd(out, batch, step=4)[1])
+    assert set(losses[0]) == {"ctc", "frame", "sequence", "feature", "relation", "w_feature", "w_relation"}
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert losses[0]["frame"] > 0 and losses[0]["sequence"] > 0

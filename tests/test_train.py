@@ -419,3 +419,47 @@ def test_intermediate_ctc_mixes_the_losses_and_trains_the_lower_block(ten_utts, 
 def test_bad_intermediate_ctc_settings_are_refused(ten_utts, tmp_path, model, message):
     with pytest.raises(ConfigError, match=message):
         Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "run", model=model)))
+
+
+def _plain_loop(manifest: Path, out_dir: Path, max_steps: int):
+    """A TrainingLoop over parts made by hand: a list of batches as the data, CTCLoss, AdamW."""
+    from asrkd.data import AudioDataset, collate
+    from asrkd.features import FrontendConfig, LogMel
+    from asrkd.loop import TrainingLoop
+    from asrkd.losses import CTCLoss
+    from asrkd.models.conformer import ConformerCTC, build_preset
+    from asrkd.text import CharTokenizer
+
+    utts = read_manifest(manifest)
+    tok = CharTokenizer.from_texts(u.text for u in utts)
+    dataset = AudioDataset(utts, tokenizer=tok)
+    batches = [collate([dataset[i] for i in range(j, j + 4)]) for j in (0, 4)]  # an epoch of 2 batches
+    torch.manual_seed(0)
+    model = ConformerCTC(build_preset("student-xs", vocab_size=tok.vocab_size, dropout=0.0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    return TrainingLoop(model, LogMel(FrontendConfig()), batches, optimizer, CTCLoss(), tokenizer=tok,
+                        out_dir=out_dir, max_steps=max_steps, checkpoint_every=1, log_every=1, progress=False)
+
+
+def test_the_loop_takes_its_parts_and_a_plain_iterable_resumes_mid_epoch(ten_utts, tmp_path):
+    _plain_loop(ten_utts, tmp_path / "straight", 6).fit()
+    expected = {int(r["step"]): r["loss"] for r in read_log(tmp_path / "straight") if "loss" in r}
+    assert sorted(expected) == [1, 2, 3, 4, 5, 6]
+    assert [int(r["epoch"]) for r in read_log(tmp_path / "straight") if "loss" in r] == [0, 0, 1, 1, 2, 2]
+
+    killed = _plain_loop(ten_utts, tmp_path / "killed", 6)
+    train_step = killed.train_step
+
+    def dies_at_step_4(batch):  # step 3 (the first batch of epoch 1) is saved, then the run dies
+        if killed.pos.step == 3:
+            raise KeyboardInterrupt
+        return train_step(batch)
+
+    killed.train_step = dies_at_step_4
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = _plain_loop(ten_utts, tmp_path / "killed", 6)
+    assert resumed.resume() and (resumed.pos.step, resumed.pos.epoch, resumed.pos.batch_in_epoch) == (3, 1, 1)
+    resumed.fit()
+    got = {int(r["step"]): r["loss"] for r in read_log(tmp_path / "killed") if "loss" in r}
+    assert got == pytest.approx(expected, rel=1e-6)
