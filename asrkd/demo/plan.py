@@ -13,7 +13,6 @@ own folder there instead (`PLACED_FIELDS`).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -127,7 +126,7 @@ class DemoPlan:
         """The plan as plain data (``report.json``'s ``demo.plan``), without `PLACED_FIELDS`."""
         stages = {}
         for stage, cfg in self.stages.items():
-            d = copy.deepcopy(cfg.to_dict())
+            d = cfg.to_dict()  # a deep copy (dataclasses.asdict)
             for section, key in PLACED_FIELDS:
                 d[section].pop(key)
             d["kd"]["layer_map"] = {str(k): v for k, v in d["kd"]["layer_map"].items()}
