@@ -7,6 +7,15 @@ text + token ids + log-probability) and its confidence (``asrkd.decoding.utteran
 Optionally, teacher hidden states of chosen layers (fp16, ``2D`` bytes per frame and layer) for
 feature- and relation-based KD.
 
+A sequence teacher (no posteriors: `asrkd.teachers.PseudoLabelTeacher`, `asrkd.teachers.WhisperTeacher`)
+gives text: the cache keeps its N-best (text, score; no token ids), its confidence and, when it
+has them, the no-speech probability, word timings and its own unnormalised text (``sequence`` in
+meta.json); hidden states, if asked for, are its encoder's (Whisper: layer 0, 20 ms frames,
+``2D`` = 768 bytes per frame, 38.4 kB per second of audio). Its `asrkd.teachers.UtteranceFilter`
+(``utterance_filter``) decides which utterances a student can learn from: a dropped one keeps an
+empty N-best, and ``drops.jsonl`` records each drop (utt_id, reason, detail, the teacher's text),
+``cache.json`` the counts per reason.
+
 Layout of a cache folder::
 
     request.json        what is being built: teacher (weights, config, front end, vocabulary),
@@ -17,6 +26,8 @@ Layout of a cache folder::
         topk_logp.npy  [F, K] float16   topk_ids.npy [F, K] uint16   residual.npy [F] float16
         hidden_<L>.npy [F, D] float16   (teacher layer L, 0-based; only if asked for)
         meta.json      shard key, utt_ids, frame offsets and lengths, N-best, confidences
+                       (+ sequence teachers: ``sequence`` extras, ``drops``)
+    drops.jsonl         sequence teachers with a filter: one line per dropped utterance
     cache.json          written last: the index utt_id -> (shard, offset, length) + a summary.
                         A folder without it is an unfinished build.
 
@@ -59,6 +70,7 @@ VERSION = 1
 INDEX_FILE = "cache.json"
 REQUEST_FILE = "request.json"
 ENTRIES_FILE = "entries.jsonl"
+DROPS_FILE = "drops.jsonl"
 _ARRAYS = ("topk_logp", "topk_ids", "residual")
 
 
@@ -192,12 +204,19 @@ class BuildReport:
     bytes_per_frame: float = 0.0  # top-k values + ids + residual
     dense_fp32_bytes_per_frame: float = 0.0  # 4 * V
     hidden_bytes_per_frame: float = 0.0
+    hidden_bytes_per_second: float = 0.0  # of audio
+    drops: dict[str, int] = field(default_factory=dict)  # utterances dropped by the filter, per reason
     seconds: float = 0.0
 
     def summary(self) -> str:
         """One line for the CLI: utterances, frames, shards built/reused, bytes per frame."""
         ratio = self.dense_fp32_bytes_per_frame / self.bytes_per_frame if self.bytes_per_frame else 0.0
-        hidden = f"; hidden states {self.hidden_bytes_per_frame:g} B/frame" if self.hidden_bytes_per_frame else ""
+        hidden = ""
+        if self.hidden_bytes_per_frame:
+            hidden = (f"; hidden states {self.hidden_bytes_per_frame:g} B/frame "
+                      f"({self.hidden_bytes_per_second / 1000:.1f} kB per second of audio)")
+        if self.drops:
+            hidden += "; dropped " + ", ".join(f"{n} {reason}" for reason, n in sorted(self.drops.items()))
         return (f"{self.folder}: {self.utterances} utterances, {self.frames} frames in {self.shards} shards "
                 f"({len(self.built)} built, {len(self.skipped)} reused) in {self.seconds:.1f} s; "
                 f"{self.bytes_per_frame:g} bytes/frame vs {self.dense_fp32_bytes_per_frame:g} for dense fp32 "
@@ -239,6 +258,7 @@ def build_cache(
     shard_size: int = 256,
     max_batch_seconds: float = 60.0,
     force: bool = False,
+    utterance_filter=None,
     progress: bool = True,
     rank: int | None = None,
     world_size: int | None = None,
@@ -250,6 +270,10 @@ def build_cache(
     An existing folder built with the same request is resumed (finished shards are kept); one
     built from another teacher, other settings or other manifest entries is refused with
     `StaleCacheError` unless ``force`` (then it is emptied and rebuilt).
+
+    ``utterance_filter`` (sequence teachers only; default: the teacher's own
+    ``utterance_filter``, if it has one): an `asrkd.teachers.UtteranceFilter`; its settings are
+    part of the request.
     """
     t0 = time.perf_counter()
     rank, world = _dist_env(rank, world_size)
@@ -261,12 +285,22 @@ def build_cache(
             raise CacheError(f"utt_id {u.utt_id!r} occurs twice (entries {seen[u.utt_id]} and {i}); "
                              "the cache is indexed by utt_id, so ids must be unique across manifests")
         seen[u.utt_id] = i
-    if not teacher.has_posteriors and (hidden_layers or top_k != TOP_K):
-        raise CacheError("a PseudoLabelTeacher has no posteriors or hidden states: only N-best text is cached")
+    if not teacher.has_posteriors and top_k != TOP_K:
+        raise CacheError(f"{type(teacher).__name__} has no posteriors: only its N-best text (and encoder states) "
+                         "are cached; leave top_k at its default")
+    if not teacher.has_posteriors and hidden_layers and not teacher.hidden_size():
+        raise CacheError(f"{type(teacher).__name__} has no posteriors or hidden states: only N-best text is cached")
     hidden_layers = sorted(set(int(x) for x in hidden_layers))
     entries = {u.utt_id: entry_of(u) for u in utts}
     settings = {"top_k": top_k if teacher.has_posteriors else 0, "nbest": nbest, "beam": beam,
                 "hidden_layers": hidden_layers, "shard_size": shard_size, "sample_rate": teacher.sample_rate}
+    if utterance_filter is None and not teacher.has_posteriors:
+        utterance_filter = getattr(teacher, "utterance_filter", None)
+    if utterance_filter is not None:  # only then, so that caches built without one keep their request
+        if teacher.has_posteriors:
+            raise CacheError("utterance_filter applies to sequence teachers (text out); a CTC teacher's "
+                             "pseudo-labels are filtered at training time (kd.pseudo_label)")
+        settings["utterance_filter"] = utterance_filter.describe()
     request = {"format": FORMAT, "version": VERSION, "teacher": teacher.describe(), "settings": settings,
                "entries_sha256": _sha256([[u.utt_id, entries[u.utt_id]] for u in utts])}
 
@@ -295,7 +329,7 @@ def build_cache(
         if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("key") == key:
             report.skipped.append(i)
         else:
-            _build_shard(teacher, shard_utts, folder, key, settings, max_batch_seconds)
+            _build_shard(teacher, shard_utts, folder, key, settings, max_batch_seconds, utterance_filter)
             report.built.append(i)
         bar.update(1)
     bar.close()
@@ -338,9 +372,30 @@ def _progress(total: int, enabled: bool, unit: str):
     return tqdm(total=total, disable=not enabled, unit=unit, dynamic_ncols=True)
 
 
+def _sequence_results(teacher, batch: dict, layers: list[int], utterance_filter) -> list[dict[str, Any]]:
+    """A sequence teacher's record of each utterance of ``batch``: N-best, confidence, extras, its
+    encoder states and, with ``utterance_filter``, why it was dropped (N-best emptied)."""
+    out = teacher.sequence_outputs(batch["wavs"], batch["wav_lens"], return_hidden=bool(layers))
+    if layers and max(layers) >= len(out.hidden):
+        raise CacheError(f"hidden layer {max(layers)} asked for, the teacher has {len(out.hidden)} layers (0-based)")
+    records = []
+    for b, seq in enumerate(out.outputs):
+        drop = None if utterance_filter is None else utterance_filter(seq, int(batch["wav_lens"][b]))
+        n = int(out.lengths[b]) if layers else 0
+        record = {
+            "nbest": [] if drop else [{"text": h.text, "ids": [], "score": h.score} for h in seq.nbest],
+            "confidence": seq.confidence, "length": n, "sequence": seq.extras(),
+            **{f"hidden_{layer}": out.hidden[layer][b, :n].float().numpy().astype(np.float16) for layer in layers},
+        }
+        if drop is not None:
+            record["drop"] = {"reason": drop.reason, "detail": drop.detail}
+        records.append(record)
+    return records
+
+
 @torch.no_grad()
 def _build_shard(teacher, utts: list[Utterance], folder: Path, key: str, settings: dict,
-                 max_batch_seconds: float) -> None:
+                 max_batch_seconds: float, utterance_filter=None) -> None:
     """Compute one shard and move it into place atomically."""
     dataset = AudioDataset(utts, sample_rate=settings["sample_rate"])
     sampler = BucketingBatchSampler([u.duration for u in utts], max_batch_seconds=max_batch_seconds,
@@ -350,9 +405,7 @@ def _build_shard(teacher, utts: list[Utterance], folder: Path, key: str, setting
     for indices in sampler:
         batch = collate([dataset[i] for i in indices])
         if not teacher.has_posteriors:
-            for i, (text, conf) in zip(indices, teacher.transcribe_batch(batch["wavs"], batch["wav_lens"]),
-                                       strict=True):
-                per_utt[i] = {"nbest": [{"text": text, "ids": [], "score": 0.0}], "confidence": conf, "length": 0}
+            per_utt.update(zip(indices, _sequence_results(teacher, batch, layers, utterance_filter), strict=True))
             continue
         out = teacher(batch["wavs"], batch["wav_lens"], return_hidden=bool(layers))
         if layers and (out.hidden is None or max(layers) >= len(out.hidden)):
@@ -380,15 +433,27 @@ def _build_shard(teacher, utts: list[Utterance], folder: Path, key: str, setting
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    if teacher.has_posteriors:
-        for name in (*_ARRAYS, *(f"hidden_{layer}" for layer in layers)):
-            np.save(tmp / f"{name}.npy", np.concatenate([per_utt[i][name] for i in order]))
+    names = (*(_ARRAYS if teacher.has_posteriors else ()), *(f"hidden_{layer}" for layer in layers))
+    for name in names:
+        np.save(tmp / f"{name}.npy", np.concatenate([per_utt[i][name] for i in order]))
     meta = {"key": key, "utt_ids": [u.utt_id for u in utts], "offsets": offsets, "lengths": lengths,
             "nbest": [per_utt[i]["nbest"] for i in order], "confidence": [per_utt[i]["confidence"] for i in order]}
+    # Added only when present, so that caches of teachers without them stay byte-identical.
+    if any(per_utt[i].get("sequence") for i in order):
+        meta["sequence"] = [per_utt[i]["sequence"] for i in order]
+    if "utterance_filter" in settings:
+        meta["drops"] = {utts[i].utt_id: per_utt[i]["drop"] for i in order if "drop" in per_utt[i]}
     (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
+
+
+def _teacher_text(meta: dict, utt_id: str) -> str | None:
+    """The teacher's own (unnormalised) text of ``utt_id`` in a shard's meta, if recorded."""
+    if "sequence" not in meta:
+        return None
+    return meta["sequence"][meta["utt_ids"].index(utt_id)].get("teacher_text")
 
 
 def _write_index(out: Path, request: dict, utts: list[Utterance], n_shards: int, teacher,
@@ -396,6 +461,7 @@ def _write_index(out: Path, request: dict, utts: list[Utterance], n_shards: int,
     index: dict[str, list[int]] = {}
     frames = 0
     array_bytes = hidden_bytes = 0
+    drops: list[dict] = []
     for i in range(n_shards):
         folder = out / "shards" / f"{i:05d}"
         meta_path = folder / "meta.json"
@@ -405,6 +471,7 @@ def _write_index(out: Path, request: dict, utts: list[Utterance], n_shards: int,
         for utt_id, off, n in zip(meta["utt_ids"], meta["offsets"], meta["lengths"], strict=True):
             index[utt_id] = [i, off, n]
         frames += sum(meta["lengths"])
+        drops += [{"utt_id": u, **d, "teacher_text": _teacher_text(meta, u)} for u, d in meta.get("drops", {}).items()]
         for f in folder.glob("*.npy"):
             size = np.load(f, mmap_mode="r").nbytes
             if f.name.startswith("hidden_"):
@@ -420,6 +487,11 @@ def _write_index(out: Path, request: dict, utts: list[Utterance], n_shards: int,
     report.bytes_per_frame = array_bytes / frames if frames else 0.0
     report.dense_fp32_bytes_per_frame = 4.0 * len(vocab)
     report.hidden_bytes_per_frame = hidden_bytes / frames if frames else 0.0
+    seconds = sum(u.duration for u in utts)
+    report.hidden_bytes_per_second = hidden_bytes / seconds if seconds else 0.0
+    report.drops = {}
+    for d in drops:
+        report.drops[d["reason"]] = report.drops.get(d["reason"], 0) + 1
     summary = {
         "format": FORMAT, "version": VERSION, "request": request,
         "vocabulary": vocab, "blank_id": int(teacher.blank_id), "frame_shift": float(teacher.frame_shift),
@@ -430,6 +502,9 @@ def _write_index(out: Path, request: dict, utts: list[Utterance], n_shards: int,
         "hidden_bytes_per_frame": report.hidden_bytes_per_frame,
         "index": index,
     }
+    if "utterance_filter" in request["settings"]:
+        summary["drops"] = dict(sorted(report.drops.items()))
+        atomic_write_text(out / DROPS_FILE, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in drops))
     atomic_write_text(out / INDEX_FILE, json.dumps(summary, ensure_ascii=False) + "\n")
 
 
@@ -533,6 +608,22 @@ class PosteriorCache:
         meta = self._shard_meta(shard)
         return meta["confidence"][meta["position"][utt_id]]
 
+    def sequence(self, utt_id: str) -> dict[str, Any]:
+        """A sequence teacher's extras for ``utt_id``: ``no_speech_prob``, ``words``,
+        ``teacher_text``, ``reason`` (those it gave; `asrkd.teachers.SequenceOutput`)."""
+        shard = self._locate(utt_id)[0]
+        meta = self._shard_meta(shard)
+        return meta["sequence"][meta["position"][utt_id]] if "sequence" in meta else {}
+
+    def drop(self, utt_id: str) -> dict[str, str] | None:
+        """``{"reason", "detail"}`` when the build's utterance filter dropped ``utt_id``, else None."""
+        shard = self._locate(utt_id)[0]
+        return self._shard_meta(shard).get("drops", {}).get(utt_id)
+
+    def drops(self) -> dict[str, int]:
+        """How many utterances the build's utterance filter dropped, per reason (``cache.json``)."""
+        return dict(self.info.get("drops", {}))
+
     def utterance(self, utt_id: str, name: str = "topk_logp") -> np.ndarray:
         """One array of one utterance, memory-mapped: topk_logp / topk_ids / residual / hidden_<L>."""
         shard, off, n = self._locate(utt_id)
@@ -543,8 +634,9 @@ class PosteriorCache:
 
     def targets(self, utt_ids: Sequence[str], hidden_layers: Sequence[int] = (),
                 device: torch.device | str = "cpu") -> TeacherTargets:
-        """Padded `TeacherTargets` (float32, teacher token ids) for a batch of utterances."""
-        if not self.has_posteriors:
+        """Padded `TeacherTargets` (float32, teacher token ids) for a batch of utterances. A
+        sequence teacher's cache gives only ``hidden`` (and ``lengths``); its top-k arrays have K = 0."""
+        if not self.has_posteriors and not hidden_layers:
             raise CacheError(f"{self.folder}: built from a text-only teacher; it holds no posteriors")
         missing = [layer for layer in hidden_layers if layer not in self.hidden_layers]
         if missing:
@@ -558,12 +650,14 @@ class PosteriorCache:
         hidden = {layer: torch.zeros(b, t, self.hidden_sizes[layer]) for layer in hidden_layers}
         for row, (shard, off, n) in enumerate(locs):
             a = self._shard(shard)
-            logp[row, :n] = torch.from_numpy(np.asarray(a["topk_logp"][off : off + n], dtype=np.float32))
-            ids[row, :n] = torch.from_numpy(np.asarray(a["topk_ids"][off : off + n], dtype=np.int64))
-            residual[row, :n] = torch.from_numpy(np.asarray(a["residual"][off : off + n], dtype=np.float32))
             for layer in hidden_layers:
                 hidden[layer][row, :n] = torch.from_numpy(
                     np.asarray(a[f"hidden_{layer}"][off : off + n], dtype=np.float32))
+            if not self.has_posteriors:
+                continue
+            logp[row, :n] = torch.from_numpy(np.asarray(a["topk_logp"][off : off + n], dtype=np.float32))
+            ids[row, :n] = torch.from_numpy(np.asarray(a["topk_ids"][off : off + n], dtype=np.int64))
+            residual[row, :n] = torch.from_numpy(np.asarray(a["residual"][off : off + n], dtype=np.float32))
         lengths = torch.tensor([n for _, _, n in locs], dtype=torch.long)
         out = TeacherTargets(logp, ids, residual, lengths, hidden)
         if str(device) != "cpu":
