@@ -57,7 +57,7 @@ from asrkd.pseudo_labels import (
 )
 from asrkd.teacher import Teacher, load_teacher
 from asrkd.teacher_targets import CachedTargets, OnlineTargets, TargetSource
-from asrkd.text import CharTokenizer, load_tokenizer
+from asrkd.text import CharTokenizer, Tokenizer, load_tokenizer
 
 __all__ = ["TrainingParts", "build_training", "lr_factor"]
 
@@ -68,11 +68,10 @@ class TrainingParts:
 
     config: TrainConfig
     train_utts: list[Utterance]
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     frontend: LogMel
     model: ConformerCTC
-    dataset: AudioDataset
-    data: BucketedLoader
+    data: BucketedLoader  # .dataset: the AudioDataset, .sampler: the BucketingBatchSampler
     augment: FeatureAugment
     loss: TrainingLoss
     optimizer: torch.optim.Optimizer
@@ -163,8 +162,8 @@ def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, optim=o, max_steps=max_steps))
     data = BucketedLoader(dataset, sampler, num_workers=config.data.num_workers, seed=config.run.seed)
     dev = DevSet(dev_utts, dev_lexicon, config.data.max_batch_seconds) if dev_utts else None
-    return TrainingParts(config, utts, tokenizer, frontend, model, dataset, data, augment, loss, optimizer,
-                         scheduler, max_steps, dev)
+    return TrainingParts(config, utts, tokenizer, frontend, model, data, augment, loss, optimizer, scheduler,
+                         max_steps, dev)
 
 
 def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:

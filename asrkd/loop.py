@@ -180,14 +180,14 @@ class TrainingLoop:
                 loss, terms, grad_norm = self.train_step(batch)
                 audio_seconds += float(batch["wav_lens"].sum()) / sample_rate
                 speed = audio_seconds * self.world_size / (time.perf_counter() - t0)
-                lr = self.optimizer.param_groups[0]["lr"] if self.scheduler is None else self.scheduler.get_last_lr()[0]
+                lr = self.optimizer.param_groups[0]["lr"]  # the scheduler's, after its step
                 if pos.step % self.log_every == 0 or pos.step == 1:
                     logger.log(pos.step, {"loss": loss, **terms, "lr": lr, "grad_norm": grad_norm,
                                           "audio_sec_per_sec": speed, "epoch": pos.epoch})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{speed:.1f}")
-                if pos.step % self.checkpoint_every == 0 and not self._epoch_complete(False):
-                    self.save()  # the epoch's end saves anyway
+                if pos.step % self.checkpoint_every == 0 and not self._epoch_complete(exhausted=False):
+                    self.save()  # (at an epoch's last batch the epoch's end saves)
                 if pos.step >= self.max_steps:
                     exhausted = False
                     break

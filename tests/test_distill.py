@@ -303,7 +303,7 @@ def test_in_memory_targets_give_the_cached_losses(corpus, cache_dir, tmp_path):
     in_memory = InMemoryTargets({u.utt_id: cache.targets([u.utt_id], [1]) for u in utts}, cache.vocabulary,
                                 cache.frame_shift, nbest={u.utt_id: [(h.text, h.score) for h in cache.nbest(u.utt_id)]
                                                           for u in utts})
-    batch = collate([parts.dataset[i] for i in range(4)])
+    batch = collate([parts.data.dataset[i] for i in range(4)])
     feats, feat_lens = parts.frontend(batch["wavs"], batch["wav_lens"])
     parts.model.eval()
     out = parts.model(feats, feat_lens, return_hidden=True)

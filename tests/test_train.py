@@ -360,7 +360,7 @@ def _layer_ctc(trainer: Trainer, manifest: Path, layer: int) -> float:
     from asrkd.data import collate
 
     utts = read_manifest(manifest)
-    items = [trainer.parts.dataset[i] for i in range(len(utts))]
+    items = [trainer.parts.data.dataset[i] for i in range(len(utts))]
     batch = collate(items)
     trainer.model.eval()
     with torch.no_grad():
@@ -380,7 +380,7 @@ def test_intermediate_ctc_mixes_the_losses_and_trains_the_lower_block(ten_utts, 
                                             model={"interctc_layers": [1, 2], "interctc_weight": 0.4}))
     trainer = Trainer(cfg)
     # The loss is (1 - w) CTC(output) + w mean(CTC(block 1), CTC(block 2)), all through one head.
-    batch = collate([trainer.parts.dataset[i] for i in range(4)])
+    batch = collate([trainer.parts.data.dataset[i] for i in range(4)])
     trainer.model.eval()
     feats, feat_lens = trainer.parts.frontend(batch["wavs"], batch["wav_lens"])
     log_probs, out_lens, hidden = out = trainer.model(feats, feat_lens, return_hidden=True)
