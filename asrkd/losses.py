@@ -44,6 +44,8 @@ __all__ = [
     "BLANK_MODES",
     "CTCLoss",
     "FrameRateError",
+    "ModelOutput",
+    "TrainingLoss",
     "VocabularyMap",
     "VocabularyMismatchError",
     "align_to_student",
@@ -58,7 +60,6 @@ __all__ = [
     "pool_hidden",
     "relation_kd_loss",
     "sequence_kd_loss",
-    "TrainingLoss",
 ]
 
 # A residual bucket below this probability counts as empty: the teacher's is rounding noise of

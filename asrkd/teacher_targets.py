@@ -148,7 +148,11 @@ class OnlineTargets(TargetSource):
         return f"online teacher {self.label}"
 
     def hidden_size(self, layer: int) -> int:
-        return self.teacher.hidden_size()
+        size = self.teacher.hidden_size()
+        if size is None:
+            raise ValueError(f"{self}: the teacher does not state the width of its hidden states; "
+                             "give it one (CallableTeacher(..., hidden_size=D)) for feature KD")
+        return size
 
     def fetch(self, batch: dict, hidden_layers: Sequence[int] = (), posteriors: bool = True,
               nbest_tokenizer=None) -> TeacherBatch:

@@ -316,3 +316,26 @@ def test_in_memory_targets_give_the_cached_losses(corpus, cache_dir, tmp_path):
     assert set(losses[0]) == {"ctc", "frame", "sequence", "feature", "relation", "w_feature", "w_relation"}
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert losses[0]["frame"] > 0 and losses[0]["sequence"] > 0
+
+
+@pytest.mark.parametrize("kd, message", [
+    ({"weights": {"ctc": 1.0, "feature": 1.0}}, r"kd.layer_map: feature/relation KD needs \{student_block: teacher_layer\}"),
+    ({"layer_map": {5: 1}, "weights": {"ctc": 1.0, "feature": 1.0}},
+     r"kd.layer_map: student block 5 does not exist \(the student has 3, 0-based\)"),
+])
+def test_bad_kd_settings_are_named_with_their_config_key(corpus, cache_dir, tmp_path, kd, message):
+    cfg = kd_config(corpus, tmp_path / "run", cache_dir, kd={"cache": str(cache_dir), **kd})
+    with pytest.raises(ConfigError, match=message):
+        Distiller(TrainConfig.from_dict(cfg))
+
+
+def test_kd_loss_built_by_hand_names_a_bad_argument(corpus, cache_dir):
+    from asrkd.kd import KDLoss, KDSettingError
+    from asrkd.teacher_targets import CachedTargets
+
+    tok = CharTokenizer.from_texts(u.text for u in read_manifest(corpus))
+    model = ConformerCTC(build_preset("student-xs", vocab_size=tok.vocab_size, subsampling=8))
+    with pytest.raises(KDSettingError, match=r"weights: unknown term\(s\) \['frames'\]"):
+        KDLoss(CachedTargets(cache_dir), model, tok, weights={"ctc": 1.0, "frames": 1.0})
+    kd = KDLoss(CachedTargets(cache_dir), model, tok, weights={"frame": 1.0})
+    assert kd.terms == ["frame"] and kd.ratio == 2 and kd.parameters() == []  # unnamed terms weigh 0
