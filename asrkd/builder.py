@@ -12,8 +12,10 @@ What each config section becomes::
 The order of construction is part of the result: the global torch RNG is seeded with
 ``run.seed``, then draws, in this order, nothing while a teacher is loaded (inside
 ``fork_rng``), the model's initial weights, the KD projections' initial weights; the DataLoader
-seeds its workers from a generator of its own. The same config therefore gives the same weights
-and the same losses, step for step.
+seeds its workers from a generator of its own. (With ``model.init_from``, building that
+checkpoint's model draws too: for its tokenizer before the student, when ``data.tokens`` is
+unset, and for its weights after.) The same config therefore gives the same weights and the
+same losses, step for step.
 """
 
 from __future__ import annotations
