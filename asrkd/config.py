@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from asrkd.contract import TOP_K
+
 
 class ConfigError(ValueError):
     """A configuration file or dict has a missing, unknown or invalid field."""
@@ -349,7 +351,7 @@ class KDConfig:
     cache: str | None = None  # posterior cache folder (`asrkd cache build`)
     teacher: str | None = None  # asrkd checkpoint or Hugging Face *ForCTC folder
     teacher_mode: str = "cache"  # cache: targets from `cache`; online: run `teacher` every step
-    top_k: int = 8  # online mode: posteriors kept per frame (the cache fixes its own)
+    top_k: int = TOP_K  # online mode: posteriors kept per frame (the cache fixes its own)
     temperature: float = 1.0  # frame KD temperature tau (the loss is scaled by tau^2)
     blank_mode: str = "all"  # all | downweight | nonblank | symmetric
     blank_weight: float = 0.1  # downweight: weight of frames whose teacher argmax is blank
