@@ -9,8 +9,10 @@ The public API, one import away (names load on first use, so ``import asrkd`` st
     print(asrkd.transcribe(best, ["some.wav"])[0].text)
     report = asrkd.export(best, "bundle/", eval_manifest="test.jsonl")  # artifacts + verification
 
-The parts compose without YAML too: ``asrkd.ConformerCTC``, ``asrkd.LogMel``, ``asrkd.KDLoss``,
-``asrkd.Contract`` (see README "Python API"). Layering: ``asrkd`` (core) <- ``eval`` (measures)
+The parts compose without YAML too: ``asrkd.ConformerCTC``, ``asrkd.LogMel``, a loss
+(``asrkd.CTCLoss``, ``asrkd.KDLoss`` with a target source: ``CachedTargets``, ``OnlineTargets``,
+``InMemoryTargets``) and ``asrkd.TrainingLoop``; ``asrkd.build_training`` maps a YAML config to
+those parts, and ``asrkd.Contract`` says what a checkpoint expects (README "Python API"). Layering: ``asrkd`` (core) <- ``eval`` (measures)
 <- ``mobile_export`` (artifacts); `export` is this facade's one lazy reach into mobile_export.
 """
 
@@ -48,7 +50,15 @@ _LAZY = {
     "load_teacher": "asrkd.teacher",
     "PosteriorCache": "asrkd.cache",
     "build_cache": "asrkd.cache",
+    "CachedTargets": "asrkd.teacher_targets",
+    "OnlineTargets": "asrkd.teacher_targets",
+    "InMemoryTargets": "asrkd.teacher_targets",
+    "CTCLoss": "asrkd.losses",
+    "KDLoss": "asrkd.kd",
+    "TrainingLoop": "asrkd.loop",
+    "DevSet": "asrkd.loop",
     "TrainConfig": "asrkd.config",
+    "build_training": "asrkd.builder",
     "Trainer": "asrkd.train",
     "Distiller": "asrkd.distill",
     # inference
@@ -102,10 +112,12 @@ def transcribe(checkpoint: str | os.PathLike, audio: Sequence[str | os.PathLike]
     return Transcriber.from_checkpoint(checkpoint, beam=beam).transcribe_files(audio)
 
 
-def export(model: Any, out_dir: str | os.PathLike, eval_manifest: str | os.PathLike, **options: Any) -> dict:
-    """Export a checkpoint (or a loaded model) to mobile artifacts, verify each in its own
-    runtime on ``eval_manifest`` and write an app-ready bundle, as ``asrkd export``;
-    ``options`` are ``mobile_export.export.ExportOptions`` fields. Returns the report as a dict."""
-    from mobile_export.export import ExportOptions, export_bundle
+def export(model: Any, out_dir: str | os.PathLike, eval_manifest: str | os.PathLike, **options: Any):
+    """Export a model to mobile artifacts, verify each in its own runtime on ``eval_manifest`` and
+    write an app-ready bundle, as ``asrkd export``. ``model``: a checkpoint (or run) folder, a
+    ``LoadedModel`` or a ``(frontend, model, tokenizer)`` tuple; ``options``: fields of
+    ``mobile_export.ExportOptions``. Returns the typed ``ExportReport`` (``.to_dict()`` is
+    ``report.json``)."""
+    from mobile_export.export import ExportOptions, export_model
 
-    return export_bundle(model, out_dir, eval_manifest, ExportOptions(**options))
+    return export_model(model, out_dir, eval_manifest, ExportOptions(**options))
