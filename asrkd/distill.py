@@ -1,6 +1,6 @@
 """``asrkd distill``: training with `asrkd.kd.KDLoss` instead of plain CTC.
 
-    Distiller(TrainConfig.from_yaml("configs/fsdd/kd_frame.yaml")).fit()     # or: asrkd distill --config ...
+    Distiller(TrainConfig.from_yaml("recipes/fsdd/conf/student_kd.yaml")).fit()     # or: asrkd distill --config ...
 
 Everything but the loss is plain training's (`asrkd.builder`, `asrkd.loop`): data, sampler,
 augmentation, optimiser, schedule, checkpoints (the student's checkpoint is a plain asrkd

@@ -2,7 +2,7 @@
 
 Same batches, same run: real log-mel features from a manifest (FSDD connected digits when
 ../shared/data/fsdd is present, else freshly synthesized digits), 30 s padded batches as in
-configs/fsdd/*.yaml, one full training step each (front end, forward, CTC loss, backward, AdamW).
+recipes/fsdd/conf/*.yaml, one full training step each (front end, forward, CTC loss, backward, AdamW).
 Also says whether torchaudio's Conformer can be measured beside it.
 
     python bench/bench_train.py [--manifest M] [--steps 6] [--threads 2]
