@@ -136,7 +136,7 @@ def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher 
         [u.duration for u in utts], max_batch_seconds=config.data.max_batch_seconds,
         num_buckets=config.data.num_buckets, seed=config.run.seed, rank=rank, world_size=world_size)
     dataset = AudioDataset(utts, sample_rate=frontend.config.sample_rate, tokenizer=tokenizer,
-                           transform=_waveform_augmentation(config), seed=config.run.seed,
+                           transform=_waveform_augmentation(config, frontend.config.sample_rate), seed=config.run.seed,
                            cache_audio=config.data.cache_audio)
     a = config.augment
     augment = FeatureAugment(
@@ -247,17 +247,19 @@ def _dev_lexicon(config: TrainConfig) -> Lexicon | None:
         raise ConfigError(f"data.dev_lexicon: {e}") from None
 
 
-def _waveform_augmentation(config: TrainConfig) -> Compose | None:
+def _waveform_augmentation(config: TrainConfig, sample_rate: int) -> Compose | None:
+    """The ``augment`` section's waveform transforms, at the front end's ``sample_rate``."""
     a = config.augment
     parts = []
     if a.speed_factors and list(a.speed_factors) != [1.0]:
-        parts.append(SpeedPerturb(tuple(a.speed_factors)))
+        parts.append(SpeedPerturb(tuple(a.speed_factors), sample_rate=sample_rate))
     if a.breath_prob > 0:  # before band-limiting: the noise is band-passed like the speech
-        parts.append(BreathNoise(level_db=tuple(a.breath_db), band_hz=tuple(a.breath_hz), prob=a.breath_prob))
+        parts.append(BreathNoise(level_db=tuple(a.breath_db), band_hz=tuple(a.breath_hz), prob=a.breath_prob,
+                                 sample_rate=sample_rate))
     if a.bandlimit_prob > 0:
-        parts.append(BandLimit(prob=a.bandlimit_prob, cutoff_hz=tuple(a.bandlimit_hz)))
+        parts.append(BandLimit(prob=a.bandlimit_prob, cutoff_hz=tuple(a.bandlimit_hz), sample_rate=sample_rate))
     if a.noise_prob > 0:
-        parts.append(AddNoise(snr_db=tuple(a.snr_db), prob=a.noise_prob))
+        parts.append(AddNoise(snr_db=tuple(a.snr_db), prob=a.noise_prob, sample_rate=sample_rate))
     if a.gain_prob > 0:
         parts.append(Gain(gain_db=tuple(a.gain_db), prob=a.gain_prob))
     return Compose(parts) if parts else None
