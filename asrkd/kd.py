@@ -112,7 +112,13 @@ class KDLoss(TrainingLoss):
         if self.vmap is not None and targets.vocabulary[blank] != BLANK:
             raise VocabularyMismatchError(f"{targets}: the teacher's blank (id {blank}) is "
                                           f"{targets.vocabulary[blank]!r}, not {BLANK!r}")
-        student_shift = Contract.from_parts(frontend or FrontendConfig(), model.config).output_frame_shift
+        student = Contract.from_parts(frontend or FrontendConfig(), model.config)
+        if targets.sample_rate is not None and targets.sample_rate != student.sample_rate:
+            raise KDSettingError(f"{targets} expects {targets.sample_rate} Hz audio, but it would be fed the "
+                                 f"student's batches at {student.sample_rate} Hz (frontend.sample_rate); use a "
+                                 "posterior cache (built at the teacher's rate) or a student front end at the "
+                                 "teacher's rate")
+        student_shift = student.output_frame_shift
         self.ratio = frame_ratio(targets.frame_shift, student_shift) if set(FRAME_TERMS) & set(self.terms) else 1
         self.projections = self._projections(model)
 

@@ -57,6 +57,9 @@ class TargetSource:
     frame_shift: float  # seconds per teacher frame
     blank_id: int = BLANK_ID
     has_posteriors: bool = True  # False: a text-only teacher (N-best and pseudo-labels only)
+    # Sample rate of the audio `fetch` must be given (the student's batch), or None when the
+    # source does not read the batch's audio (a cache, in-memory targets).
+    sample_rate: int | None = None
 
     def hidden_size(self, layer: int) -> int:
         """Width D of the teacher's hidden states at ``layer`` (0-based), for feature-KD projections."""
@@ -143,6 +146,7 @@ class OnlineTargets(TargetSource):
         self.frame_shift = teacher.frame_shift
         self.blank_id = teacher.blank_id
         self.has_posteriors = teacher.has_posteriors
+        self.sample_rate = teacher.sample_rate
 
     def __str__(self) -> str:
         return f"online teacher {self.label}"

@@ -339,3 +339,16 @@ def test_kd_loss_built_by_hand_names_a_bad_argument(corpus, cache_dir):
         KDLoss(CachedTargets(cache_dir), model, tok, weights={"ctc": 1.0, "frames": 1.0})
     kd = KDLoss(CachedTargets(cache_dir), model, tok, weights={"frame": 1.0})
     assert kd.terms == ["frame"] and kd.ratio == 2 and kd.parameters() == []  # unnamed terms weigh 0
+
+
+def test_an_online_teacher_at_another_sample_rate_is_refused(corpus):
+    from asrkd.kd import KDLoss, KDSettingError
+    from asrkd.teacher_targets import OnlineTargets
+
+    tok = CharTokenizer.from_texts(u.text for u in read_manifest(corpus))
+    model = ConformerCTC(build_preset("student-xs", vocab_size=tok.vocab_size))
+    teacher = CallableTeacher(lambda wavs, lens: None, tok.tokens, 0.04, fingerprint="8k", sample_rate=8000)
+    with pytest.raises(KDSettingError, match="expects 8000 Hz audio.*at 16000 Hz"):
+        KDLoss(OnlineTargets(teacher), model, tok, FrontendConfig(), weights={"frame": 1.0})
+    same_rate = CallableTeacher(lambda wavs, lens: None, tok.tokens, 0.04, fingerprint="16k")
+    assert KDLoss(OnlineTargets(same_rate), model, tok, FrontendConfig(), weights={"frame": 1.0}).ratio == 1
