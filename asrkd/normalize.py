@@ -22,6 +22,9 @@ dollars", "fifteenth", "mister smith", and nothing at all for the non-speech mar
    "0" reads ``zero`` ("zero" or "oh") in both modes.
 5. **Casing and punctuation**: `asrkd.text.normalize_text` (lower case, punctuation to spaces,
    word-internal apostrophes kept), the same rule every asrkd tokenizer applies to manifests.
+6. **Digit homophones** (``numbers="digits"`` only, `replace_homophones`): words that sound like
+   a digit word become it, "to"/"too" -> "two", "for" -> "four", "won" -> "one", "ate" -> "eight"
+   (the table ``homophones``): in a digit task nobody says "to".
 
 `find_repetition` recognises Whisper's looping hallucination ("thank you thank you thank you
 ..."): a phrase of one to ``max_phrase_words`` words repeated ``max_repeats`` times or more in a
@@ -51,6 +54,7 @@ _ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fi
 DEFAULT_ABBREVIATIONS = {"mr.": "mister", "mrs.": "missus", "dr.": "doctor", "st.": "saint", "vs.": "versus"}
 DEFAULT_SYMBOLS = {"%": "percent", "&": "and", "+": "plus", "@": "at", "=": "equals"}
 DEFAULT_CURRENCIES = {"$": "dollars", "£": "pounds", "€": "euros"}
+DEFAULT_DIGIT_HOMOPHONES = {"to": "two", "too": "two", "for": "four", "won": "one", "ate": "eight"}
 DEFAULT_HALLUCINATIONS = ("thanks for watching", "thank you for watching", "please subscribe",
                           "subtitles by the amara org community")
 
@@ -137,6 +141,7 @@ class TextNormalizer:
     abbreviations: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ABBREVIATIONS))
     symbols: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SYMBOLS))
     currencies: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CURRENCIES))
+    homophones: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DIGIT_HOMOPHONES))
     hallucination_phrases: tuple[str, ...] = DEFAULT_HALLUCINATIONS
 
     def __post_init__(self) -> None:
@@ -181,6 +186,12 @@ class TextNormalizer:
         text = _ORDINAL.sub(lambda m: f" {ordinal_to_words(int(m.group(1)))} ", text)
         return _NUMBER.sub(lambda m: f" {self._number(m.group())} ", text)
 
+    def replace_homophones(self, text: str) -> str:
+        """In a digit task, "to" -> "two", "for" -> "four", ... (normalised text, whole words)."""
+        if self.numbers != "digits":
+            return text
+        return " ".join(self.homophones.get(w, w) for w in text.split())
+
     def _digit(self, d: int) -> str:
         return self.zero if d == 0 else _ONES[d]
 
@@ -196,6 +207,7 @@ class TextNormalizer:
         """Apply the rules in order; flag non-speech outputs and hallucinations."""
         rest, markers = self.strip_non_speech(text)
         text = normalize_text(self.spell_numbers(self.expand_symbols(self.expand_abbreviations(rest))))
+        text = self.replace_homophones(text)
         if not text:
             what = " ".join(markers) if markers else text
             return NormalizedText("", f"non-speech output {what!r}" if markers else "empty output")

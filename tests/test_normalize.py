@@ -26,6 +26,11 @@ def test_zero_reads_zero_or_oh_by_the_setting():
     assert TextNormalizer(numbers="digits", zero="oh")("0").text == "oh"
 
 
+def test_digit_homophones_become_digits_in_a_digit_task_only():
+    assert TextNormalizer(numbers="digits")("to A9 to 2.").text == "two a nine two two"
+    assert TextNormalizer()("to 2").text == "to two"
+
+
 def test_ordinals_and_decimals():
     assert TextNormalizer()("the 15th and 21st").text == "the fifteenth and twenty first"
     assert TextNormalizer()("3.5").text == "three point five"
