@@ -2,7 +2,8 @@
 
 What each config section becomes::
 
-    data      -> utterances (+ pseudo-labels), tokenizer, BucketedLoader, DevSet
+    data      -> utterances of each source (manifests, Lhotse, HF datasets; + pseudo-labels),
+                 tokenizer, BucketedLoader, DevSet
     frontend  -> LogMel                     model  -> ConformerCTC (+ init_from weights)
     augment   -> waveform transforms (AudioDataset) and FeatureAugment (VTLP, SpecAugment)
     optim     -> AdamW + warm-up / cosine LambdaLR, max_steps
@@ -41,7 +42,7 @@ from asrkd.data import (
     SpecAugment,
     SpeedPerturb,
     Utterance,
-    read_manifest,
+    read_source,
 )
 from asrkd.decoding import Lexicon, LexiconError
 from asrkd.features import FrontendConfig, LogMel
@@ -115,7 +116,7 @@ def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher 
         _validate_kd(config, teacher)
     torch.manual_seed(config.run.seed)
 
-    utts = [u for path in config.data.train for u in read_manifest(path)]
+    utts = [u for source in config.data.train for u in read_source(source)]
     source, tokenizer, drops = None, None, []
     if distill:
         source = _target_source(config, utts, teacher)
@@ -126,7 +127,7 @@ def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher 
             if not utts:
                 raise ConfigError(f"every unlabelled utterance was dropped; see "
                                   f"{config.run.out_dir}/{PSEUDO_LABEL_DROPS}")
-    dev_utts = read_manifest(config.data.dev) if config.data.dev else []
+    dev_utts = read_source(config.data.dev) if config.data.dev else []
     dev_lexicon = _dev_lexicon(config)
     tokenizer = tokenizer or _tokenizer(config, utts)
     frontend = LogMel(FrontendConfig.from_dict(config.frontend))
@@ -187,7 +188,7 @@ def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
 
 def _validate(c: TrainConfig) -> None:
     if not c.data.train:
-        raise ConfigError("data.train: give at least one training manifest")
+        raise ConfigError("data.train: give at least one training manifest or data source")
     if c.optim.schedule not in ("cosine", "constant"):
         raise ConfigError(f"optim.schedule: {c.optim.schedule!r} is not one of 'cosine', 'constant'")
     if c.data.max_batch_seconds <= 0:

@@ -169,8 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("manifest", help="manifest tools")
     msub = p.add_subparsers(dest="manifest_command", required=True)
-    p = msub.add_parser("check", help="validate every line of one or more JSONL manifests")
-    p.add_argument("manifest", nargs="+")
+    p = msub.add_parser("check", help="validate every line of one or more JSONL manifests or data sources")
+    p.add_argument(
+        "manifest", nargs="+",
+        help="a JSONL manifest, or a data source: lhotse:CUTS.jsonl.gz, "
+        "lhotse:RECORDINGS.jsonl.gz?supervisions=SUPERVISIONS.jsonl.gz, "
+        "hf:DATASET_DIR?split=train&audio_column=audio&text_column=text",
+    )
     vocab = p.add_mutually_exclusive_group()
     vocab.add_argument("--tokens", help="tokens.txt (or a SentencePiece .model) defining the vocabulary")
     vocab.add_argument(

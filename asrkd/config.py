@@ -28,8 +28,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    train: list[str] = field(default_factory=list)  # one or more JSONL manifests
-    dev: str | None = None  # manifest for dev WER after each epoch
+    # One or more data sources (asrkd.data.sources): JSONL manifest paths, and/or mappings
+    # {lhotse: cuts.jsonl.gz} / {hf: DATASET_DIR, split: train, audio_column: audio, ...}.
+    train: list[str | dict[str, Any]] = field(default_factory=list)
+    dev: str | dict[str, Any] | None = None  # a data source for dev WER after each epoch
     # Word list (`asrkd eval --lexicon`): the dev WER is then decoded with it, and the best
     # checkpoint is the one that is best with the lexicon, as it will be deployed.
     dev_lexicon: str | None = None
@@ -40,8 +42,26 @@ class DataConfig:
     cache_audio: bool = True  # keep decoded, resampled audio in memory (small corpora)
 
     def __post_init__(self) -> None:
-        if isinstance(self.train, str):
+        if isinstance(self.train, str | dict):
             self.train = [self.train]
+        if not isinstance(self.train, list):
+            raise ConfigError(f"train must be a data source or a list of them, got {self.train!r}")
+        self.train = [_source(s, f"train[{i}]") for i, s in enumerate(self.train)]
+        if self.dev is not None:
+            self.dev = _source(self.dev, "dev")
+
+
+def _source(value: Any, key: str) -> str | dict[str, Any]:
+    """A data source as the config holds it: a manifest path unchanged, a spec string
+    (``lhotse:PATH``) as its mapping; a mapping checked (asrkd.data.sources)."""
+    if isinstance(value, str) and not value.startswith(_SOURCE_PREFIXES):
+        return value
+    from asrkd.data.sources import DataSource, SourceError  # torch-heavy package: import late
+
+    try:
+        return DataSource.parse(value).to_config()
+    except SourceError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 @dataclass
@@ -162,13 +182,19 @@ class TrainConfig:
             if value is not None:
                 setattr(part, key, [_absolute(v, base) for v in value] if isinstance(value, list)
                         else _absolute(value, base))
+        self.data.train = [_absolute_source(s, base, "data.train") for s in self.data.train]
+        if self.data.dev is not None:
+            self.data.dev = _absolute_source(self.data.dev, base, "data.dev")
 
 
 # Fields that hold paths, as (section, key): resolved against the folder of the YAML that sets them.
 _PATH_FIELDS = (
-    ("data", "train"), ("data", "dev"), ("data", "dev_lexicon"), ("data", "tokens"),
+    ("data", "dev_lexicon"), ("data", "tokens"),
     ("kd", "cache"), ("kd", "teacher"), ("run", "out_dir"), ("model", "init_from"),
 )
+# Fields that hold data sources (manifest paths or source mappings, whose paths are resolved).
+_SOURCE_FIELDS = (("data", "train"), ("data", "dev"))
+_SOURCE_PREFIXES = ("lhotse:", "hf:")  # asrkd.data.manifest.SOURCE_PREFIXES, without importing torch
 
 
 def _read_yaml_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
@@ -225,6 +251,15 @@ def _section_of(f: dataclasses.Field):
 
 
 def _absolute_paths(raw: dict, folder: Path, where: str) -> None:
+    for section, key in _SOURCE_FIELDS:
+        part = raw.get(section)
+        if not isinstance(part, dict) or part.get(key) is None:
+            continue
+        value = part[key]
+        if isinstance(value, list):
+            part[key] = [_absolute_source(v, folder, f"{where}: {section}.{key}[{i}]") for i, v in enumerate(value)]
+        else:
+            part[key] = _absolute_source(value, folder, f"{where}: {section}.{key}")
     for section, key in _PATH_FIELDS:
         part = raw.get(section)
         if not isinstance(part, dict) or part.get(key) is None:
@@ -239,6 +274,20 @@ def _absolute_paths(raw: dict, folder: Path, where: str) -> None:
 
 def _absolute(path: str, folder: Path) -> str:
     return path if Path(path).is_absolute() else str((folder / path).resolve())
+
+
+def _absolute_source(value: Any, folder: Path, where: str) -> str | dict[str, Any]:
+    """A data source with its paths made absolute against ``folder``; ``where`` names it in errors."""
+    if isinstance(value, str) and not value.startswith(_SOURCE_PREFIXES):
+        return _absolute(value, folder)  # a manifest path, as before sources existed
+    if not isinstance(value, str | dict):
+        raise ConfigError(f"{where} must be a manifest path or a data source mapping, got {value!r}")
+    from asrkd.data.sources import DataSource, SourceError  # torch-heavy package: import late
+
+    try:
+        return DataSource.parse(value).with_paths(lambda p: _absolute(p, folder)).to_config()
+    except SourceError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _merge(base: dict, top: dict) -> dict:

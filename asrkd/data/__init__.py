@@ -4,6 +4,8 @@ One module per job:
 
 * `asrkd.data.manifest` — `Utterance`, `read_manifest`, `write_manifest` (NeMo-style JSONL)
 * `asrkd.data.check` — `check_manifest`: every problem of every line (`asrkd manifest check`)
+* `asrkd.data.sources` — `read_source`, `check_source`: a manifest, a Lhotse corpus
+  (`asrkd.data.from_lhotse`) or a Hugging Face dataset (`asrkd.data.from_hf`), from local disk
 * `asrkd.data.dataset` — `AudioDataset` (utterances -> waveforms, tokens) and `collate`
 * `asrkd.data.sampler` — `BucketingBatchSampler` (similar lengths, seeded, resumable, DDP-aware)
 * `asrkd.data.augment` — waveform transforms and `SpecAugment`
@@ -31,8 +33,23 @@ from asrkd.data.augment import (
 )
 from asrkd.data.check import Problem, check_manifest
 from asrkd.data.dataset import AudioDataset, collate
-from asrkd.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
+from asrkd.data.manifest import (
+    EncodedAudio,
+    ManifestError,
+    Utterance,
+    is_source_spec,
+    read_manifest,
+    write_manifest,
+)
 from asrkd.data.sampler import BucketingBatchSampler
+from asrkd.data.sources import (
+    DataSource,
+    SourceError,
+    SourceItem,
+    check_source,
+    iter_source,
+    read_source,
+)
 
 __all__ = [
     "AddNoise",
@@ -41,15 +58,23 @@ __all__ = [
     "BreathNoise",
     "BucketingBatchSampler",
     "Compose",
+    "DataSource",
+    "EncodedAudio",
     "Gain",
     "ManifestError",
     "Problem",
+    "SourceError",
+    "SourceItem",
     "SpecAugment",
     "SpeedPerturb",
     "Transform",
     "Utterance",
     "check_manifest",
+    "check_source",
     "collate",
+    "is_source_spec",
+    "iter_source",
     "read_manifest",
+    "read_source",
     "write_manifest",
 ]

@@ -22,6 +22,7 @@ from asrkd.data.manifest import (
     _LineError,
     _parse_line,
     _read_lines,
+    is_source_spec,
 )
 from asrkd.text import Tokenizer, normalize_text
 
@@ -59,8 +60,14 @@ def check_manifest(
     for the file as a whole (line 0) `unreadable_manifest`, `empty_manifest`. A line without
     `text` is fine in an unlabelled manifest and a `missing_field` in a labelled one.
 
+    A data source spec (`lhotse:...`, `hf:...`) is checked by `asrkd.data.sources.check_source`.
+
     Audio is never decoded: lengths come from file headers, so 2400 files take about a second.
     """
+    if is_source_spec(path):
+        from asrkd.data.sources import check_source  # the sources read manifests: import late
+
+        return check_source(path, tokenizer, duration_tolerance, ctc_frame_rate)
     path = Path(path)
     try:
         lines = _read_lines(path)
@@ -68,29 +75,48 @@ def check_manifest(
         return [Problem(0, "unreadable_manifest", str(e).split(": ", 1)[-1])]
     base = _audio_root(path, lines, audio_root)
     problems: list[Problem] = []
-    parsed: list[tuple[int, Utterance]] = []
+    parsed: list[tuple[int, str, Utterance]] = []
     for lineno, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
-            parsed.append((lineno, _parse_line(raw, lineno, base)))
+            parsed.append((lineno, "", _parse_line(raw, lineno, base)))
         except _LineError as e:
             problems.append(Problem(lineno, e.kind, e.message))
+    return check_utterances(parsed, problems, tokenizer, duration_tolerance, ctc_frame_rate)
+
+
+def check_utterances(
+    parsed: Sequence[tuple[int, str, Utterance]],
+    problems: list[Problem],
+    tokenizer: Tokenizer | None = None,
+    duration_tolerance: float = 0.1,
+    ctc_frame_rate: float | None = None,
+    segments: bool = False,
+) -> list[Problem]:
+    """The checks of `check_manifest` on utterances read from any source, added to ``problems``
+    (those found while reading them); returns them all, sorted by line.
+
+    ``parsed`` holds (line or item number, item name, utterance); a name prefixes its item's
+    messages (a Lhotse cut's id, a dataset row). ``segments``: every utterance is a segment of
+    its audio (Lhotse cuts and supervisions), so only `segment_past_end` is checked, never
+    `duration_mismatch`.
+    """
     if not parsed and not problems:
         return [
             Problem(0, "empty_manifest", "no utterances; a manifest has one JSON object per line")
         ]
 
     uses: dict[str, int] = {}
-    for _, u in parsed:
+    for _, _, u in parsed:
         uses[u.audio_filepath] = uses.get(u.audio_filepath, 0) + 1
-    labelled = sum(u.text is not None for _, u in parsed)
+    labelled = sum(u.text is not None for _, _, u in parsed)
     lengths: dict[str, float | tuple[str, str]] = {}
     first_id: dict[str, int] = {}
     first_entry: dict[tuple[str, float, float], int] = {}
-    for lineno, u in parsed:
+    for lineno, name, u in parsed:
         line_problems = _check_utterance(
-            u, uses, lengths, tokenizer, duration_tolerance, ctc_frame_rate
+            u, uses, lengths, tokenizer, duration_tolerance, ctc_frame_rate, segments
         )
         if u.text is None and labelled:
             line_problems.append(
@@ -119,9 +145,27 @@ def check_manifest(
             )
         else:
             first_entry[key] = lineno
-        problems.extend(Problem(lineno, k, m) for k, m in line_problems)
+        problems.extend(Problem(lineno, k, f"{name}: {m}" if name else m) for k, m in line_problems)
     problems.sort(key=lambda p: p.line)
     return problems
+
+
+def _audio_length(u: Utterance) -> float | tuple[str, str]:
+    """The audio's length in seconds from its header, or the (kind, message) of why not."""
+    if u.audio is not None:
+        try:
+            return u.audio.length()
+        except AudioError as e:
+            return ("unreadable_audio", f"{e}; re-encode it as WAV/FLAC or remove the item")
+    if not os.path.isfile(u.audio_filepath):
+        return (
+            "missing_audio",
+            f"{u.audio_filepath} does not exist; fix the path or restore the file",
+        )
+    try:
+        return audio_duration(u.audio_filepath)
+    except AudioError as e:
+        return ("unreadable_audio", f"{e}; re-encode it as WAV/FLAC or remove the line")
 
 
 def _check_utterance(
@@ -131,27 +175,16 @@ def _check_utterance(
     tokenizer: Tokenizer | None,
     tolerance: float,
     ctc_frame_rate: float | None,
+    segments: bool = False,
 ) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     audio = u.audio_filepath
     if audio not in lengths:
-        if not os.path.isfile(audio):
-            lengths[audio] = (
-                "missing_audio",
-                f"{audio} does not exist; fix the path or restore the file",
-            )
-        else:
-            try:
-                lengths[audio] = audio_duration(audio)
-            except AudioError as e:
-                lengths[audio] = (
-                    "unreadable_audio",
-                    f"{e}; re-encode it as WAV/FLAC or remove the line",
-                )
+        lengths[audio] = _audio_length(u)
     length = lengths[audio]
     if isinstance(length, tuple):
         found.append(length)
-    elif uses[audio] == 1:
+    elif uses[audio] == 1 and not segments:
         expected = length - u.offset
         if abs(u.duration - expected) > tolerance:
             found.append(

@@ -82,9 +82,12 @@ class AudioDataset(torch.utils.data.Dataset):
         u = self.utts[index]
         wav = self._cache.get(index)
         if wav is None:
-            wav = load_audio(
-                u.audio_filepath, self.sample_rate, offset=u.offset, duration=u.duration
-            )
+            if u.audio is None:
+                wav = load_audio(
+                    u.audio_filepath, self.sample_rate, offset=u.offset, duration=u.duration
+                )
+            else:  # held by its data source (e.g. a dataset's bytes): decoded from there
+                wav = u.audio.load(self.sample_rate, offset=u.offset, duration=u.duration)
             if self.cache_audio:
                 self._cache[index] = wav
         if self.transform is not None:

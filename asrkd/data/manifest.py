@@ -13,6 +13,10 @@ unchanged.
 
 `read_manifest` validates the structure and stops at the first bad line; `asrkd.data.check`
 also opens every audio header and reports every problem of every line.
+
+Both also take a data source spec instead of a path (`lhotse:cuts.jsonl.gz`,
+`hf:DATASET_DIR?split=train`, see `asrkd.data.sources`), so every command that reads a manifest
+reads Lhotse and Hugging Face corpora too.
 """
 
 from __future__ import annotations
@@ -23,20 +27,47 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from asrkd.fileio import atomic_write_text
 
 _STANDARD_KEYS = ("audio_filepath", "text", "duration", "offset", "speaker", "utt_id", "id")
+# A string that starts with one of these names a data source, not a manifest file.
+SOURCE_PREFIXES = ("lhotse:", "hf:")
+
+
+def is_source_spec(path: Any) -> bool:
+    """True if ``path`` is a data source spec (``lhotse:...``, ``hf:...``) rather than a file path."""
+    return isinstance(path, str) and path.startswith(SOURCE_PREFIXES)
 
 
 class ManifestError(ValueError):
     """A manifest that cannot be read; the message starts with `path:line:`."""
 
 
+class EncodedAudio(Protocol):
+    """Audio held by a data source rather than in a file of its own (a Hugging Face dataset's
+    bytes), decoded when it is read."""
+
+    def load(self, sample_rate: int, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+        """The part ``[offset, offset + duration)`` seconds as float32 mono ``[N]`` at ``sample_rate``
+        (as `asrkd.audio.load_audio` reads a file); raises `asrkd.audio.AudioError`."""
+        ...
+
+    def length(self) -> float:
+        """Duration in seconds, from the header only; raises `asrkd.audio.AudioError`."""
+        ...
+
+
 @dataclass
 class Utterance:
-    """One line of a manifest. `audio_filepath` is absolute; `text` is None for unlabelled audio."""
+    """One utterance: a line of a manifest, a Lhotse cut or supervision, a dataset row.
+
+    `audio_filepath` is absolute; `text` is None for unlabelled audio. `audio` is None for audio in a file (`audio_filepath`); otherwise the audio lives in the data
+    source and `audio_filepath` only names it (`DATASET#ROW`).
+    """
 
     audio_filepath: str
     text: str | None
@@ -45,6 +76,7 @@ class Utterance:
     offset: float = 0.0
     utt_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    audio: EncodedAudio | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.audio_filepath = os.path.abspath(os.fspath(self.audio_filepath))
@@ -162,12 +194,17 @@ def read_manifest(
     """Read a JSONL manifest. Blank lines are skipped. Audio files are not opened.
 
     Relative audio paths start from `audio_root`, by default the manifest's folder (or the
-    dataset root above it, see `_audio_root`).
+    dataset root above it, see `_audio_root`). A data source spec (`is_source_spec`) is read
+    with `asrkd.data.sources.read_source` instead (`audio_root` does not apply).
 
     Raises:
         ManifestError: `path:line: what is wrong; what to do` for the first bad line. Run
             `asrkd manifest check` to list every problem at once.
     """
+    if is_source_spec(path):
+        from asrkd.data.sources import read_source  # the sources read manifests: import late
+
+        return read_source(path)
     path = Path(path)
     lines = _read_lines(path)
     base = _audio_root(path, lines, audio_root)
@@ -185,11 +222,21 @@ def read_manifest(
 
 
 def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
-    """Write `utts` as JSONL, atomically. Audio paths under the manifest's folder become relative."""
+    """Write `utts` as JSONL, atomically. Audio paths under the manifest's folder become relative.
+
+    Raises:
+        ManifestError: an utterance whose audio lives inside its data source (`Utterance.audio`),
+            which a manifest cannot point at.
+    """
     path = Path(path)
     base = path.parent.absolute()
     lines = []
     for u in utts:
+        if u.audio is not None:
+            raise ManifestError(
+                f"{path}: utterance {u.utt_id!r} has no audio file of its own (its audio is held "
+                f"by {u.audio_filepath}); a manifest can only point at files"
+            )
         audio = Path(u.audio_filepath)
         rel = os.path.relpath(audio, base)
         obj: dict[str, Any] = {
