@@ -17,7 +17,7 @@ import torch
 from asrkd.audio import audio_duration, write_wav
 from asrkd.builder import build_training
 from asrkd.cli import main
-from asrkd.config import ConfigError, TrainConfig
+from asrkd.config import ConfigError, KDConfig, KDWeights, TermWeight, TrainConfig
 from asrkd.contract import SAMPLE_RATE
 from asrkd.data import (
     AudioDataset,
@@ -29,6 +29,7 @@ from asrkd.data import (
     read_source,
     write_manifest,
 )
+from asrkd.distill import Distiller
 from asrkd.train import Trainer, read_log
 
 # (name, seconds, text); "long" is cut into two segments, the first at an offset of 0.5 s.
@@ -136,6 +137,25 @@ def test_lhotse_recordings_with_supervisions_and_mixed_with_a_manifest(corpus, t
         (utt_id, offset, duration) for utt_id, offset, duration, _ in _SEGMENTS]
     unlabelled = read_source({"lhotse": pairs["lhotse"]})  # recordings alone: whole files, no text
     assert [(u.utt_id, u.text, u.duration) for u in unlabelled] == [(n, None, s) for n, s, _ in _FILES]
+
+
+def test_cache_distillation_and_eval_read_a_cutset(corpus, tmp_path, capsys):
+    _, cuts, _ = _cutset(corpus)
+    cuts.to_file(corpus["dir"] / "cuts.jsonl.gz")
+    spec = f"lhotse:{corpus['dir'] / 'cuts.jsonl.gz'}"
+    teacher = Trainer(_config([str(corpus["manifest"])], tmp_path / "teacher", max_steps=1)).fit()
+    assert main(["cache", "build", "--teacher", str(teacher), "--manifest", spec, "--out", str(tmp_path / "cache")]) == 0
+    config = _config([{"lhotse": str(corpus["dir"] / "cuts.jsonl.gz")}], tmp_path / "student", max_steps=2)
+    config.augment.speed_factors = [1.0]  # frames must line up with the cached teacher's
+    config.kd = KDConfig(cache=str(tmp_path / "cache"), weights=KDWeights(frame=TermWeight(1.0)))
+    Distiller(config).fit()
+    assert len(read_log(tmp_path / "student")) == 2
+    for manifest, out in ((spec, "source.json"), (str(corpus["manifest"]), "manifest.json")):
+        assert main(["eval", str(teacher), "--manifest", manifest, "--json", str(tmp_path / out)]) == 0
+    rows = [[json.loads(line) for line in (tmp_path / f"{name}.utterances.jsonl").read_text().splitlines()]
+            for name in ("source", "manifest")]
+    assert [[(r["utt_id"], r["ref"], r["hyp"], r["confidence"]) for r in run] for run in rows] == [
+        [(r["utt_id"], r["ref"], r["hyp"], r["confidence"]) for r in rows[1]]] * 2  # the same audio in
 
 
 def test_manifest_check_names_the_bad_cut(corpus, tmp_path, capsys):
