@@ -30,6 +30,7 @@ from asrkd.data import (
     read_manifest,
     write_manifest,
 )
+from asrkd.data.check import check_utterances
 from asrkd.text import CharTokenizer
 
 # -- manifests ------------------------------------------------------------------------------------
@@ -85,6 +86,34 @@ def test_write_manifest_round_trip_keeps_paths_relative(tmp_path):
     assert rows[1]["audio_filepath"] == "/elsewhere/y.wav" and "text" not in rows[1]
     assert read_manifest(path) == [inside, outside]
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no temporary file left
+
+
+class _HeldAudio:
+    """Audio a data source holds (as a dataset holds bytes): `Utterance.audio`'s protocol."""
+
+    def __init__(self, wav: np.ndarray):
+        self.wav = wav
+
+    def load(self, sample_rate, offset=0.0, duration=None):
+        start = round(offset * sample_rate)
+        return self.wav[start: None if duration is None else start + round(duration * sample_rate)]
+
+    def length(self):
+        return len(self.wav) / SAMPLE_RATE
+
+
+def test_audio_held_by_a_source_is_read_from_it_and_never_written_as_a_path(tmp_path):
+    wav = np.linspace(-0.5, 0.5, SAMPLE_RATE, dtype=np.float32)
+    utt = Utterance(str(tmp_path / "ds#0"), "hi", 0.5, offset=0.25, audio=_HeldAudio(wav))
+    item = AudioDataset([utt], tokenizer=CharTokenizer.default_english())[0]
+    assert torch.equal(item["wav"], torch.from_numpy(wav[4000:12000]))
+    assert utt == Utterance(str(tmp_path / "ds#0"), "hi", 0.5, offset=0.25)  # the reader is not data
+    with pytest.raises(ManifestError, match="'ds-0' has no audio file of its own"):
+        write_manifest(tmp_path / "out.jsonl", [dataclasses.replace(utt, utt_id="ds-0")])
+    held = [(1, "row 0", dataclasses.replace(utt, duration=1.0, offset=0.0)), (2, "row 1", utt)]
+    problems = check_utterances(held, [], CharTokenizer.default_english())
+    assert [(p.line, p.kind) for p in problems] == [(2, "duplicate_id")]  # lengths from the reader
+    assert problems[0].message.startswith("row 1: utt_id ")
 
 
 def test_check_manifest_finds_every_planted_fault(faulty_manifest):
