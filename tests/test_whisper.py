@@ -156,6 +156,13 @@ def test_cache_of_a_whisper_teacher_keeps_nbest_drops_and_encoder_states(tiny_wh
     targets = cache.targets(["u0", "u2"], hidden_layers=[0])
     assert targets.lengths.tolist() == [50, 13] and targets.hidden[0].shape == (2, 50, 16)
     assert report.hidden_bytes_per_second == pytest.approx(50 * 16 * 2, rel=0.05)  # fp16, 20 ms
+    # Pseudo-labelling (unlabelled lines) drops what the filter dropped: its N-best is empty.
+    from asrkd.config import PseudoLabelConfig
+    from asrkd.data import read_manifest
+    from asrkd.pseudo_labels import pseudo_label
+
+    kept, dropped = pseudo_label(read_manifest(manifest), cache, PseudoLabelConfig())
+    assert kept == [] and len(dropped) == 3
     # Same request: resumed; other filter settings: stale.
     assert build_cache(teacher, [manifest], tmp_path / "cache", hidden_layers=[0], progress=False).skipped == [0]
     stricter = load_teacher(f"whisper:{tiny_whisper}?max_new_tokens=4&beam_size=1&nbest=1&min_confidence=0.9")
