@@ -12,7 +12,14 @@ Framing (``center=True``): the signal is zero-padded by ``n_fft // 2`` on both s
     T = 1 + N // hop_length            (even n_fft; in general 1 + (N + 2 * (n_fft // 2) - n_fft) // hop_length)
 
 With ``center=False`` frames start at sample 0 and ``T = 1 + (N - n_fft) // hop_length`` (0 when
-``N < n_fft``). `FrontendConfig.num_frames` is the one implementation of this formula.
+``N < n_fft``). Kaldi framing (``framing="kaldi"``, Kaldi's ``snip_edges=false``, what sherpa-onnx
+computes) centres frame ``t`` on sample ``t * hop_length + hop_length // 2``, takes ``win_length``
+samples around it, mirrors the signal at both ends instead of padding zeros, and gives
+``T = (N + hop_length // 2) // hop_length``. `FrontendConfig.num_frames` is the one implementation
+of these formulas.
+
+`FrontendConfig.preset("sherpa")` is the front end sherpa-onnx computes for NeMo CTC models
+(`SHERPA_PRESET`); a student trained with it decodes in sherpa-onnx exactly as in PyTorch.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ from torch import Tensor, nn
 
 from asrkd.contract import SAMPLE_RATE
 
-NORMALIZE_MODES = ("per_feature", "none")
+NORMALIZE_MODES = ("per_feature", "per_feature_sherpa", "none")
 LEVEL_MODES = ("none", "rms")
+FRAMINGS = ("librosa", "kaldi")
+LOG_FLOOR_MODES = ("max", "add")
 # Per-utterance mean/std normalisation removes a recording's gain from every band that stays above
 # the log floor, but not from those that fall under it: in a recording made 15-20 dB quieter than
 # the training speakers' (FSDD's yweweler against george/jackson/nicolas), fricatives, nasals and
@@ -69,6 +78,31 @@ DEFAULT_LOG_FLOOR = 1e-6
 # utterance) are unchanged.
 _STD_FLOOR = 1e-2
 
+# sherpa-onnx's NemoNormalizePerFeature: (x - mean) / (population std + 1e-5).
+_SHERPA_STD_EPS = 1e-5
+
+# The features sherpa-onnx (2.0.1) computes for a NeMo CTC model (OfflineRecognizer.from_nemo_ctc
+# with normalize_type=per_feature): kaldi-native-fbank with a periodic Hann window over 25 ms,
+# zero-padded to a 512-point FFT, pre-emphasis 0.97 inside each frame, no DC removal, Kaldi
+# framing with mirrored edges, Slaney mel 0 Hz - Nyquist, log(mel + 2^-24), then per-feature
+# normalisation with the population std. Read back from sherpa-onnx itself with a probe model that
+# returns its input (tests/test_sherpa_frontend.py): max abs difference ~2e-5 on speech.
+SHERPA_PRESET: dict[str, Any] = {
+    "n_fft": 512,
+    "win_length": 400,
+    "hop_length": 160,
+    "n_mels": 80,
+    "f_min": 0.0,
+    "f_max": None,
+    "log_floor": 2.0**-24,
+    "log_floor_mode": "add",
+    "preemphasis": 0.97,
+    "framing": "kaldi",
+    "center": False,
+    "normalize": "per_feature_sherpa",
+}
+PRESETS: dict[str, dict[str, Any]] = {"sherpa": SHERPA_PRESET}
+
 
 @dataclass(frozen=True)
 class FrontendConfig:
@@ -79,6 +113,9 @@ class FrontendConfig:
     normalisation of each mel band. `LogMel` turns ``[B, N]`` samples at ``sample_rate`` into
     ``[B, num_frames(N), n_mels]`` frames; a checkpoint's `asrkd.contract.Contract` holds its
     config, and every stage that feeds the model audio reads ``sample_rate`` from there.
+
+    ``FrontendConfig.preset("sherpa")`` (in a TrainConfig: ``frontend: {preset: sherpa}``) is
+    sherpa-onnx's NeMo front end (`SHERPA_PRESET`).
     """
 
     sample_rate: int = SAMPLE_RATE
@@ -94,7 +131,26 @@ class FrontendConfig:
     # MAX_LEVEL_GAIN_DB); "none" leaves the recording level alone. See `LogMel`.
     level: str = "none"
     level_dbfs: float = -20.0
-    center: bool = True
+    center: bool = True  # librosa framing only
+    # Pre-emphasis x[n] - c * x[n - 1] inside each frame, x[0] * (1 - c) first (Kaldi's); 0: none.
+    preemphasis: float = 0.0
+    # "librosa" (frames by `center`) or "kaldi" (snip_edges=false: mirrored edges, see the module).
+    framing: str = "librosa"
+    # "max": log(max(mel, log_floor)); "add": log(mel + log_floor) (NeMo's and sherpa-onnx's).
+    log_floor_mode: str = "max"
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> FrontendConfig:
+        """The front end called ``name`` in `PRESETS` (``"sherpa"``), with ``overrides``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown FrontendConfig preset {name!r}; known presets: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def matches_preset(self, name: str) -> bool:
+        """Whether this config computes exactly the features of preset ``name`` (at any sample rate
+        and mel count the preset's consumer accepts: sherpa-onnx takes both as options)."""
+        keep = {"sample_rate": self.sample_rate, "n_mels": self.n_mels}
+        return self == FrontendConfig.preset(name, **keep)
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels"):
@@ -122,9 +178,20 @@ class FrontendConfig:
             raise ValueError(f"FrontendConfig.level must be one of {LEVEL_MODES}, got {self.level!r}")
         if not (math.isfinite(self.level_dbfs) and self.level_dbfs <= 0):
             raise ValueError(f"FrontendConfig.level_dbfs must be <= 0 dBFS, got {self.level_dbfs!r}")
+        if not 0 <= self.preemphasis < 1:
+            raise ValueError(f"FrontendConfig.preemphasis must be in [0, 1), got {self.preemphasis!r}")
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"FrontendConfig.framing must be one of {FRAMINGS}, got {self.framing!r}")
+        if self.log_floor_mode not in LOG_FLOOR_MODES:
+            raise ValueError(
+                f"FrontendConfig.log_floor_mode must be one of {LOG_FLOOR_MODES}, got {self.log_floor_mode!r}"
+            )
 
     def num_frames(self, num_samples: int) -> int:
-        """Frames for ``num_samples`` samples: ``1 + num_samples // hop_length`` (center, even n_fft)."""
+        """Frames for ``num_samples`` samples: ``1 + num_samples // hop_length`` (center, even n_fft;
+        the module docstring gives the others)."""
+        if self.framing == "kaldi":
+            return (num_samples + self.hop_length // 2) // self.hop_length
         if self.center:
             padded = num_samples + 2 * (self.n_fft // 2)
         else:
@@ -142,33 +209,46 @@ class FrontendConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FrontendConfig:
-        """Inverse of `to_dict`; missing keys take their defaults, unknown keys are an error."""
+        """Inverse of `to_dict`; missing keys take their defaults, unknown keys are an error.
+        A ``preset`` key (a TrainConfig's ``frontend: {preset: sherpa}``) starts from that preset;
+        the other keys override it."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known - {"preset"})
         if unknown:
             raise ValueError(
-                f"unknown FrontendConfig field(s) {unknown}; known fields: {sorted(known)}"
+                f"unknown FrontendConfig field(s) {unknown}; known fields: {sorted(known)} and preset"
             )
-        return cls(**d)
+        fields = {k: v for k, v in d.items() if k != "preset"}
+        return cls.preset(d["preset"], **fields) if "preset" in d else cls(**fields)
 
 
-def dft_basis(n_fft: int, win_length: int) -> np.ndarray:
-    """Windowed real DFT as conv1d weights: ``float32 [2 * (n_fft // 2 + 1), 1, n_fft]``.
+def dft_basis(n_fft: int, win_length: int, preemphasis: float = 0.0, kaldi: bool = False) -> np.ndarray:
+    """Windowed real DFT as conv1d weights: ``float32 [2 * (n_fft // 2 + 1), 1, K]``.
 
     Rows ``k`` hold ``w[n] cos(2 pi k n / n_fft)``, rows ``n_freq + k`` hold ``-w[n] sin(...)``,
     so ``conv1d`` gives the real and imaginary parts of ``rfft(frame * w)``. The window is a
-    periodic Hann of ``win_length`` centred in ``n_fft`` (librosa's ``get_window`` +
-    ``pad_center``). Built in float64 with the phase reduced exactly (``k * n mod n_fft``) and only
-    then cast, so the basis itself adds no error beyond one fp32 rounding per weight.
+    periodic Hann of ``win_length``: centred in ``K = n_fft`` taps (librosa's ``get_window`` +
+    ``pad_center``), or with ``kaldi`` at the start of the ``n_fft``-point frame, whose zero
+    padding adds nothing, so ``K = win_length`` taps. ``preemphasis`` c folds Kaldi's per-frame
+    pre-emphasis into the taps (the basis times the bidiagonal matrix that maps a frame x to
+    ``x[n] - c x[n - 1]``, ``(1 - c) x[0]``). Built in float64 with the phase reduced exactly
+    (``k * n mod n_fft``) and only then cast, so the basis itself adds no error beyond one fp32
+    rounding per weight.
     """
     # Periodic Hann, as scipy.signal.get_window("hann", win_length, fftbins=True) that librosa
     # uses; written out because importing scipy.signal costs ~2 s.
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)
-    left = (n_fft - win_length) // 2
-    window = np.pad(window, (left, n_fft - win_length - left))
+    if not kaldi:
+        left = (n_fft - win_length) // 2
+        window = np.pad(window, (left, n_fft - win_length - left))
     k = np.arange(n_fft // 2 + 1)[:, None]
-    phase = 2 * np.pi * ((k * np.arange(n_fft)[None, :]) % n_fft) / n_fft
+    phase = 2 * np.pi * ((k * np.arange(len(window))[None, :]) % n_fft) / n_fft
     basis = np.concatenate([np.cos(phase) * window, -np.sin(phase) * window])
+    if preemphasis:
+        folded = basis.copy()
+        folded[:, 0] *= 1.0 - preemphasis
+        folded[:, :-1] -= preemphasis * basis[:, 1:]
+        basis = folded
     return basis[:, None, :].astype(np.float32)
 
 
@@ -209,15 +289,19 @@ class LogMel(nn.Module):
         self.register_buffer("mel_fb", torch.from_numpy(mel_fb), persistent=False)
         self.register_buffer(
             "dft_basis",
-            torch.from_numpy(dft_basis(config.n_fft, config.win_length)),
+            torch.from_numpy(
+                dft_basis(config.n_fft, config.win_length, config.preemphasis, config.framing == "kaldi")
+            ),
             persistent=False,
         )
         self.n_freq = config.n_fft // 2 + 1
-        self.pad = config.n_fft // 2 if config.center else 0
+        self.pad = config.n_fft // 2 if config.center and config.framing == "librosa" else 0
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
         """``[B] int64`` valid frames per utterance (`FrontendConfig.num_frames`, as tensor ops)."""
         c = self.config
+        if c.framing == "kaldi":
+            return (lengths + c.hop_length // 2).div(c.hop_length, rounding_mode="floor")
         return torch.clamp(
             (lengths + 2 * self.pad - c.n_fft).div(c.hop_length, rounding_mode="floor") + 1, min=0
         )
@@ -229,26 +313,50 @@ class LogMel(nn.Module):
         wav = wav.to(self.dft_basis.dtype)
         samples = torch.arange(wav.shape[1], device=wav.device)
         wav = torch.where(samples.unsqueeze(0) < lengths.unsqueeze(1), wav, 0.0)
-        if self.pad:
-            wav = F.pad(wav, (self.pad, self.pad))  # zeros, as librosa's pad_mode="constant"
+        if c.framing == "kaldi":
+            framed = self._kaldi_signal(wav, lengths)
+        elif self.pad:
+            wav = framed = F.pad(wav, (self.pad, self.pad))  # zeros, as librosa's pad_mode="constant"
+        else:
+            framed = wav
 
-        spec = F.conv1d(wav.unsqueeze(1), self.dft_basis, stride=c.hop_length)  # [B, 2F, T]
+        spec = F.conv1d(framed.unsqueeze(1), self.dft_basis, stride=c.hop_length)  # [B, 2F, T]
         real, imag = spec[:, : self.n_freq], spec[:, self.n_freq :]
         power = real * real + imag * imag  # [B, F, T]
         fb = self.mel_fb if mel_fb is None else mel_fb.to(power.dtype)
         mel = torch.matmul(fb, power)  # [B, n_mels, T]
         if c.level == "rms":
             mel = mel * self._level_gain(wav, lengths).reshape(-1, 1, 1)
-        logmel = torch.log(torch.clamp(mel, min=c.log_floor))
+        if c.log_floor_mode == "add":
+            logmel = torch.log(mel + c.log_floor)
+        else:
+            logmel = torch.log(torch.clamp(mel, min=c.log_floor))
 
         frame_lengths = self.frame_lengths(lengths)
         frames = torch.arange(logmel.shape[2], device=logmel.device)
         valid = (frames.unsqueeze(0) < frame_lengths.unsqueeze(1)).unsqueeze(1)  # [B, 1, T]
         if c.normalize == "per_feature":
             logmel = _normalize_per_feature(logmel, valid, frame_lengths)
+        elif c.normalize == "per_feature_sherpa":
+            logmel = _normalize_per_feature(logmel, valid, frame_lengths, ddof=0, std_eps=_SHERPA_STD_EPS)
         else:
             logmel = torch.where(valid, logmel, 0.0)
         return logmel.transpose(1, 2), frame_lengths  # [B, T, n_mels], [B]
+
+    def _kaldi_signal(self, wav: Tensor, lengths: Tensor) -> Tensor:
+        """``[B, N] -> [B, (T - 1) * hop + win]``: the samples Kaldi's frames read, frame ``t``
+        starting at ``t * hop + hop // 2 - win // 2`` of the signal mirrored at both ends of each
+        utterance (``-1 -> 0``, ``n -> n - 1``; one reflection, enough for ``n >= win // 2``),
+        ``T`` the longest utterance's frame count (at least 1)."""
+        c = self.config
+        frames = max(1, (wav.shape[1] + c.hop_length // 2) // c.hop_length)
+        offset = c.win_length // 2 - c.hop_length // 2
+        pos = torch.arange((frames - 1) * c.hop_length + c.win_length, device=wav.device) - offset
+        n = lengths.unsqueeze(1)  # [B, 1]
+        index = torch.where(pos < 0, -pos - 1, pos).unsqueeze(0)  # [1, L]
+        index = torch.where(index >= n, 2 * n - 1 - index, index)  # [B, L]
+        index = index.clamp(min=0, max=wav.shape[1] - 1)
+        return torch.gather(wav, 1, index)
 
     def _level_gain(self, wav: Tensor, lengths: Tensor) -> Tensor:
         """``[B]`` power gain that brings each utterance's RMS over its valid samples to
@@ -295,11 +403,16 @@ def vtlp_mel_filterbank(config: FrontendConfig, alphas: Tensor) -> Tensor:
     return (weights * enorm.reshape(1, -1, 1)).to(torch.float32)
 
 
-def _normalize_per_feature(logmel: Tensor, valid: Tensor, frame_lengths: Tensor) -> Tensor:
-    """Zero mean, unit (unbiased) std of each band over the valid frames of each utterance, as
-    NeMo's ``per_feature``. ``logmel [B, n_mels, T]``, ``valid [B, 1, T]``; 0 beyond the valid frames."""
+def _normalize_per_feature(logmel: Tensor, valid: Tensor, frame_lengths: Tensor, ddof: int = 1,
+                           std_eps: float | None = None) -> Tensor:
+    """Zero mean, unit std of each band over the valid frames of each utterance, as NeMo's
+    ``per_feature``. ``logmel [B, n_mels, T]``, ``valid [B, 1, T]``; 0 beyond the valid frames.
+    The std divides by ``n - ddof``; it is floored at `_STD_FLOOR`, or with ``std_eps`` that is
+    added to it instead (sherpa-onnx: ``ddof=0``, ``std + 1e-5``)."""
     n = frame_lengths.clamp(min=1).to(logmel.dtype).reshape(-1, 1, 1)  # [B, 1, 1]
     mean = torch.where(valid, logmel, 0.0).sum(dim=2, keepdim=True) / n  # [B, n_mels, 1]
     centered = torch.where(valid, logmel - mean, 0.0)
-    var = (centered * centered).sum(dim=2, keepdim=True) / (n - 1).clamp(min=1)
+    var = (centered * centered).sum(dim=2, keepdim=True) / (n - ddof).clamp(min=1)
+    if std_eps is not None:
+        return centered / (var.sqrt() + std_eps)
     return centered / var.sqrt().clamp(min=_STD_FLOOR)

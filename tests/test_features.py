@@ -87,13 +87,17 @@ def test_matches_librosa_with_a_window_shorter_than_the_fft():
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-5), (torch.float32, 1e-3)])
-@pytest.mark.parametrize("normalize, level", [("none", "none"), ("per_feature", "none"), ("per_feature", "rms")])
-def test_padded_batch_equals_each_utterance_alone(normalize, level, dtype, atol):
+@pytest.mark.parametrize("normalize, level, preset", [("none", "none", None), ("per_feature", "none", None),
+                                                   ("per_feature", "rms", None), (None, "none", "sherpa")])
+def test_padded_batch_equals_each_utterance_alone(normalize, level, preset, dtype, atol):
     # float64 shows that nothing of the padding or of the batch mates reaches an utterance. In
     # float32 the CPU conv kernels for a batch of one and for larger batches (oneDNN) round the
     # 400-term DFT sums differently, which moves mel cells ~50 dB below the frame's loudest band
     # by up to ~3e-5 in the log: there features agree to the 1e-3 they have against librosa.
-    module = LogMel(FrontendConfig(normalize=normalize, level=level)).to(dtype)
+    if preset:  # Kaldi framing mirrors each utterance at its own end, not at the batch's
+        module = LogMel(FrontendConfig.preset(preset, level=level)).to(dtype)
+    else:
+        module = LogMel(FrontendConfig(normalize=normalize, level=level)).to(dtype)
     lengths = [16000, 9123, 4001]  # not multiples of the hop
     utterances = [
         torch.from_numpy(
@@ -191,8 +195,9 @@ def test_without_centering_frames_start_at_sample_zero():
     assert np.abs(feats[0].numpy() - np.log(np.maximum(ref, config.log_floor)).T).max() <= 1e-3
 
 
-def test_exports_with_dynamic_batch_and_time():
-    module = LogMel().eval()
+@pytest.mark.parametrize("config", [FrontendConfig(), FrontendConfig.preset("sherpa")], ids=["default", "sherpa"])
+def test_exports_with_dynamic_batch_and_time(config):
+    module = LogMel(config).eval()
     dynamic = torch.export.Dim.DYNAMIC
     program = torch.export.export(
         module,
@@ -202,7 +207,7 @@ def test_exports_with_dynamic_batch_and_time():
     for batch, samples in [(3, 23456), (1, 4000)]:
         wav, lengths = torch.randn(batch, samples), torch.randint(400, samples + 1, (batch,))
         exported, expected = program.module()(wav, lengths), module(wav, lengths)
-        assert exported[0].shape == (batch, 1 + samples // 160, 80)
+        assert exported[0].shape == (batch, config.num_frames(samples), 80)
         torch.testing.assert_close(exported[0], expected[0], rtol=0, atol=1e-5)
         assert torch.equal(exported[1], expected[1])
 
@@ -229,6 +234,9 @@ def test_filterbank_and_dft_basis_come_from_the_config_not_the_state_dict():
         ({"log_floor": 0.0}, "log_floor must be > 0"),
         ({"level": "peak"}, "level must be one of"),
         ({"level_dbfs": 3.0}, "level_dbfs must be <= 0 dBFS"),
+        ({"framing": "htk"}, "framing must be one of"),
+        ({"preemphasis": 1.0}, r"preemphasis must be in \[0, 1\)"),
+        ({"log_floor_mode": "clamp"}, "log_floor_mode must be one of"),
     ],
 )
 def test_invalid_config_is_rejected_with_the_field_named(bad, message):
@@ -286,3 +294,56 @@ def test_vtlp_moves_a_tone_as_if_its_frequency_were_scaled(unnormalized, alpha):
 
     assert centroid(warped) == pytest.approx(centroid(scaled), abs=0.01)
     assert abs(centroid(warped) - centroid(plain)) > 1.5  # 70 Hz is about two bands here
+
+
+def kaldi_log_mel(wav: np.ndarray, preemphasis: float = 0.97) -> np.ndarray:
+    """The reference of the sherpa preset in float64 numpy, written the way kaldi-native-fbank
+    computes it: frame t = the 400 samples around t * 160 + 80, mirrored at the ends; pre-emphasis
+    inside the frame; periodic Hann; zero-padded to 512 points; Slaney mel; log(mel + 2^-24);
+    (x - mean) / (population std + 1e-5) per band. [T, 80]."""
+    n, hop, win = len(wav), 160, 400
+    starts = np.arange((n + hop // 2) // hop) * hop + hop // 2 - win // 2
+    index = starts[:, None] + np.arange(win)[None, :]
+    index = np.where(index < 0, -index - 1, index)
+    index = np.where(index >= n, 2 * n - 1 - index, index)
+    frames = wav.astype(np.float64)[index]
+    emphasised = frames.copy()
+    emphasised[:, 1:] -= preemphasis * frames[:, :-1]
+    emphasised[:, 0] *= 1 - preemphasis
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)
+    power = np.abs(np.fft.rfft(emphasised * window, n=512)) ** 2
+    fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=512, n_mels=80, fmin=0.0, fmax=8000.0, norm="slaney")
+    logmel = np.log(power @ fb.T + 2.0**-24)
+    return (logmel - logmel.mean(0)) / (logmel.std(0) + 1e-5)
+
+
+@pytest.mark.parametrize("num_samples", [16000, 12345, 4001, 400])
+def test_sherpa_preset_matches_a_kaldi_style_reference(num_samples):
+    """What tests/test_sherpa_frontend.py checks against sherpa-onnx itself, without it."""
+    t = np.arange(num_samples) / SAMPLE_RATE
+    wav = (0.4 * np.sin(2 * np.pi * 300 * t) * np.sin(2 * np.pi * 3 * t)
+           + 0.02 * RNG.standard_normal(num_samples)).astype(np.float32)
+    ours = log_mel(LogMel(FrontendConfig.preset("sherpa")), wav)
+    assert ours.shape == ((num_samples + 80) // 160, 80) == (FrontendConfig.preset("sherpa").num_frames(num_samples), 80)
+    assert np.abs(ours - kaldi_log_mel(wav)).max() < 1e-3
+
+
+def test_sherpa_preset_is_selected_by_name_and_stored_field_by_field():
+    config = FrontendConfig.from_dict({"preset": "sherpa"})  # a TrainConfig's `frontend: {preset: sherpa}`
+    assert config == FrontendConfig.preset("sherpa")
+    assert (config.n_fft, config.win_length, config.preemphasis, config.framing) == (512, 400, 0.97, "kaldi")
+    assert (config.log_floor, config.log_floor_mode, config.normalize) == (2.0**-24, "add", "per_feature_sherpa")
+    assert "preset" not in config.to_dict()  # a checkpoint stores every setting, not a name
+    assert FrontendConfig.from_dict(config.to_dict()) == config
+    assert config.matches_preset("sherpa") and not FrontendConfig().matches_preset("sherpa")
+    assert FrontendConfig.from_dict({"preset": "sherpa", "n_mels": 64}).matches_preset("sherpa")
+    assert not FrontendConfig.from_dict({"preset": "sherpa", "level": "rms"}).matches_preset("sherpa")
+    with pytest.raises(ValueError, match=r"unknown FrontendConfig preset 'kaldi'; known presets: \['sherpa'\]"):
+        FrontendConfig.from_dict({"preset": "kaldi"})
+
+
+def test_defaults_keep_the_librosa_front_end():
+    """The new settings default to what the front end always computed (the demo's numbers)."""
+    config = FrontendConfig()
+    assert (config.preemphasis, config.framing, config.log_floor_mode) == (0.0, "librosa", "max")
+    assert (config.n_fft, config.log_floor, config.normalize, config.center) == (400, DEFAULT_LOG_FLOOR, "per_feature", True)
