@@ -98,9 +98,10 @@ class KDLoss(TrainingLoss):
         hidden_terms = {"feature", "relation"} & set(self.terms)
         if hidden_terms and not self.layer_map:
             raise KDSettingError("layer_map: feature/relation KD needs {student_block: teacher_layer}, e.g. {3: 7}")
-        if not targets.has_posteriors and set(self.terms) - {"ctc", "sequence"}:
-            raise KDSettingError(f"weights: {targets} has no posteriors (a text-only teacher); only the ctc "
-                                 "(pseudo-label) and sequence terms can use it")
+        if not targets.has_posteriors and "frame" in self.terms:
+            raise KDSettingError(f"weights: {targets} has no posteriors (a sequence-level teacher such as "
+                                 "Whisper, or a text-only one), so frame KD cannot use it; the ctc (pseudo-label) "
+                                 "and sequence terms can, and feature/relation KD where it gives hidden states")
         self.layers = sorted(set(self.layer_map.values())) if hidden_terms else []
         self.vmap: VocabularyMap | None = None
         try:

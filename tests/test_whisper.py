@@ -187,6 +187,32 @@ def test_frame_kd_from_a_whisper_cache_is_refused(tiny_whisper, tmp_path):
         KDLoss(CachedTargets(tmp_path / "cache"), model, tok, weights={"frame": 1.0})
 
 
+def test_feature_kd_from_whisper_encoder_states(tiny_whisper, tmp_path):
+    """Whisper's 20 ms encoder states teach a 40 ms student block through a learned projection."""
+    from asrkd.data import AudioDataset, collate, read_manifest
+    from asrkd.features import FrontendConfig, LogMel
+    from asrkd.kd import KDLoss
+    from asrkd.models.conformer import ConformerCTC, build_preset
+    from asrkd.teacher_targets import CachedTargets
+    from asrkd.text import CharTokenizer
+
+    write_wav(tmp_path / "a.wav", noise([SAMPLE_RATE])[0][0].numpy(), SAMPLE_RATE)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": str(tmp_path / "a.wav"), "duration": 1.0, "utt_id": "a"}) + "\n")
+    build_cache(load_teacher(f"whisper:{tiny_whisper}?max_new_tokens=2&beam_size=1&nbest=1"), [manifest],
+                tmp_path / "cache", hidden_layers=[0], progress=False)
+    tok = CharTokenizer.default_english()
+    model = ConformerCTC(build_preset("student-xs", vocab_size=tok.vocab_size))
+    kd = KDLoss(CachedTargets(tmp_path / "cache"), model, tok, weights={"feature": 1.0}, layer_map={1: 0})
+    assert kd.ratio == 2 and len(kd.parameters()) == 2  # one Linear(student width -> Whisper width)
+    batch = collate([AudioDataset(read_manifest(manifest))[0]])
+    feats, feat_lens = LogMel(FrontendConfig())(batch["wavs"], batch["wav_lens"])
+    loss, terms = kd(model(feats, feat_lens, return_hidden=True), batch, step=0)
+    loss.backward()
+    assert torch.isfinite(loss) and terms["feature"] > 0
+    assert all(p.grad is not None for p in kd.parameters())
+
+
 # -- the bundled Whisper tiny.en through CTranslate2 --------------------------------------------
 
 
