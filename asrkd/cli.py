@@ -263,7 +263,11 @@ def _add_distill_commands(sub) -> None:
     csub = p.add_subparsers(dest="cache_command", required=True)
     p = csub.add_parser("build", help="run a teacher over manifests and cache its top-k posteriors and N-best "
                                       "(resumable; shards split over torchrun ranks)")
-    p.add_argument("--teacher", required=True, help="asrkd checkpoint / run folder, or a local Hugging Face *ForCTC folder")
+    p.add_argument("--teacher", required=True,
+                   help="asrkd checkpoint / run folder, a local Hugging Face *ForCTC or Whisper folder, "
+                   "'whisper' (the bundled Whisper tiny.en, extra asrkd[whisper]) or 'whisper:DIR' (a "
+                   "CTranslate2 or Hugging Face Whisper folder), with '?key=value&...' options "
+                   "(docs/TEACHERS.md)")
     p.add_argument("--manifest", action="append", required=True, help="JSONL manifest (repeatable)")
     p.add_argument("--out", required=True, help="cache folder")
     p.add_argument("--top-k", type=int, default=TOP_K, help=f"posteriors kept per frame (default {TOP_K})")
