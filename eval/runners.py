@@ -11,6 +11,7 @@
 | tflite     | ai_edge_litert Interpreter (XNNPACK)      | its signatures' windows         |
 | executorch | ExecuTorch Python runtime (XNNPACK)       | up to its planned maximum       |
 | coreml     | coremltools predict, **macOS only**       | enumerated windows or a range   |
+| sherpa-onnx| sherpa-onnx OfflineRecognizer (nemo_ctc)  | any                             |
 
 What ``run`` does with lengths (the same for every runner, so artifacts are compared on equal
 terms; it is what contract.json tells apps to do):
@@ -21,19 +22,33 @@ terms; it is what contract.json tells apps to do):
   run on its own, valid frames concatenated (``last_chunks`` says how many pieces were used).
 
 ``threads``: onnxruntime intra-op threads, LiteRT ``num_threads``, ExecuTorch's thread pool
-(process-wide), ``torch.set_num_threads`` (process-wide, set on every call). Core ML chooses its
-own compute units and threads; ``threads`` is ignored there.
+(process-wide), ``torch.set_num_threads`` (process-wide, set on every call), sherpa-onnx's
+``num_threads``. Core ML chooses its own compute units and threads; ``threads`` is ignored there.
+
+sherpa-onnx decodes by itself (its own front end and greedy search, what an app using it gets):
+its runner's ``run`` returns None instead of log-probs and leaves the transcript in
+``last_text`` (``decodes_text``).
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
-FORMATS = ("torch", "onnx", "tflite", "executorch", "coreml")
+from asrkd.contract import SAMPLE_RATE
+from asrkd.text import TOKENS_FILENAME, WORD_SEP
+
+FORMATS = ("torch", "onnx", "tflite", "executorch", "coreml", "sherpa-onnx")
+
+SHERPA_LOADER = "sherpa_onnx.OfflineRecognizer.from_nemo_ctc"
+# Metadata sherpa-onnx's NeMo CTC loader reads with SHERPA_ONNX_READ_META_DATA: it calls exit(255)
+# when one is missing (normalize_type may be empty, is_giga_am has a default).
+SHERPA_REQUIRED_METADATA = ("vocab_size", "subsampling_factor", "normalize_type")
 
 
 class RunnerUnavailable(RuntimeError):
@@ -52,6 +67,8 @@ class Runner(ABC):
     min_samples: int = 1
     #: whether ``threads`` sets the runtime's threads (Core ML picks its own)
     sets_threads: bool = True
+    #: whether the runtime decodes by itself: ``run`` returns None, the text is in ``last_text``
+    decodes_text: bool = False
 
     def __init__(self, path: str | Path | None, threads: int = 1):
         self.path = None if path is None else Path(path)
@@ -236,12 +253,104 @@ class CoreMLRunner(Runner):
         return np.asarray(out["log_probs"])[0], int(np.asarray(out["out_lens"]).reshape(-1)[0])
 
 
+class SherpaLoadError(RuntimeError):
+    """sherpa-onnx refused a model (it would have ended the process); the message says why."""
+
+
+def sherpa_metadata(path: str | Path, check: bool = True) -> dict[str, str]:
+    """The metadata of the ONNX model at ``path``. With ``check``, raises `SherpaLoadError`
+    naming the keys sherpa-onnx's NeMo CTC loader needs and the file lacks (sherpa itself would
+    exit(255))."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    missing = [k for k in SHERPA_REQUIRED_METADATA if k not in meta]
+    if check and missing:
+        raise SherpaLoadError(
+            f"{path}: metadata {missing} missing; sherpa-onnx's NeMo CTC loader needs "
+            f"{list(SHERPA_REQUIRED_METADATA)} (re-export with `asrkd export --formats sherpa-onnx`)"
+        )
+    return meta
+
+
+def sherpa_recognizer(path: str | Path, threads: int = 1, meta: dict[str, str] | None = None):
+    """sherpa-onnx's ``OfflineRecognizer.from_nemo_ctc`` (greedy search) for the model at
+    ``path`` and the tokens.txt beside it, with the sample rate and feature dimension its
+    metadata states (``meta``: already read). sherpa ends the process on a model it cannot use:
+    check it first (`SherpaOnnxRunner`, `check_sherpa_loads`)."""
+    import sherpa_onnx
+
+    meta = sherpa_metadata(path, check=False) if meta is None else meta
+    options = {k: int(meta[k]) for k in ("sample_rate", "feature_dim") if k in meta}
+    return sherpa_onnx.OfflineRecognizer.from_nemo_ctc(
+        model=str(path), tokens=str(Path(path).parent / TOKENS_FILENAME), num_threads=threads,
+        decoding_method="greedy_search", **options,
+    )
+
+
+def check_sherpa_loads(path: str | Path, timeout: float = 300) -> None:
+    """Load the model at ``path`` (tokens.txt beside it) with sherpa-onnx in a fresh process:
+    sherpa calls ``exit()`` on a model it cannot use, which would end this one. Raises
+    `SherpaLoadError` with sherpa's own message."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from eval.runners import sherpa_recognizer; "
+         "sherpa_recognizer(sys.argv[1])", str(path)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        said = (proc.stderr.strip() or proc.stdout.strip())[-2000:]
+        raise SherpaLoadError(f"{path}: sherpa-onnx could not load it (exit status {proc.returncode}): {said}")
+
+
+class SherpaOnnxRunner(Runner):
+    """A model of a sherpa-onnx folder (``model.onnx`` / ``model.int8.onnx``, ``tokens.txt``
+    beside it) in sherpa-onnx's ``OfflineRecognizer.from_nemo_ctc`` with greedy search: sherpa's
+    features, its model call and its decoding, as an app gets them. Any length.
+
+    The metadata and tokens.txt are checked first (`sherpa_metadata`): sherpa would exit the
+    process without them. `check_sherpa_loads` goes further and loads it in a subprocess.
+    """
+
+    format = "sherpa-onnx"
+    decodes_text = True
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__(path, threads)
+        meta = sherpa_metadata(path)
+        tokens = Path(path).parent / TOKENS_FILENAME
+        if not tokens.is_file():
+            raise SherpaLoadError(f"{tokens}: missing; sherpa-onnx needs it next to {Path(path).name}")
+        self.sample_rate = int(meta.get("sample_rate", SAMPLE_RATE))
+        self.recognizer = sherpa_recognizer(path, self.threads, meta)
+        self.last_text = ""
+        self.last_tokens: list[str] = []
+        self.last_timestamps: list[float] = []
+
+    def run(self, pcm: np.ndarray) -> None:
+        """Decode ``pcm [N]`` (float32 at the model's sample rate): the transcript goes to
+        ``last_text`` (word separators as spaces), its tokens and their start times (seconds) to
+        ``last_tokens`` and ``last_timestamps``. Returns None: sherpa gives no log-probs."""
+        stream = self.recognizer.create_stream()
+        stream.accept_waveform(self.sample_rate, np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1))
+        self.recognizer.decode_stream(stream)
+        result = stream.result
+        self.last_tokens, self.last_timestamps = list(result.tokens), list(result.timestamps)
+        self.last_text = re.sub(r"\s+", " ", result.text.replace(WORD_SEP, " ")).strip()
+        self.last_chunks = 1
+        return None
+
+    def _forward(self, pcm, length):
+        raise TypeError("sherpa-onnx decodes by itself: call run() and read last_text")
+
+
 RUNNERS: dict[str, type[Runner]] = {
     "torch": TorchRunner,
     "onnx": OnnxRunner,
     "tflite": LiteRTRunner,
     "executorch": ExecuTorchRunner,
     "coreml": CoreMLRunner,
+    "sherpa-onnx": SherpaOnnxRunner,
 }
 
 

@@ -12,9 +12,11 @@ from mobile_export.coreml import CoreMLExporter
 from mobile_export.executorch import ExecuTorchExporter
 from mobile_export.exporter import Exporter
 from mobile_export.onnx import OnnxExporter
+from mobile_export.sherpa_onnx import SherpaOnnxExporter
 from mobile_export.tflite import TFLiteExporter
 
 EXPORTERS: dict[str, Exporter] = {
-    e.name: e for e in (CoreMLExporter(), TFLiteExporter(), OnnxExporter(), ExecuTorchExporter())
+    e.name: e for e in (CoreMLExporter(), TFLiteExporter(), OnnxExporter(), ExecuTorchExporter(),
+                        SherpaOnnxExporter())
 }
 FORMATS = tuple(EXPORTERS)

@@ -1,0 +1,196 @@
+"""sherpa-onnx: the student as a NeMo CTC model that ``OfflineRecognizer.from_nemo_ctc`` loads.
+
+    OUT/sherpa-onnx/
+        model.onnx          fp32
+        model.int8.onnx     onnxruntime dynamic int8 of the encoder's MatMul/Gemm
+        tokens.txt          the vocabulary ("symbol id", <blk> first), as asrkd writes it
+
+The contract sherpa-onnx (2.0.1) reads for ``model_type="nemo_ctc"``
+(sherpa-onnx/csrc/offline-nemo-enc-dec-ctc-model.cc, offline-recognizer-ctc-impl.h):
+
+- inputs ``audio_signal`` float32 [B, n_mels, T] (sherpa's features, channels first) and
+  ``length`` int64 [B]; output 0 is the log-probs [B, T', V] (its greedy search takes the argmax
+  per frame, blank = the id of ``<blk>`` in tokens.txt). sherpa computes the number of output
+  frames itself as ``length // subsampling_factor`` and ignores every other output; asrkd's
+  encoder gives ``ceil(T / subsampling)`` frames, so a last partial frame (under one output frame
+  shift at the very end of the audio) is not decoded;
+- metadata ``vocab_size``, ``subsampling_factor`` (sherpa calls ``exit(255)`` when one is
+  missing), ``normalize_type`` (``per_feature``: sherpa normalises each mel band over the
+  utterance before the model). ``model_type`` is what the NeMo export scripts of sherpa-onnx
+  write; ``feature_dim`` and ``sample_rate`` are asrkd's, for loaders (eval/runners.py) that must
+  pass them to ``from_nemo_ctc``.
+
+The features are sherpa-onnx's, not the checkpoint's: the artifact is exact only for a student
+trained with ``FrontendConfig.preset("sherpa")``; with another front end it still decodes, and
+the report's agreement says how many transcripts change (`frontend_note`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from asrkd.contract import Contract
+from asrkd.features import FrontendConfig
+from eval.runners import SHERPA_LOADER, check_sherpa_loads
+from mobile_export.bundle import Artifact
+from mobile_export.exporter import Exporter
+from mobile_export.graph import ExportGraph
+from mobile_export.onnx import OPSET, quantize_int8
+
+if TYPE_CHECKING:
+    from mobile_export.options import ExportOptions
+    from mobile_export.source import ExportSource
+
+FOLDER = "sherpa-onnx"
+INPUTS = ("audio_signal", "length")
+OUTPUTS = ("log_probs", "out_lens")
+NORMALIZE_TYPE = "per_feature"
+MODEL_TYPE = "EncDecCTCModelBPE"
+PRECISIONS = {
+    "fp32": "float32 NeMo CTC model (features in) for sherpa-onnx's OfflineRecognizer.from_nemo_ctc",
+    "int8": "int8 encoder weights, dynamically quantised activations (onnxruntime), for "
+    "sherpa-onnx's OfflineRecognizer.from_nemo_ctc",
+}
+# File names inside FOLDER, as sherpa-onnx's own model folders name them.
+FILE_NAMES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+class NemoCtcGraph(nn.Module):
+    """The student in NeMo's CTC contract: ``forward(audio_signal [B, n_mels, T] float32,
+    length [B] int64) -> (log_probs [B, T', V] float32, out_lens [B] int64)``, T' =
+    ceil(T / subsampling). The features are the front end's output transposed; the model is the
+    export graph's features-in variant (no token ids, no confidence: sherpa reads output 0 only).
+    """
+
+    def __init__(self, graph: ExportGraph):
+        super().__init__()
+        # Not `self.graph`: that name is taken by the torch.fx GraphModule that export traces into.
+        self.student = ExportGraph(graph.frontend, graph.model, features_in=True, with_tokens=False,
+                                 with_confidence=False, blank_id=graph.blank_id)
+
+    def forward(self, audio_signal: Tensor, length: Tensor) -> tuple[Tensor, Tensor]:
+        return self.student(audio_signal.transpose(1, 2), length)
+
+    def example_inputs(self, seconds: float = 2.0, batch: int = 2) -> tuple[Tensor, Tensor]:
+        """``(audio_signal, length)`` for ``seconds`` of audio, to trace with."""
+        feats, lens = self.student.example_inputs(self.student.input_length(seconds), batch=batch)
+        return feats.transpose(1, 2).contiguous(), lens
+
+
+def metadata(contract: Contract) -> dict[str, str]:
+    """The ONNX metadata sherpa-onnx reads for a NeMo CTC model (module docstring), as strings."""
+    return {
+        "vocab_size": str(contract.vocab_size),
+        "subsampling_factor": str(contract.subsampling),
+        "normalize_type": NORMALIZE_TYPE,
+        "model_type": MODEL_TYPE,
+        "feature_dim": str(contract.n_mels),
+        "sample_rate": str(contract.sample_rate),
+        "model_author": "asrkd",
+        "comment": "asrkd Conformer-CTC student; features as sherpa-onnx computes them for NeMo CTC",
+    }
+
+
+def set_metadata(path: Path, meta: dict[str, str]) -> None:
+    """Replace the metadata of the ONNX file at ``path`` with ``meta`` (in place)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def export_fp32(graph: ExportGraph, path: Path, example_seconds: float = 2.0) -> Path:
+    """``NemoCtcGraph(graph)`` to ``path`` through torch's dynamo exporter, with dynamic batch and
+    time axes (time is axis 2 of ``audio_signal``; mobile_export/onnx.py's export has it on axis 1).
+    Traced with a batch of 2: torch.export specialises sizes 0 and 1."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = NemoCtcGraph(graph).eval()
+    dim = torch.export.Dim.DYNAMIC
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter
+        program = torch.onnx.export(
+            module,
+            module.example_inputs(example_seconds),
+            dynamo=True,
+            input_names=list(INPUTS),
+            output_names=list(OUTPUTS),
+            dynamic_shapes={"audio_signal": {0: dim, 2: dim}, "length": {0: dim}},
+            opset_version=OPSET,
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path), external_data=False)
+    return path
+
+
+def frontend_note(frontend: FrontendConfig) -> str:
+    """What the artifact's features are, against the checkpoint's front end."""
+    if frontend.matches_preset("sherpa"):
+        return ("front end: the checkpoint was trained with FrontendConfig.preset('sherpa'), the "
+                "features sherpa-onnx computes: transcripts are PyTorch's")
+    return ("front-end mismatch: sherpa-onnx computes its own NeMo features (Kaldi framing, "
+            "pre-emphasis 0.97, 512-point FFT, log(mel + 2^-24), per-feature normalisation); this "
+            "checkpoint was trained with another front end, so some transcripts differ from "
+            "PyTorch's (see agreement). Train with `frontend: {preset: sherpa}` for an exact match")
+
+
+class SherpaOnnxExporter(Exporter):
+    """A sherpa-onnx model folder (module docstring) at fp32 and int8; dynamic axes, so no window
+    option applies. Each model is loaded by sherpa-onnx in a subprocess once written, so a
+    contract sherpa rejects is an export error instead of a dead process."""
+
+    name = "sherpa-onnx"
+    suffix = ".onnx"
+    precisions = PRECISIONS
+
+    def path(self, out_dir: Path, precision: str) -> Path:
+        """``out_dir/sherpa-onnx/model.onnx`` (fp32) or ``model.<precision>.onnx``."""
+        return Path(out_dir) / FOLDER / FILE_NAMES.get(precision, f"model.{precision}{self.suffix}")
+
+    def convert(self, source: ExportSource, out_dir: Path, precisions: Sequence[str],
+                options: ExportOptions) -> dict[str, Artifact | Exception]:
+        """The fp32 export is made once; int8 is quantised from it (kept in a temporary file when
+        fp32 itself is not requested). tokens.txt goes next to the models."""
+        folder = Path(out_dir) / FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        source.tokenizer.save(folder)
+        meta = metadata(source.contract)
+        frontend = source.contract.frontend
+        expected = FrontendConfig.preset("sherpa", sample_rate=frontend.sample_rate, n_mels=frontend.n_mels)
+        checks: dict[str, Any] = {
+            "loader": SHERPA_LOADER,
+            "metadata": meta,
+            "expected_frontend": {"preset": "sherpa", **expected.to_dict()},
+            "frontend_matches_sherpa": frontend.matches_preset("sherpa"),
+            "frontend_note": frontend_note(frontend),
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32_path = self.path(out_dir, "fp32") if "fp32" in precisions else Path(tmp) / "fp32.onnx"
+            try:
+                export_fp32(source.graph, fp32_path)
+                set_metadata(fp32_path, meta)
+            except Exception as e:  # every requested precision depends on it
+                return {p: e for p in precisions}
+
+            def build(precision: str, path: Path) -> Artifact:
+                if precision == "int8":
+                    quantize_int8(fp32_path, path)
+                    set_metadata(path, meta)
+                elif precision != "fp32":
+                    raise ValueError(f"sherpa-onnx precision {precision!r} unknown; choose from {sorted(PRECISIONS)}")
+                check_sherpa_loads(path)
+                return Artifact(self.name, precision, path, checks=dict(checks),
+                                description=f"{PRECISIONS[precision]}; {checks['frontend_note']}")
+
+            return self.each_precision(out_dir, precisions, build)
