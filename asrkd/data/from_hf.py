@@ -108,7 +108,8 @@ def hf_items(
     columns = _Columns(audio_column, text_column, speaker_column, id_column, duration_column)
     missing = [c for c in columns.named() if c not in dataset.column_names]
     if missing:
-        raise ManifestError(f"{root}: no column(s) {missing}; the dataset has {dataset.column_names}")
+        raise ManifestError(f"{root}: no column(s) {missing}; the dataset has {dataset.column_names}: name "
+                            "yours with audio_column, text_column (null for unlabelled audio), ...")
     feature = dataset.features[audio_column]
     if not isinstance(feature, datasets.Audio):
         raise ManifestError(f"{root}: column {audio_column!r} is {feature}, not Audio; cast it "
