@@ -84,6 +84,10 @@ def render_demo_markdown(report: dict) -> str:
         lines.append(f"| {a['format']} {a['precision']} | {status} | {_pct(a['wer'])} | "
                      f"{_pct(a['agreement'])} | {_rtf(a['rtf_1thread'])} | {_rtf(a['rtf_all_threads'])} | "
                      f"{size} | {load} |")
+    # sherpa-onnx computes its own features: why its transcripts may differ from PyTorch's.
+    notes = {(a.get("checks") or {}).get("frontend_note") for a in report["export"]["artifacts"]
+             if (a.get("checks") or {}).get("frontend_matches_sherpa") is False}
+    lines += [f"\nsherpa-onnx: {note}." for note in sorted(notes)]
     gate = report["export"]["gate"]
     lines += ["", f"Gate (each artifact within {gate['max_wer_increase']:g} WER point(s) of PyTorch): "
               f"{'passed' if gate['passed'] else 'FAILED: ' + str(gate.get('reason'))}. "
