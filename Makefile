@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -c constraints.txt -e ".[export,hf,dev,whisper]"
+	$(VENV)/bin/pip install -c constraints.txt -e ".[export,hf,lhotse,whisper,dev]"
 	touch $(STAMP)
 
 # The main job: `asrkd demo --quick` (every stage of the pipeline; see README for why --quick).

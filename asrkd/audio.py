@@ -16,13 +16,14 @@ import soundfile as sf
 import soxr
 
 from asrkd.contract import SAMPLE_RATE
+from asrkd.errors import AsrkdError
 
 __all__ = ["SAMPLE_RATE", "AudioError", "audio_duration", "load_audio", "resample", "write_wav"]
 
 PathLike = str | os.PathLike
 
 
-class AudioError(ValueError):
+class AudioError(AsrkdError, ValueError):
     """An audio file that cannot be used; the message names the file and the fault."""
 
 

@@ -63,6 +63,7 @@ from torch import Tensor
 from asrkd.contract import NBEST, NBEST_BEAM, TOP_K
 from asrkd.data import AudioDataset, BucketingBatchSampler, Utterance, collate, read_manifest
 from asrkd.decoding import prefix_beam_search, utterance_confidence
+from asrkd.errors import AsrkdError
 from asrkd.fileio import atomic_write_text
 
 FORMAT = "asrkd-posterior-cache"
@@ -74,7 +75,7 @@ DROPS_FILE = "drops.jsonl"
 _ARRAYS = ("topk_logp", "topk_ids", "residual")
 
 
-class CacheError(ValueError):
+class CacheError(AsrkdError, ValueError):
     """A cache folder that is missing, unfinished, or cannot serve the request."""
 
 

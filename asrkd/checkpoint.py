@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from asrkd import __version__
 from asrkd.contract import Contract
+from asrkd.errors import AsrkdError
 from asrkd.features import FrontendConfig, LogMel
 from asrkd.models.conformer import ConformerConfig, ConformerCTC
 from asrkd.text import load_tokenizer
@@ -40,7 +41,7 @@ CONFIG_FILE = "config.json"
 STATE_FILE = "trainer_state.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AsrkdError, ValueError):
     """A checkpoint folder is missing, incomplete or of an unknown format."""
 
 

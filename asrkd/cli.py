@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from asrkd.contract import NBEST, NBEST_BEAM, TOP_K
+from asrkd.errors import AsrkdError
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -151,6 +152,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asrkd", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an input error (also: ASRKD_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="synthesize a speech corpus with espeak-ng (16 kHz WAV + manifest)")
@@ -308,6 +311,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         zip=args.zip,
         coreml_shapes=args.coreml_shapes,
         coreml_target=args.coreml_target,
+        fallback_target_precision=args.fallback_target_precision,
+        calibration_manifest=args.calibration_manifest,
+        calibration_method=args.calibration_method,
+        oos_manifest=args.oos_manifest,
     )
     try:
         if args.windows:
@@ -337,6 +344,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"{a['format'] + ' ' + a['precision']:<20} {a['status']:<12} {num(a['wer'], 100):>7} "
               f"{num(a['agreement'], 100, '{:.1f}'):>8} {num(a['rtf_1thread'], 1, '{:.4f}'):>9} "
               f"{num(a['size_bytes'], 1e-6):>7}")
+    conf = report.get("confidence")
+    if conf:
+        fb, ev = conf["fallback"], conf["eval"]
+        print(f"fallback threshold {fb['threshold']:.3f} (target precision {fb['target_precision']:g}"
+              f"{'' if fb['reached'] else ', NOT reached on the calibration set'}): eval coverage "
+              f"{num(ev['coverage'], 100, '{:.1f}')} %, accuracy {num(ev['accuracy'], 100, '{:.1f}')} %"
+              + ("" if not conf.get("oos") else f", out-of-scope rejected {num(conf['oos']['rejection'], 100, '{:.1f}')} %"))
     gate = report["gate"]
     print(f"wrote {args.out} (report.json, REPORT.md, contract.json, MODEL_CARD.md)"
           + (f" and {report['zip']}" if report.get("zip") else ""))
@@ -388,6 +402,18 @@ def _add_export_commands(sub) -> None:
     p.add_argument("--coreml-target", help="Core ML minimum_deployment_target, e.g. iOS16, iOS17, iOS18 (default iOS17)")
     p.add_argument("--verify-only", action="store_true",
                    help="do not export: re-verify the artifacts listed in OUT/contract.json and rewrite the report")
+    p.add_argument("--fallback-target-precision", type=float, metavar="P",
+                   help="calibrate the utterance confidence and choose the fallback threshold at which the "
+                   "kept utterances are exactly right a share P of the time (e.g. 0.95); both go into "
+                   "contract.json, coverage and accuracy at it into the report (docs/CONFIDENCE.md)")
+    p.add_argument("--calibration-manifest", metavar="M",
+                   help="labelled manifest to calibrate on, e.g. a dev split (default: the evaluation "
+                   "manifest itself, reported as in_sample: coverage and accuracy are then optimistic)")
+    p.add_argument("--calibration-method", choices=["temperature", "isotonic"],
+                   help="temperature (two numbers, default) or isotonic (a monotone table)")
+    p.add_argument("--oos-manifest", metavar="M",
+                   help="out-of-scope speech the model should refuse (no transcripts needed): the report "
+                   "gives the share that falls back at the threshold")
     p.set_defaults(func=_cmd_export)
 
 
@@ -431,12 +457,25 @@ def _add_demo_command(sub) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    """``train``, ``manifest check``, ``cache build``: the words the user typed after ``asrkd``."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("ASRKD_DEBUG", "") not in ("", "0")
     try:
         code = args.func(args)
         sys.stdout.flush()
         return code
+    except AsrkdError as e:  # the user's input is at fault, and the message says where and what to do
+        if debug:
+            raise
+        sys.stdout.flush()
+        print(f"asrkd {_command_name(args)}: {e}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader went away (`asrkd eval ... | head`): stop quietly, as `cat` does, instead of a
         # traceback; point stdout at /dev/null so the interpreter's final flush cannot fail again.

@@ -20,9 +20,10 @@ from typing import Any
 import yaml
 
 from asrkd.contract import TOP_K
+from asrkd.errors import AsrkdError
 
 
-class ConfigError(ValueError):
+class ConfigError(AsrkdError, ValueError):
     """A configuration file or dict has a missing, unknown or invalid field."""
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from asrkd.contract import BLANK_ID, NBEST, NBEST_BEAM
+from asrkd.errors import AsrkdError
 
 NEG_INF = float("-inf")
 
@@ -52,7 +53,7 @@ def _logaddexp(a: float, b: float) -> float:
     return a + math.log1p(math.exp(b - a))
 
 
-class LexiconError(ValueError):
+class LexiconError(AsrkdError, ValueError):
     """A lexicon file or word list is malformed; the message names the file and line."""
 
 

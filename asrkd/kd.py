@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from asrkd.cache import TeacherTargets
 from asrkd.config import KD_TERMS, KDWeights, TermWeight
 from asrkd.contract import Contract
+from asrkd.errors import AsrkdError
 from asrkd.features import FrontendConfig
 from asrkd.losses import (
     CTCLoss,
@@ -53,7 +54,7 @@ FRAME_TERMS = ("frame", "feature", "relation")
 """Terms that compare teacher and student frame by frame (they need the two frame rates to line up)."""
 
 
-class KDSettingError(ValueError):
+class KDSettingError(AsrkdError, ValueError):
     """An argument of `KDLoss` is invalid. The message starts with the argument's name, which is
     also the key of the ``kd:`` config section (`asrkd.config.KDConfig`)."""
 

@@ -37,6 +37,7 @@ from torch import Tensor
 from asrkd.cache import TeacherTargets
 from asrkd.config import BLANK_MODES
 from asrkd.contract import BLANK_ID
+from asrkd.errors import AsrkdError
 from asrkd.teacher import is_char_vocabulary
 from asrkd.text import BLANK
 
@@ -68,11 +69,11 @@ RESIDUAL_FLOOR = 1e-6
 _LOG_FLOOR = math.log(RESIDUAL_FLOOR)
 
 
-class VocabularyMismatchError(ValueError):
+class VocabularyMismatchError(AsrkdError, ValueError):
     """Teacher and student vocabularies cannot be matched token by token (frame KD impossible)."""
 
 
-class FrameRateError(ValueError):
+class FrameRateError(AsrkdError, ValueError):
     """Teacher and student frame rates (or lengths) do not line up."""
 
 

@@ -62,6 +62,7 @@ import numpy as np
 
 from asrkd.audio import audio_duration, resample, write_wav
 from asrkd.contract import SAMPLE_RATE
+from asrkd.errors import AsrkdError
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ VARIANT_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
 HELD_OUT_FRACTION = 0.1  # of the variants of each register, for dev and for test each
 
 
-class SynthError(RuntimeError):
+class SynthError(AsrkdError, RuntimeError):
     """espeak-ng is missing, fails to start, or produced no audio; the message says what to do."""
 
 

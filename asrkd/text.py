@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from asrkd.contract import BLANK_ID
+from asrkd.errors import AsrkdError
 from asrkd.fileio import atomic_write_bytes
 
 BLANK = "<blk>"
@@ -91,7 +92,7 @@ def _describe_char(ch: str) -> str:
     return f"{ch!r} (U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed')})"
 
 
-class UnknownCharactersError(ValueError):
+class UnknownCharactersError(AsrkdError, ValueError):
     """Text holds characters the vocabulary cannot represent.
 
     `characters` lists every distinct unknown character in order of first appearance.
@@ -108,7 +109,7 @@ class UnknownCharactersError(ValueError):
         )
 
 
-class TokenizerFileError(ValueError):
+class TokenizerFileError(AsrkdError, ValueError):
     """A `tokens.txt` or tokenizer dict is malformed; the message names file:line."""
 
 

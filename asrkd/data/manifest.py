@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from asrkd.errors import AsrkdError
 from asrkd.fileio import atomic_write_text
 
 _STANDARD_KEYS = ("audio_filepath", "text", "duration", "offset", "speaker", "utt_id", "id")
@@ -43,7 +44,7 @@ def is_source_spec(path: Any) -> bool:
     return isinstance(path, str) and path.startswith(SOURCE_PREFIXES)
 
 
-class ManifestError(ValueError):
+class ManifestError(AsrkdError, ValueError):
     """A manifest that cannot be read; the message starts with `path:line:`."""
 
 

@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from asrkd.data.check import Problem, check_manifest, check_utterances
 from asrkd.data.manifest import ManifestError, Utterance, is_source_spec, read_manifest
+from asrkd.errors import AsrkdError
 from asrkd.text import Tokenizer
 
 __all__ = ["DataSource", "SourceError", "SourceItem", "check_source", "iter_source", "read_source"]
@@ -47,7 +48,7 @@ _OPTIONS = {
 _PATH_OPTIONS = ("supervisions",)
 
 
-class SourceError(ValueError):
+class SourceError(AsrkdError, ValueError):
     """A data source named wrongly (unknown kind or key, wrong value type); says what to write."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from asrkd.config import ConfigError, TrainConfig
+from asrkd.errors import AsrkdError
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
 TRAINING_STAGES = ("teacher", "student_kd", "student_ctc")
@@ -33,7 +34,7 @@ PLACED_FIELDS = (("data", "train"), ("data", "dev"), ("run", "out_dir"), ("run",
 _PLAN_KEYS = ("synth", "export", "parallel_students")
 
 
-class DemoError(RuntimeError):
+class DemoError(AsrkdError, RuntimeError):
     """The demo cannot go on; the message says why and what to do."""
 
 
