@@ -1,6 +1,8 @@
-"""Conformer-CTC: padding invariance, lengths, presets, FLOPs, hidden states, export, a training sanity check."""
+"""Conformer-CTC: padding invariance, lengths, presets, FLOPs, hidden states, export, a training
+sanity check, and the non-streaming presets unchanged by streaming support (tests/test_streaming.py)."""
 
 import dataclasses
+import hashlib
 import math
 
 import pytest
@@ -68,6 +70,44 @@ def test_presets_teacher_is_at_least_8x_the_default_student():
     assert 500_000 <= params["student"] <= 1_000_000
     # The default student is the dataclass default.
     assert build_preset("student", vocab_size=32) == ConformerConfig(vocab_size=32)
+
+
+def test_student_stream_is_the_student_with_a_causal_convolution():
+    student = ConformerCTC(build_preset("student", vocab_size=32))
+    stream = ConformerCTC(build_preset("student-stream", vocab_size=32))
+    assert stream.config.causal and stream.config.chunk_size > 0
+    shapes = {k: v.shape for k, v in student.state_dict().items()}
+    assert {k: v.shape for k, v in stream.state_dict().items()} == shapes
+    # Its weights load into the full-context student and back (and so into a streaming one).
+    stream.load_state_dict(student.state_dict())
+
+
+# Measured with the code before streaming support (af0fbb5, /tmp/base): state_dict keys and shapes
+# (count, sha256 prefix), output lengths, the log-probs' sum and a linearly weighted sum.
+BEFORE_STREAMING = {
+    "teacher": (248, "d94113f263c48478", [51, 38], -11701.77062368393, -0.5696018752678143),
+    "student": (128, "38ffcdd6d7a0ff5a", [51, 38], -11771.404016852379, 5.605485869849581),
+    "student-xs": (98, "b1d93cf83ca3a6c8", [51, 38], -11858.099016189575, 27.243753542682192),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_STREAMING))
+def test_non_streaming_presets_are_unchanged_by_streaming_support(name):
+    count, keys_sha, lens, total, weighted = BEFORE_STREAMING[name]
+    torch.manual_seed(0)
+    model = ConformerCTC(build_preset(name, vocab_size=32)).eval()
+    state = model.state_dict()
+    assert len(state) == count
+    described = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in state.items())
+    assert hashlib.sha256(described.encode()).hexdigest()[:16] == keys_sha
+    feats = torch.randn(2, 203, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        log_probs, out_lens, _ = model(feats, torch.tensor([203, 150]))
+    weights = torch.linspace(-1, 1, log_probs.numel(), dtype=torch.float64).reshape(log_probs.shape)
+    assert out_lens.tolist() == lens
+    # Equal to the digit on the machine that measured it; the tolerance allows other CPUs' kernels.
+    assert log_probs.double().sum().item() == pytest.approx(total, rel=1e-6, abs=1e-3)
+    assert (log_probs.double() * weights).sum().item() == pytest.approx(weighted, abs=1e-3)
 
 
 def test_flops_are_positive_and_grow_with_size():
@@ -145,7 +185,8 @@ def test_config_round_trip_and_validation():
         ConformerConfig.from_dict({**config.to_dict(), "dmodel": 3})
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         build_preset("huge", vocab_size=40)
-    for bad in [dict(subsampling=6), dict(conv_kernel=8), dict(n_heads=3), dict(d_model=36, n_heads=4)]:
+    for bad in [dict(subsampling=6), dict(conv_kernel=8), dict(n_heads=3), dict(d_model=36, n_heads=4),
+                dict(chunk_size=8), dict(causal=True, chunk_size=0), dict(left_chunks=-2)]:
         with pytest.raises(ValueError, match="invalid ConformerConfig"):
             tiny_config(**bad)
 

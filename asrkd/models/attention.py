@@ -14,7 +14,10 @@ Why RoPE and not Transformer-XL relative positions (the original Conformer):
 Positions count from the first frame of each utterance, so padding cannot move them.
 
 The attention itself is ``F.scaled_dot_product_attention`` with a key-padding mask: padded frames
-of a batch receive zero weight, so a valid frame's output ignores them.
+of a batch receive zero weight, so a valid frame's output ignores them. A streaming model adds a
+chunk mask (`asrkd.models.streaming.chunk_attention_mask`) over the whole utterance, or runs one
+chunk at a time against a cache of earlier keys and values (`RotarySelfAttention.forward_chunk`);
+both rotate by the same absolute positions, so they compute the same scores.
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ class RotaryEmbedding(nn.Module):
         # Not persistent: derived from the config, so checkpoints do not carry it.
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x [B, H, T, Dh] -> cos, sin [T, Dh] in x's dtype."""
+    def forward(self, x: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+        """x [B, H, T, Dh] -> cos, sin [T, Dh] in x's dtype, for positions ``offset .. offset + T - 1``
+        (a streaming chunk starts at its first frame's position in the utterance)."""
         pos = torch.arange(x.size(2), device=x.device, dtype=torch.float32)
+        if offset:
+            pos = pos + offset  # integers below 2^24 are exact in float32: the same angles as offline
         angles = pos[:, None] * self.inv_freq[None, :]  # [T, Dh / 2]
         angles = torch.cat([angles, angles], dim=-1)  # [T, Dh]
         return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
@@ -70,16 +76,38 @@ class RotarySelfAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
         self.rotary = RotaryEmbedding(self.head_dim, rope_base)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x [B, T, D], mask [B, T] bool (True = valid frame) -> [B, T, D]."""
+    def forward(self, x: Tensor, mask: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """x [B, T, D], mask [B, T] bool (True = valid frame) -> [B, T, D].
+
+        ``attn_mask [B, T, T]`` bool (True = query may read key), when given, replaces the
+        key-padding mask (a chunk mask combined with it: `asrkd.models.streaming.chunk_attention_mask`).
+        """
+        q, k, v = self._rotated_qkv(x, offset=0)
+        # Every query row keeps at least one valid key (lengths >= 1; a chunk mask keeps the
+        # diagonal), so no row is all -inf.
+        attn_mask = mask[:, None, None, :] if attn_mask is None else attn_mask[:, None]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+    def forward_chunk(self, x: Tensor, cache: Tensor, offset: int) -> tuple[Tensor, Tensor]:
+        """One streaming chunk: x [B, C, D] whose first frame is frame ``offset`` of the utterance,
+        cache [B, H, Tc, 2 * Dh] (rotated keys and values of the Tc earlier frames the chunk may read)
+        -> out [B, C, D], keys and values [B, H, Tc + C, 2 * Dh] (the caller keeps what the next
+        chunk may read). Every query reads every cached key and every key of its own chunk, as the
+        chunk mask lets it offline; there is no padding inside a stream."""
+        q, k, v = self._rotated_qkv(x, offset)
+        kv = torch.cat([cache, torch.cat([k, v], dim=-1)], dim=2)
+        k, v = kv.chunk(2, dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).flatten(2)), kv
+
+    def _rotated_qkv(self, x: Tensor, offset: int) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, T, D] -> q, k, v [B, H, T, Dh], q and k rotated for positions from ``offset``."""
         # [B, T, 3D] -> [B, T, 3H, Dh] -> [B, 3H, T, Dh]: every tensor stays 4-D, and the -1 sizes
         # keep B and T symbolic for tracing and export.
         qkv = self.qkv(x).unflatten(-1, (3 * self.n_heads, self.head_dim)).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=1)
-        cos, sin = self.rotary(q)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        # Every query row keeps at least one valid key (lengths >= 1), so no row is all -inf.
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.proj(out.transpose(1, 2).flatten(2))
+        cos, sin = self.rotary(q, offset)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v

@@ -16,6 +16,12 @@ with a dynamic T (onnxruntime within 1.5e-6 of eager at other lengths), ``torch.
 coremltools 9 with a ``RangeDim`` T, litert-torch at a fixed T with a shorter ``feat_lens``
 (within 1.5e-6). For ``torch.export`` give T as ``Dim.DYNAMIC`` (or make the batch dynamic too): a
 named ``Dim`` range with a static batch trips the shape solver, which cannot prove T' != 1.
+
+Streaming (``causal=True``, preset ``student-stream``; see ``streaming.py``): the depthwise
+convolution is causal and ``forward(..., chunk_size=C, left_chunks=L)`` limits the attention to
+chunks, so ``forward_chunk`` can run the same weights on one chunk at a time. ``chunk_size=-1``
+runs the same weights with full context. The non-streaming presets compute exactly what they
+computed before streaming existed (same parameters, same operations).
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asrkd.models.attention import RotarySelfAttention
 from asrkd.models.convolution import ConvolutionModule
+from asrkd.models.streaming import FULL_CONTEXT, ChunkChoice, EncoderState, padded_chunk_mask
 from asrkd.models.subsampling import (
     SUBSAMPLING_FACTORS,
     ConvSubsampling,
@@ -70,6 +78,12 @@ class ConformerConfig:
     subsampling_channels: int = 64
     dropout: float = 0.1
     rope_base: float = 10000.0
+    # Streaming (see asrkd.models.streaming): a causal depthwise convolution, and the chunking that
+    # `ConformerCTC.forward` and `forward_chunk` use when not told otherwise: chunk_size encoder
+    # frames (-1: full context) with left_chunks chunks of left context (-1: unlimited).
+    causal: bool = False
+    chunk_size: int = FULL_CONTEXT
+    left_chunks: int = FULL_CONTEXT
 
     def __post_init__(self):
         problems = []
@@ -90,6 +104,12 @@ class ConformerConfig:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout={self.dropout} must be in [0, 1)")
+        problems += _chunking_problems(self.chunk_size, self.left_chunks)
+        if self.chunk_size != FULL_CONTEXT and not self.causal:
+            problems.append(
+                f"chunk_size={self.chunk_size} needs causal=True (a centred convolution reads the "
+                "next chunk); set causal: true or chunk_size: -1"
+            )
         if problems:
             raise ValueError("invalid ConformerConfig: " + "; ".join(problems))
 
@@ -110,11 +130,22 @@ class ConformerConfig:
         return cls(**d)
 
 
+def _chunking_problems(chunk_size: int, left_chunks: int) -> list[str]:
+    problems = []
+    if chunk_size != FULL_CONTEXT and chunk_size < 1:
+        problems.append(f"chunk_size={chunk_size} must be >= 1 encoder frames, or -1 (full context)")
+    if left_chunks < FULL_CONTEXT:
+        problems.append(f"left_chunks={left_chunks} must be >= 0 chunks, or -1 (unlimited)")
+    return problems
+
+
 # Sized for 2 CPU cores and phones. With a 32-token vocabulary and 10 s utterances:
 #   preset       params   forward GFLOP per audio second
 #   teacher      7.50 M   0.556   (fwd+bwd of 1 h of audio: 3-12 min on the shared 2-core box)
 #   student      0.75 M   0.082   (10x fewer parameters than the teacher)
 #   student-xs   0.34 M   0.032
+# student-stream is the student's shape with a causal convolution, 8-frame chunks (320 ms at a
+# 10 ms hop and x4 subsampling) and 8 chunks (2.56 s) of left context.
 # Shapes only: the vocabulary comes from the tokenizer, see ``build_preset``.
 PRESETS: MappingProxyType[str, MappingProxyType] = MappingProxyType(
     {
@@ -129,6 +160,11 @@ PRESETS: MappingProxyType[str, MappingProxyType] = MappingProxyType(
         "student-xs": MappingProxyType(
             dict(d_model=64, n_heads=4, n_layers=3, ff_mult=4, conv_kernel=15,
                  subsampling=4, subsampling_channels=32, dropout=0.1)
+        ),
+        "student-stream": MappingProxyType(
+            dict(d_model=80, n_heads=4, n_layers=4, ff_mult=4, conv_kernel=15,
+                 subsampling=4, subsampling_channels=64, dropout=0.1,
+                 causal=True, chunk_size=8, left_chunks=8)
         ),
     }
 )
@@ -175,17 +211,31 @@ class ConformerBlock(nn.Module):
         self.norm_attn = nn.LayerNorm(d)
         self.attn = RotarySelfAttention(d, cfg.n_heads, cfg.dropout, cfg.rope_base)
         self.dropout_attn = nn.Dropout(cfg.dropout)
-        self.conv = ConvolutionModule(d, cfg.conv_kernel, cfg.dropout)
+        self.conv = ConvolutionModule(d, cfg.conv_kernel, cfg.dropout, cfg.causal)
         self.ff2 = FeedForward(d, cfg.ff_mult, cfg.dropout)
         self.norm_out = nn.LayerNorm(d)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x [B, T, D], mask [B, T] bool (True = valid) -> [B, T, D]."""
+    def forward(self, x: Tensor, mask: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """x [B, T, D], mask [B, T] bool (True = valid) -> [B, T, D]; ``attn_mask [B, T, T]``: a
+        chunk mask (`asrkd.models.streaming.padded_chunk_mask`), else full context."""
         x = x + 0.5 * self.ff1(x)
-        x = x + self.dropout_attn(self.attn(self.norm_attn(x), mask))
+        x = x + self.dropout_attn(self.attn(self.norm_attn(x), mask, attn_mask))
         x = x + self.conv(x, mask)
         x = x + 0.5 * self.ff2(x)
         return self.norm_out(x)
+
+    def forward_chunk(self, x: Tensor, attention: Tensor, convolution: Tensor, offset: int
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """One streaming chunk x [B, C, D] starting at encoder frame ``offset``, with this block's
+        caches (`asrkd.models.streaming.EncoderState`) -> [B, C, D], keys and values of the cached
+        and new frames, the next convolution cache."""
+        x = x + 0.5 * self.ff1(x)
+        attended, attention = self.attn.forward_chunk(self.norm_attn(x), attention, offset)
+        x = x + self.dropout_attn(attended)
+        convolved, convolution = self.conv.forward_chunk(x, convolution)
+        x = x + convolved
+        x = x + 0.5 * self.ff2(x)
+        return self.norm_out(x), attention, convolution
 
 
 class ConformerCTC(nn.Module):
@@ -219,20 +269,81 @@ class ConformerCTC(nn.Module):
         return subsampled_lengths(feat_lens, self.config.subsampling)
 
     def forward(
-        self, feats: Tensor, feat_lens: Tensor, return_hidden: bool = False
+        self, feats: Tensor, feat_lens: Tensor, return_hidden: bool = False,
+        chunk_size: int | None = None, left_chunks: int | None = None,
     ) -> tuple[Tensor, Tensor, list[Tensor] | None]:
         """feats [B, T, n_mels], feat_lens [B] int64 ->
         log_probs [B, T', V] (log_softmax over V, blank = ``BLANK_ID``), out_lens [B],
         hidden: per block, its output [B, T', d_model] (``return_hidden``), else None.
+
+        ``chunk_size`` encoder frames per attention chunk with ``left_chunks`` chunks of left
+        context (`chunking`; None: the config's, -1: full context). Chunked, each chunk's
+        log-probs are what `forward_chunk` gives when the utterance is streamed chunk by chunk.
         """
+        chunking = self.chunking(chunk_size, left_chunks)
         x, out_lens = self.subsampling(feats, feat_lens)
         x = self.dropout(x)
         mask = time_mask(out_lens, x.size(1))
+        attn_mask = None
+        if chunking.chunk_size != FULL_CONTEXT:
+            attn_mask = padded_chunk_mask(mask, chunking.chunk_size, chunking.left_chunks)
         hidden = []
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, attn_mask)
             hidden.append(x)
         return self.ctc_log_probs(x), out_lens, (hidden if return_hidden else None)
+
+    def chunking(self, chunk_size: int | None = None, left_chunks: int | None = None) -> ChunkChoice:
+        """The chunking to run: the arguments, each None replaced by the config's value."""
+        choice = ChunkChoice(
+            self.config.chunk_size if chunk_size is None else int(chunk_size),
+            self.config.left_chunks if left_chunks is None else int(left_chunks),
+        )
+        problems = _chunking_problems(choice.chunk_size, choice.left_chunks)
+        if problems:
+            raise ValueError("ConformerCTC: " + "; ".join(problems))
+        return choice
+
+    def initial_state(self, batch_size: int = 1, device: torch.device | str | None = None) -> EncoderState:
+        """The `EncoderState` before a stream's first chunk: no cached keys, zeros elsewhere (the
+        convolutions' left padding)."""
+        c = self.config
+        head_dim = c.d_model // c.n_heads
+        return EncoderState(
+            features=torch.zeros(batch_size, c.subsampling, c.n_mels, device=device),
+            attention=[torch.zeros(batch_size, c.n_heads, 0, 2 * head_dim, device=device)
+                       for _ in self.blocks],
+            convolution=[torch.zeros(batch_size, c.d_model, c.conv_kernel - 1, device=device)
+                         for _ in self.blocks],
+        )
+
+    def forward_chunk(self, feats: Tensor, state: EncoderState, chunk_size: int | None = None,
+                      left_chunks: int | None = None) -> tuple[Tensor, EncoderState]:
+        """Stream one chunk: feats [B, n, n_mels], the chunk's feature frames (``n = chunk_size *
+        subsampling``; fewer only in a stream's last chunk), and the state after the previous
+        chunk -> log_probs [B, ceil(n / subsampling), V] and the next state.
+
+        Run in eval mode (no dropout). Chaining a whole utterance through it gives the log-probs of
+        ``forward(..., chunk_size, left_chunks)`` over the whole utterance. Needs ``causal``.
+        """
+        chunking = self.chunking(chunk_size, left_chunks)
+        if not self.config.causal:
+            raise ValueError("forward_chunk needs a causal model (ConformerConfig.causal=True, "
+                             "e.g. preset student-stream); this one's convolution reads the future")
+        limit = chunking.chunk_size * self.config.subsampling
+        if chunking.chunk_size != FULL_CONTEXT and feats.size(1) > limit:
+            raise ValueError(f"forward_chunk: {feats.size(1)} feature frames, more than one chunk "
+                             f"({chunking.chunk_size} x {self.config.subsampling} = {limit})")
+        x, features = self.subsampling.forward_chunk(feats, state.features, first=state.frames == 0)
+        keep = None
+        if FULL_CONTEXT not in (chunking.chunk_size, chunking.left_chunks):
+            keep = chunking.left_chunks * chunking.chunk_size
+        attention, convolution = [], []
+        for block, att_cache, conv_cache in zip(self.blocks, state.attention, state.convolution, strict=True):
+            x, kv, conv_cache = block.forward_chunk(x, att_cache, conv_cache, state.frames)
+            attention.append(kv if keep is None else kv[:, :, max(0, kv.size(2) - keep):])
+            convolution.append(conv_cache)
+        return self.ctc_log_probs(x), EncoderState(features, attention, convolution, state.frames + x.size(1))
 
     def ctc_log_probs(self, hidden: Tensor) -> Tensor:
         """The CTC head on encoder states [B, T', d_model]: log_softmax over V, in float32. Also

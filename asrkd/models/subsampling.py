@@ -10,6 +10,14 @@ Padding invariance: a padded convolution reads one frame past the end of an utte
 frame is the convolution's own zero padding; inside a batch it would be whatever the batch holds
 there. Zeroing every stage's input beyond its valid length makes both cases read zeros, so an
 utterance's output does not depend on its batch.
+
+Chunk-bounded: output frame ``j`` reads input frames ``factor * j - (factor - 1)`` to
+``factor * j + factor - 1`` (each stage's output ``i`` reads its inputs ``2i - 1 .. 2i + 1``), so it
+needs no input beyond its own ``factor`` frames, and a streaming encoder can run the front on one
+chunk at a time. It keeps the last ``factor`` input frames of the previous chunk as left context,
+recomputes one output frame from them and drops it (`ConvSubsampling.forward_chunk`). The first
+chunk has no previous frames: ``left_padding`` marks the cache's zeros as outside the utterance at
+every stage, so they read as the zero padding the whole-utterance forward sees there.
 """
 
 from __future__ import annotations
@@ -78,16 +86,32 @@ class ConvSubsampling(nn.Module):
             freq = stage_length(freq)
         self.out = nn.Linear(channels * freq, d_model)
 
-    def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
-        """feats [B, T, F], feat_lens [B] -> x [B, T', d_model], lens [B] (T' = subsampled T)."""
+    def forward(self, feats: Tensor, feat_lens: Tensor, left_padding: int = 0) -> tuple[Tensor, Tensor]:
+        """feats [B, T, F], feat_lens [B] -> x [B, T', d_model], lens [B] (T' = subsampled T).
+
+        ``left_padding`` (a multiple of ``factor``): the first frames are not part of the
+        utterance; every stage reads them as zeros (see the module docstring)."""
         x = feats.unsqueeze(1)  # [B, 1, T, F]
         lens = feat_lens
         for stage in self.stages:
+            valid = time_mask(lens, x.size(2))
+            if left_padding:
+                valid = valid & (torch.arange(x.size(2), device=x.device) >= left_padding)[None, :]
+                left_padding //= 2
             # masked_fill rather than a multiply: NaN/inf in padding must not leak either.
-            x = x.masked_fill(~time_mask(lens, x.size(2))[:, None, :, None], 0.0)
+            x = x.masked_fill(~valid[:, None, :, None], 0.0)
             x = stage(x)
             lens = stage_length(lens)
         # [B, C, T', F'] -> [B, T', C * F']; flatten (not a reshape to sizes read from x) keeps T'
         # symbolic under tracing.
         x = x.transpose(1, 2).flatten(2)
         return self.out(x), lens
+
+    def forward_chunk(self, feats: Tensor, cache: Tensor, first: bool) -> tuple[Tensor, Tensor]:
+        """One streaming chunk: feats [B, n, F] (n a multiple of ``factor``, except in the last
+        chunk), cache [B, factor, F] (the previous chunk's last frames; zeros and ``first`` for a
+        stream's first chunk) -> x [B, ceil(n / factor), d_model], the next cache."""
+        x = torch.cat([cache, feats], dim=1)
+        lens = torch.full((x.size(0),), x.size(1), dtype=torch.long, device=x.device)
+        out, _ = self(x, lens, left_padding=self.factor if first else 0)
+        return out[:, 1:], x[:, x.size(1) - self.factor :]
