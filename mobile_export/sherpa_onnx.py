@@ -28,13 +28,9 @@ the report's agreement says how many transcripts change (`frontend_note`).
 from __future__ import annotations
 
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
-from torch import Tensor, nn
 
 from asrkd.contract import Contract
 from asrkd.features import FrontendConfig
@@ -42,7 +38,8 @@ from eval.runners import SHERPA_LOADER, check_sherpa_loads
 from mobile_export.bundle import Artifact
 from mobile_export.exporter import Exporter
 from mobile_export.graph import ExportGraph
-from mobile_export.onnx import OPSET, quantize_int8
+from mobile_export.onnx import export_fp32 as onnx_export_fp32
+from mobile_export.onnx import quantize_int8
 
 if TYPE_CHECKING:
     from mobile_export.options import ExportOptions
@@ -50,7 +47,6 @@ if TYPE_CHECKING:
 
 FOLDER = "sherpa-onnx"
 INPUTS = ("audio_signal", "length")
-OUTPUTS = ("log_probs", "out_lens")
 NORMALIZE_TYPE = "per_feature"
 MODEL_TYPE = "EncDecCTCModelBPE"
 PRECISIONS = {
@@ -60,28 +56,6 @@ PRECISIONS = {
 }
 # File names inside FOLDER, as sherpa-onnx's own model folders name them.
 FILE_NAMES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
-
-
-class NemoCtcGraph(nn.Module):
-    """The student in NeMo's CTC contract: ``forward(audio_signal [B, n_mels, T] float32,
-    length [B] int64) -> (log_probs [B, T', V] float32, out_lens [B] int64)``, T' =
-    ceil(T / subsampling). The features are the front end's output transposed; the model is the
-    export graph's features-in variant (no token ids, no confidence: sherpa reads output 0 only).
-    """
-
-    def __init__(self, graph: ExportGraph):
-        super().__init__()
-        # Not `self.graph`: that name is taken by the torch.fx GraphModule that export traces into.
-        self.student = ExportGraph(graph.frontend, graph.model, features_in=True, with_tokens=False,
-                                 with_confidence=False, blank_id=graph.blank_id)
-
-    def forward(self, audio_signal: Tensor, length: Tensor) -> tuple[Tensor, Tensor]:
-        return self.student(audio_signal.transpose(1, 2), length)
-
-    def example_inputs(self, seconds: float = 2.0, batch: int = 2) -> tuple[Tensor, Tensor]:
-        """``(audio_signal, length)`` for ``seconds`` of audio, to trace with."""
-        feats, lens = self.student.example_inputs(self.student.input_length(seconds), batch=batch)
-        return feats.transpose(1, 2).contiguous(), lens
 
 
 def metadata(contract: Contract) -> dict[str, str]:
@@ -109,29 +83,35 @@ def set_metadata(path: Path, meta: dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
-def export_fp32(graph: ExportGraph, path: Path, example_seconds: float = 2.0) -> Path:
-    """``NemoCtcGraph(graph)`` to ``path`` through torch's dynamo exporter, with dynamic batch and
-    time axes (time is axis 2 of ``audio_signal``; mobile_export/onnx.py's export has it on axis 1).
-    Traced with a batch of 2: torch.export specialises sizes 0 and 1."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module = NemoCtcGraph(graph).eval()
-    dim = torch.export.Dim.DYNAMIC
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter chatter
-        program = torch.onnx.export(
-            module,
-            module.example_inputs(example_seconds),
-            dynamo=True,
-            input_names=list(INPUTS),
-            output_names=list(OUTPUTS),
-            dynamic_shapes={"audio_signal": {0: dim, 2: dim}, "length": {0: dim}},
-            opset_version=OPSET,
-            optimize=True,
-            verbose=False,
-        )
-    program.save(str(path), external_data=False)
-    return path
+def export_fp32(graph: ExportGraph, path: Path) -> Path:
+    """The student in NeMo's CTC contract at ``path``: ``audio_signal [B, n_mels, T] float32,
+    length [B] int64 -> log_probs [B, T', V] float32, out_lens [B] int64``, T' = ceil(T /
+    subsampling), dynamic batch and time axes.
+
+    It is the export graph's features-in variant (no token ids or confidence: sherpa reads output
+    0 only) exported as every ONNX artifact is (mobile_export/onnx.py), with a Transpose in front
+    for NeMo's channels-first features and the inputs renamed."""
+    import onnx
+    from onnx import helper
+
+    features_in = ExportGraph(graph.frontend, graph.model, features_in=True, with_tokens=False,
+                              with_confidence=False, blank_id=graph.blank_id)
+    onnx_export_fp32(features_in, path)
+    model = onnx.load(str(path))
+    feats_name, lens_name = features_in.input_names
+    feats, lens = (next(i for i in model.graph.input if i.name == n) for n in (feats_name, lens_name))
+    batch, frames, mels = feats.type.tensor_type.shape.dim
+    audio_signal = helper.make_tensor_value_info(INPUTS[0], feats.type.tensor_type.elem_type, [
+        batch.dim_param or batch.dim_value, mels.dim_param or mels.dim_value, frames.dim_param or frames.dim_value])
+    for node in model.graph.node:
+        node.input[:] = [INPUTS[1] if name == lens_name else name for name in node.input]
+    lens.name = INPUTS[1]
+    model.graph.node.insert(0, helper.make_node("Transpose", [INPUTS[0]], [feats_name], perm=[0, 2, 1]))
+    model.graph.input.remove(feats)
+    model.graph.input.insert(0, audio_signal)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
 
 
 def frontend_note(frontend: FrontendConfig) -> str:
