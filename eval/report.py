@@ -61,6 +61,22 @@ DEFINITIONS = {
 }
 
 
+# What the confidence section means (report.json ``confidence``, an artifact's ``fallback``).
+CONFIDENCE_DEFINITIONS = {
+    "correct": "an utterance whose greedy transcript equals its normalised reference word for word",
+    "calibrated confidence": "the artifacts' confidence output mapped by contract.json's calibration: "
+    "an estimate of P(correct)",
+    "ece": "expected calibration error: over 10 equal-width confidence bins, the utterance-weighted "
+    "mean |share correct - mean confidence| (0 = calibrated); raw = the confidence output read as "
+    "a probability",
+    "fallback_threshold": "keep a transcript when its calibrated confidence is >= it, else fall back; "
+    "the lowest one whose kept calibration-set utterances reach the target precision",
+    "coverage": "share of the utterances kept (not falling back) at the threshold",
+    "accuracy": "share of the kept utterances that are correct (the precision the threshold aims at)",
+    "rejection": "share of the out-of-scope utterances that fall back at the threshold",
+}
+
+
 @dataclass
 class Transcripts:
     """Outputs of one runner over the evaluation set, in order."""
@@ -192,7 +208,43 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {name} | {w.get('substitutions')} | {w.get('deletions')} | {w.get('insertions')} "
                          f"| {w.get('reference_length')} | {c.get('substitutions')} | {c.get('deletions')} "
                          f"| {c.get('insertions')} |")
+    if report.get("confidence"):
+        lines += _confidence_markdown(report["confidence"], report.get("artifacts", []))
     lines += ["", "## Definitions", ""]
     lines += [f"- `{k}`: {v}" for k, v in (report.get("definitions") or DEFINITIONS).items()]
+    if report.get("confidence"):
+        lines += [f"- `{k}`: {v}" for k, v in CONFIDENCE_DEFINITIONS.items()]
     lines.append("")
     return "\n".join(lines)
+
+
+def _confidence_markdown(conf: dict, artifacts: list[dict]) -> list[str]:
+    """REPORT.md's section on the calibrated confidence and the fallback threshold."""
+    fb, cal = conf["fallback"], conf["calibration"]
+    where = "the evaluation set itself (in sample: optimistic)" if conf["in_sample"] else f"`{conf['calibration_manifest']}`"
+    lines = [
+        "", "## Confidence and fallback", "",
+        f"Calibration: {cal['method']} on the `{cal['measure']}` confidence output, fitted on {where} "
+        f"({cal['fitted_on']['utterances']} utterances, {cal['fitted_on']['correct']} correct). "
+        f"Fallback threshold **{fb['threshold']:.3f}** for a target precision of {fb['target_precision']:g}"
+        + ("" if fb["reached"] else " (**not reached** on the calibration set: the threshold with the best "
+           "precision is given)") + f"; reliability diagram: `{conf.get('reliability_png')}`.",
+        "",
+        "| set | utterances | correct % | ECE raw | ECE calibrated | coverage % | accuracy % | rejection % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in (("calibration (PyTorch)", {**conf["calibration_set"], "coverage": fb["coverage"],
+                                               "accuracy": fb["precision"]}),
+                    ("evaluation (PyTorch)", conf["eval"]), ("out-of-scope (PyTorch)", conf.get("oos"))):
+        if d:
+            lines.append(f"| {name} | {d.get('utterances')} | {_pct(d.get('correct'))} "
+                         f"| {_num(d.get('ece_raw'), '{:.3f}')} | {_num(d.get('ece_calibrated'), '{:.3f}')} "
+                         f"| {_pct(d.get('coverage'))} | {_pct(d.get('accuracy'))} | {_pct(d.get('rejection'))} |")
+    for a in artifacts:
+        f = a.get("fallback")
+        if f:
+            oos = f.get("oos") or {}
+            lines.append(f"| {a['format']} {a['precision']} (evaluation) | {f['eval']['utterances']} | – | – | – "
+                         f"| {_pct(f['eval'].get('coverage'))} | {_pct(f['eval'].get('accuracy'))} "
+                         f"| {_pct(oos.get('rejection'))} |")
+    return lines

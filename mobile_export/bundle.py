@@ -3,11 +3,13 @@
     OUT/
         model.fp32.onnx, model.int8.tflite, model.fp16.mlpackage/, model.int8.pte, ...
         tokens.txt          the vocabulary ("symbol id" per line, blank first)
-        contract.json       how to feed the artifacts and read their outputs (this module)
+        contract.json       how to feed the artifacts and read their outputs (this module), and
+                            with a fallback target precision the confidence calibration and threshold
         report.json         what each artifact measured (mobile_export/report.py; CI parses it)
         REPORT.md           the same as tables
         MODEL_CARD.md       what the model is, what it was trained on, how well it does
         utterances.jsonl    per-utterance results of every artifact
+        reliability.png     with a fallback target precision: the reliability diagram
 
 Every number in ``contract.json`` is derived from the checkpoint's config (front end, model,
 tokenizer): nothing here restates a sample rate, hop or vocabulary.
@@ -23,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from asrkd.confidence import Calibration, Fallback
 from asrkd.models.conformer import count_parameters
 from asrkd.text import TOKENS_FILENAME, WORD_SEP
 from mobile_export.graph import TENSOR_MEANINGS
@@ -109,10 +112,41 @@ def artifact_stem(precision: str) -> str:
     return f"model.{precision}"
 
 
+CALIBRATION_FORMULAS = {
+    "temperature": "p = 1 / (1 + exp(-(ln(c / (1 - c)) + bias) / temperature)), c = the artifact's "
+    "confidence output clipped to [1e-6, 1 - 1e-6]",
+    "isotonic": "p = linear interpolation of the artifact's confidence output c between the points "
+    "(knots_x[i], knots_y[i]); knots_y[0] below knots_x[0], knots_y[-1] above knots_x[-1]",
+}
+
+
+def confidence_contract(calibration: Calibration, fallback: Fallback) -> dict[str, Any]:
+    """contract.json's ``confidence``: how to turn the artifacts' ``confidence`` output into
+    P(transcript exactly right) and when to fall back (docs/CONFIDENCE.md)."""
+    return {
+        "output": "confidence",
+        "calibration": calibration.to_dict(),
+        "calibrated": CALIBRATION_FORMULAS[calibration.method],
+        "fallback_threshold": fallback.threshold,
+        "target_precision": fallback.target_precision,
+        "rule": "keep the transcript when p >= fallback_threshold; otherwise fall back (server, a larger "
+        "model, or ask the user to repeat)",
+    }
+
+
+def read_confidence(out_dir: Path) -> tuple[Calibration, float] | None:
+    """The calibration and the fallback threshold of a bundle's contract.json (None if it has none)."""
+    conf = read_contract(out_dir).get("confidence")
+    if conf is None:
+        return None
+    return Calibration.from_dict(conf["calibration"]), float(conf["fallback_threshold"])
+
+
 def contract(source: ExportSource, artifacts: list[Artifact], windows_seconds: list[float],
-             root: Path) -> dict[str, Any]:
+             root: Path, confidence: dict[str, Any] | None = None) -> dict[str, Any]:
     """``contract.json`` for ``artifacts`` exported from ``source``: its `asrkd.contract.Contract`
-    (``to_dict``; the sample rate under ``audio``) plus what the bundle adds (module docstring)."""
+    (``to_dict``; the sample rate under ``audio``) plus what the bundle adds (module docstring);
+    ``confidence`` (`confidence_contract`) when the export calibrated one."""
     model = source.contract.to_dict()
     frontend = source.contract.frontend
     return {
@@ -143,6 +177,7 @@ def contract(source: ExportSource, artifacts: list[Artifact], windows_seconds: l
         "artifacts": [
             {**a.to_dict(root), "file": os.path.relpath(a.path, root)} for a in artifacts
         ],
+        **({"confidence": confidence} if confidence is not None else {}),
     }
 
 

@@ -11,6 +11,8 @@ first thing and after every step, so it exists whatever happens), each in its ow
 1. load the model (source.py) and build the export graph (graph.py);
 2. read the evaluation manifest and decode it with the PyTorch graph: the reference WER, CER,
    transcripts, log-probs and RTF (reference.py);
+2b. with ``fallback_target_precision``: calibrate the confidence and choose the fallback
+   threshold (fallback.py);
 3. convert to every (format, precision) asked for (formats.py: one ``Exporter`` per format); one
    the format does not offer is recorded as ``not_run`` with the reason and does not count for
    the gate;
@@ -41,6 +43,7 @@ from asrkd.fileio import atomic_write_text, write_json
 from eval.rtf import all_threads
 from mobile_export import bundle
 from mobile_export.bundle import Artifact
+from mobile_export.fallback import FallbackPlan, calibrate
 from mobile_export.formats import EXPORTERS, FORMATS
 from mobile_export.gate import gate_summary
 from mobile_export.options import DEFAULT_PRECISIONS, PRECISIONS, ExportError, ExportOptions
@@ -94,10 +97,12 @@ def existing_artifacts(out_dir: Path) -> list[tuple[str, str, Outcome]]:
 
 
 def write_bundle(source: ExportSource, out_dir: Path, artifacts: list[Artifact], windows: list[float],
-                 report: ExportReport, rows: list[dict]) -> None:
+                 report: ExportReport, rows: list[dict], plan: FallbackPlan | None = None) -> None:
     """Step 6 (report.json aside): tokens.txt, contract.json, utterances.jsonl, MODEL_CARD.md."""
     source.tokenizer.save(out_dir)
-    write_json(out_dir / bundle.CONTRACT_FILE, bundle.contract(source, artifacts, windows, out_dir))
+    confidence = None if plan is None else bundle.confidence_contract(plan.calibration, plan.fallback)
+    write_json(out_dir / bundle.CONTRACT_FILE,
+               bundle.contract(source, artifacts, windows, out_dir, confidence=confidence))
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     atomic_write_text(out_dir / bundle.UTTERANCES_FILE, lines)
     atomic_write_text(out_dir / bundle.MODEL_CARD, bundle.model_card(source, report.to_dict()))
@@ -139,20 +144,24 @@ def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | No
 
         transcripts, report.reference, rows = score_reference(source, data, manifest, options, threads_all, log)
         report.save(out_dir)
+        plan = None
+        if options.fallback_target_precision is not None:
+            report.confidence, plan = calibrate(source, data, transcripts, manifest, options, out_dir, log)
+            report.save(out_dir)
 
         outcomes = existing_artifacts(out_dir) if verify_only else convert(source, out_dir, options, log)
         artifacts = [o for _, _, o in outcomes if isinstance(o, Artifact)]
         if not verify_only:
             # The contract is written before verification so that it exists whatever happens next.
-            write_bundle(source, out_dir, artifacts, list(options.windows), report, rows)
+            write_bundle(source, out_dir, artifacts, list(options.windows), report, rows, plan)
         log(f"verifying {len(artifacts)} artifact(s)")
         verifier = Verifier(source, data, transcripts, report.reference.wer, options, threads_all, out_dir,
-                            recheck=verify_only, log=log, rows=rows)
+                            recheck=verify_only, log=log, rows=rows, fallback=plan)
         for fmt, precision, outcome in outcomes:
             report.artifacts.append(verifier.verify(fmt, precision, outcome))
             report.save(out_dir)
         report.gate = gate_summary(report.artifacts, options.max_wer_increase, reference_ok=True)
-        write_bundle(source, out_dir, artifacts, list(options.windows), report, verifier.rows)
+        write_bundle(source, out_dir, artifacts, list(options.windows), report, verifier.rows, plan)
     except Exception as e:
         report.error = exception_text(e)
         report.gate = gate_summary(report.artifacts, options.max_wer_increase, reference_ok=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from asrkd.confidence import METHODS as CALIBRATION_METHODS
 from asrkd.contract import EXPORT_WINDOWS_SECONDS
 from mobile_export import coreml
 from mobile_export.formats import EXPORTERS, FORMATS
@@ -40,6 +41,16 @@ class ExportOptions:
         rtf_utterances: utterances timed per pass.
         cold_start: also measure load time, first run and peak memory in a fresh process.
 
+    Confidence and fallback (mobile_export/fallback.py; off unless a target precision is given):
+        fallback_target_precision: calibrate the utterance confidence and choose the threshold
+            at which the kept utterances are right this share of the time (e.g. 0.95).
+        calibration_manifest: labelled manifest to calibrate on (None: the evaluation manifest,
+            reported as ``in_sample``: its coverage and accuracy are then optimistic).
+        calibration_method: ``temperature`` (two numbers; what the artifacts can apply) or
+            ``isotonic`` (`asrkd.confidence.Calibration`).
+        oos_manifest: out-of-scope speech the model should refuse (transcripts not needed): the
+            report gives the share that falls back.
+
     Raises `ExportError` naming every invalid field.
     """
 
@@ -55,6 +66,10 @@ class ExportOptions:
     zip: bool = False
     coreml_shapes: str = "enumerated"
     coreml_target: str = coreml.DEFAULT_TARGET
+    fallback_target_precision: float | None = None
+    calibration_manifest: str | None = None
+    calibration_method: str = "temperature"
+    oos_manifest: str | None = None
 
     def __post_init__(self):
         self.formats = tuple(self.formats)
@@ -79,5 +94,18 @@ class ExportOptions:
             problems.append(f"max_utterances must be >= 1, got {self.max_utterances}")
         if self.coreml_shapes not in coreml.SHAPE_MODES:
             problems.append(f"coreml_shapes must be one of {coreml.SHAPE_MODES}")
+        problems += self._confidence_problems()
         if problems:
             raise ExportError("; ".join(problems))
+
+    def _confidence_problems(self) -> list[str]:
+        problems = []
+        p = self.fallback_target_precision
+        if p is not None and not 0.0 < p <= 1.0:
+            problems.append(f"fallback_target_precision must be a share in (0, 1], e.g. 0.95; got {p}")
+        if p is None and (self.calibration_manifest or self.oos_manifest):
+            problems.append("calibration_manifest and oos_manifest need fallback_target_precision "
+                            "(--fallback-target-precision P)")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            problems.append(f"calibration_method must be one of {CALIBRATION_METHODS}")
+        return problems

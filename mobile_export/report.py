@@ -5,7 +5,8 @@ docstring; keys are only ever added). Keys that a step adds when it runs are abs
 as they always were: the reference's ``words`` / ``chars`` / ``per_speaker`` once it is scored,
 ``first_run_seconds`` / ``peak_rss_delta_bytes`` once a cold start is measured, an artifact's
 ``logprob_compared_utterances`` once it has run, ``eval.timing`` when speed is not (fully)
-measured, ``traceback`` after a crash and ``zip`` once the bundle is zipped.
+measured, ``traceback`` after a crash and ``zip`` once the bundle is zipped; ``confidence`` and
+each artifact's ``fallback`` only when a fallback target precision is asked for.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class ArtifactEntry:
     speed: Speed = field(default_factory=Speed)
     description: str | None = None
     checks: dict[str, Any] | None = None
+    fallback: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -131,7 +133,35 @@ class ArtifactEntry:
         }
         if s is not None:
             d["logprob_compared_utterances"] = s.logprob_compared_utterances
+        if self.fallback is not None:
+            d["fallback"] = self.fallback
         return d
+
+
+@dataclass
+class ConfidenceReport:
+    """The calibrated confidence and the fallback threshold (mobile_export/fallback.py).
+
+    ``calibration``: `asrkd.confidence.Calibration` as a dict, fitted on ``calibration_manifest``
+    (``in_sample``: it is the evaluation manifest itself). ``fallback``:
+    `asrkd.confidence.Fallback` as a dict, chosen on the calibration set. ``calibration_set`` and
+    ``eval``: ECE of the raw and the calibrated confidence there, and coverage / accuracy at the
+    threshold (`eval.calibration`). ``oos``: the out-of-scope set's ``rejection`` (share that
+    falls back), None without one. ``reliability_png``: the eval set's reliability diagram.
+    """
+
+    calibration_manifest: str
+    in_sample: bool
+    calibration: dict[str, Any]
+    fallback: dict[str, Any]
+    calibration_set: dict[str, Any]
+    eval: dict[str, Any]
+    oos: dict[str, Any] | None = None
+    oos_manifest: str | None = None
+    reliability_png: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -163,6 +193,7 @@ class ExportReport:
     error: str | None = None
     traceback: str | None = None
     zip: str | None = None
+    confidence: ConfidenceReport | None = None
     created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
                          .isoformat(timespec="seconds"))
 
@@ -199,6 +230,8 @@ class ExportReport:
             d["traceback"] = self.traceback
         if self.zip is not None:
             d["zip"] = self.zip
+        if self.confidence is not None:
+            d["confidence"] = self.confidence.to_dict()
         return d
 
     def save(self, out_dir: Path) -> Path:

@@ -12,6 +12,7 @@ from eval.report import Transcripts, compare, transcribe
 from eval.rtf import measure_speed
 from mobile_export.bundle import Artifact
 from mobile_export.exporter import Exporter
+from mobile_export.fallback import FallbackPlan
 from mobile_export.formats import EXPORTERS
 from mobile_export.gate import apply_gate
 from mobile_export.options import ExportOptions
@@ -32,6 +33,8 @@ class Verifier:
     ``out_dir``: the bundle (report paths are relative to it). ``recheck``: re-verify artifacts
     of an existing bundle (``verify_only``), so what a format checks without running is checked
     again on the files as they are now. ``rows`` collects the per-utterance results.
+    ``fallback``: with a calibrated confidence, each artifact's coverage, accuracy and
+    out-of-scope rejection at the threshold are measured too.
     """
 
     source: ExportSource
@@ -44,6 +47,7 @@ class Verifier:
     recheck: bool
     log: Callable[[str], None]
     rows: list[dict] = field(default_factory=list)
+    fallback: FallbackPlan | None = None
 
     def verify(self, fmt: str, precision: str, outcome: Outcome) -> ArtifactEntry:
         """The report entry of one (format, precision), measured where it can run."""
@@ -78,6 +82,8 @@ class Verifier:
             entry.speed = measure_speed(exporter.name, a.path, self.data.pcms[: o.rtf_utterances],
                                         self.data.sample_rate, o.rtf_repeats, self.threads_all, o.cold_start)
             self.rows += [{"artifact": a.name, **r} for r in rows]
+            if self.fallback is not None and all(lp is not None for lp in out.log_probs):
+                entry.fallback = self.fallback.measure(runner, out, self.data.refs, self.source.tokenizer)
             apply_gate(entry, self.reference_wer, o.max_wer_increase)
         except Exception as e:
             entry.status, entry.gate_passed = "not_run", False

@@ -206,3 +206,45 @@ def test_bad_options_are_refused_before_any_work(labelled, tmp_path, capsys):
     report = read_report(tmp_path / "out")  # written even so, for CI to find
     assert "tensorrt" in report["error"] and report["gate"]["passed"] is False
     assert report["artifacts"] == [] and not list((tmp_path / "out").glob("model.*"))
+
+
+def test_fallback_threshold_and_calibration_travel_in_the_bundle(labelled, tmp_path, capsys):
+    """--fallback-target-precision: the calibration set has two of four transcripts made wrong,
+    so the threshold must separate; the same audio unlabelled serves as the out-of-scope set."""
+    from mobile_export.bundle import read_confidence
+
+    utts = read_manifest(labelled[1])
+    wrong = [replace(u, text=u.text + " nine") if i % 2 else u for i, u in enumerate(utts)]
+    write_manifest(tmp_path / "cal.jsonl", wrong)
+    write_manifest(tmp_path / "oos.jsonl", [replace(u, text=None) for u in utts])
+    out = tmp_path / "out"
+    rc = export(*labelled, out, "--formats", "onnx", "--quantize", "fp32", "--rtf-repeats", "0",
+                "--no-cold-start", "--fallback-target-precision", "0.9", "--calibration-manifest",
+                str(tmp_path / "cal.jsonl"), "--oos-manifest", str(tmp_path / "oos.jsonl"))
+    assert rc == 0
+    assert "fallback threshold" in capsys.readouterr().out
+    conf = read_report(out)["confidence"]
+    assert not conf["in_sample"] and conf["calibration"]["fitted_on"] == {"utterances": 4, "correct": 2}
+    assert conf["calibration_set"]["correct"] == 0.5 and conf["eval"]["correct"] == 1.0
+    fb = conf["fallback"]
+    assert fb["target_precision"] == 0.9 and 0 < fb["coverage"] <= 1
+    assert fb["reached"] == (fb["precision"] >= 0.9)
+    # Every eval utterance is right, so what is kept is right; coverage and rejection are shares.
+    assert conf["eval"]["accuracy"] in (1.0, None) and 0 <= conf["eval"]["coverage"] <= 1
+    assert conf["oos"]["utterances"] == 4 and conf["oos"]["rejection"] == 1 - conf["eval"]["coverage"]
+    (onnx,) = read_report(out)["artifacts"]
+    # The artifact is measured on its own outputs; the threshold is one of these very utterances'
+    # confidences, so a float rounding apart may move that one utterance (1 / 4) across it.
+    assert onnx["fallback"]["eval"]["coverage"] == pytest.approx(conf["eval"]["coverage"], abs=0.25)
+    assert onnx["fallback"]["oos"]["rejection"] == 1 - onnx["fallback"]["eval"]["coverage"]
+    calibration, threshold = read_confidence(out)
+    assert calibration.to_dict() == conf["calibration"] and threshold == fb["threshold"]
+    assert (out / conf["reliability_png"]).read_bytes()[:4] == b"\x89PNG"
+    assert "## Confidence and fallback" in (out / "REPORT.md").read_text(encoding="utf-8")
+
+
+def test_calibration_options_need_a_target_precision(labelled, tmp_path, capsys):
+    assert export(*labelled, tmp_path / "out", "--oos-manifest", str(labelled[1])) == 2
+    assert "need fallback_target_precision" in capsys.readouterr().err
+    assert export(*labelled, tmp_path / "out", "--fallback-target-precision", "95") == 2
+    assert "must be a share in (0, 1]" in capsys.readouterr().err
