@@ -164,6 +164,8 @@ class StreamingTranscriber:
 
     ``chunk_size`` (encoder frames) and ``left_chunks`` default to the model config's. With
     ``chunk_size=-1`` nothing is decoded before `finalize` (full context). Decoding is greedy CTC.
+    Attributes: ``state`` (the `StreamState`), ``partial`` (the latest partial text), ``finished``
+    (`finalize` was called; `reset` starts the next utterance).
     """
 
     def __init__(self, model: ConformerCTC, frontend: LogMel, tokenizer, chunk_size: int | None = None,
@@ -204,6 +206,7 @@ class StreamingTranscriber:
             encoder=self.model.initial_state(device=device),
             log_probs=torch.zeros(1, 0, self.contract.vocab_size, device=device),
         )
+        self.partial = ""
         self.finished = False
 
     @torch.no_grad()
@@ -215,8 +218,9 @@ class StreamingTranscriber:
         samples = torch.as_tensor(np.asarray(samples, dtype=np.float32)).reshape(1, -1)
         feats, frontend = self.frontend.accept(self.state.frontend, samples)
         self.state.frontend = frontend
-        self._decode(torch.cat([self.state.features, feats], dim=1), final=False)
-        return self._text()
+        if self._decode(torch.cat([self.state.features, feats], dim=1), final=False):
+            self.partial = self.tokenizer.decode(self._tokens())
+        return self.partial
 
     @torch.no_grad()
     def finalize(self) -> Hypothesis:
@@ -235,9 +239,10 @@ class StreamingTranscriber:
         """``[T', V]`` log-probs of the chunks decoded so far."""
         return self.state.log_probs[0]
 
-    def _decode(self, feats: Tensor, final: bool) -> None:
+    def _decode(self, feats: Tensor, final: bool) -> bool:
         """Run every full chunk of ``feats`` [1, t, n_mels] through the encoder, and with ``final``
-        the rest too (at full context: everything, at the end); keep what is left for later."""
+        the rest too (at full context: everything, at the end); keep what is left for later.
+        Whether any chunk ran."""
         if self.chunk_samples is None:
             step = feats.size(1) if final else 0
         else:
@@ -251,12 +256,12 @@ class StreamingTranscriber:
             outputs.append(log_probs)
             start += step
         self.state.features = feats[:, start:]
-        self.state.log_probs = torch.cat(outputs, dim=1)
+        if len(outputs) > 1:
+            self.state.log_probs = torch.cat(outputs, dim=1)
+        return len(outputs) > 1
 
     def _tokens(self) -> list[int]:
+        """Greedy CTC over the log-probs so far."""
         log_probs = self.state.log_probs
         lengths = torch.tensor([log_probs.size(1)])
         return greedy_decode(log_probs, lengths, blank=self.contract.blank_id)[0]
-
-    def _text(self) -> str:
-        return self.tokenizer.decode(self._tokens())

@@ -39,11 +39,12 @@ class RotaryEmbedding(nn.Module):
         # Not persistent: derived from the config, so checkpoints do not carry it.
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, offset: int | Tensor = 0) -> tuple[Tensor, Tensor]:
         """x [B, H, T, Dh] -> cos, sin [T, Dh] in x's dtype, for positions ``offset .. offset + T - 1``
-        (a streaming chunk starts at its first frame's position in the utterance)."""
+        (a streaming chunk starts at its first frame's position in the utterance; a 0-d tensor
+        ``offset`` keeps it an input of a traced graph)."""
         pos = torch.arange(x.size(2), device=x.device, dtype=torch.float32)
-        if offset:
+        if isinstance(offset, Tensor) or offset:
             pos = pos + offset  # integers below 2^24 are exact in float32: the same angles as offline
         angles = pos[:, None] * self.inv_freq[None, :]  # [T, Dh / 2]
         angles = torch.cat([angles, angles], dim=-1)  # [T, Dh]
@@ -91,7 +92,7 @@ class RotarySelfAttention(nn.Module):
         )
         return self.proj(out.transpose(1, 2).flatten(2))
 
-    def forward_chunk(self, x: Tensor, cache: Tensor, offset: int) -> tuple[Tensor, Tensor]:
+    def forward_chunk(self, x: Tensor, cache: Tensor, offset: int | Tensor) -> tuple[Tensor, Tensor]:
         """One streaming chunk: x [B, C, D] whose first frame is frame ``offset`` of the utterance,
         cache [B, H, Tc, 2 * Dh] (rotated keys and values of the Tc earlier frames the chunk may read)
         -> out [B, C, D], keys and values [B, H, Tc + C, 2 * Dh] (the caller keeps what the next
@@ -103,7 +104,7 @@ class RotarySelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).flatten(2)), kv
 
-    def _rotated_qkv(self, x: Tensor, offset: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _rotated_qkv(self, x: Tensor, offset: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, D] -> q, k, v [B, H, T, Dh], q and k rotated for positions from ``offset``."""
         # [B, T, 3D] -> [B, T, 3H, Dh] -> [B, 3H, T, Dh]: every tensor stays 4-D, and the -1 sizes
         # keep B and T symbolic for tracing and export.
