@@ -315,6 +315,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         calibration_manifest=args.calibration_manifest,
         calibration_method=args.calibration_method,
         oos_manifest=args.oos_manifest,
+        edge_cases=args.edge_cases,
+        edge_case_noise=args.edge_case_noise,
+        max_wer_increase_noisy=args.max_wer_increase_noisy,
     )
     try:
         if args.windows:
@@ -414,6 +417,16 @@ def _add_export_commands(sub) -> None:
     p.add_argument("--oos-manifest", metavar="M",
                    help="out-of-scope speech the model should refuse (no transcripts needed): the report "
                    "gives the share that falls back at the threshold")
+    p.add_argument("--edge-cases", action="store_true", default=None,
+                   help="also run every artifact on the evaluation set under noise (20/10/0 dB SNR), speed "
+                   "0.9x/1.1x, -30 dB, clipping, 8 kHz telephone band, silence padding, a >= 60 s "
+                   "concatenation and silence only: WER, agreement, confidence and fallback rate per "
+                   "condition in the report (eval/edge_cases.py)")
+    p.add_argument("--edge-case-noise", metavar="DIR",
+                   help="noise recordings (wav/flac/ogg) for the noise conditions (default: white/pink noise)")
+    p.add_argument("--max-wer-increase-noisy", type=float, metavar="X",
+                   help="gate on the edge cases too: under each condition an artifact's WER may exceed "
+                   "PyTorch's by at most X points, and it must output nothing on silence")
     p.set_defaults(func=_cmd_export)
 
 

@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 
 from asrkd.confidence import (
-    MEASURES, Calibration, expected_calibration_error, kept_stats, reliability_bins, utterance_scores,
+    MEASURES,
+    Calibration,
+    expected_calibration_error,
+    kept_stats,
+    reliability_bins,
+    utterance_scores,
 )
 from eval.report import Transcripts
 

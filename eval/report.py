@@ -210,6 +210,8 @@ def render_markdown(report: dict) -> str:
                          f"| {c.get('insertions')} |")
     if report.get("confidence"):
         lines += _confidence_markdown(report["confidence"], report.get("artifacts", []))
+    if report.get("edge_cases"):
+        lines += _edge_case_markdown(report["edge_cases"], report.get("artifacts", []))
     lines += ["", "## Definitions", ""]
     lines += [f"- `{k}`: {v}" for k, v in (report.get("definitions") or DEFINITIONS).items()]
     if report.get("confidence"):
@@ -248,3 +250,30 @@ def _confidence_markdown(conf: dict, artifacts: list[dict]) -> list[str]:
                          f"| {_pct(f['eval'].get('coverage'))} | {_pct(f['eval'].get('accuracy'))} "
                          f"| {_pct(oos.get('rejection'))} |")
     return lines
+
+
+def _edge_case_markdown(reference: dict, artifacts: list[dict]) -> list[str]:
+    """REPORT.md's edge-case table: per condition, PyTorch's WER, confidence and fallback rate,
+    and each artifact's WER with its agreement with PyTorch."""
+    ran = [a for a in artifacts if a.get("edge_cases")]
+    lines = [
+        "", "## Edge cases", "",
+        "WER % per condition (agreement with PyTorch %); confidence: median of the raw `confidence` "
+        "output; fallback: share below the fallback threshold; silence only: outputs that are not "
+        "empty (must be 0).", "",
+        "| condition | PyTorch WER | confidence | fallback % | "
+        + " | ".join(f"{a['format']} {a['precision']}" for a in ran) + " |",
+        "|---|---|---|---|" + "---|" * len(ran),
+    ]
+    for name, row in reference.items():
+        conf = (row.get("confidence") or {}).get("median")
+        lines.append(f"| {name} | {_edge_cell(row, agreement=False)} | {_num(conf, '{:.3f}')} "
+                     f"| {_pct(row.get('fallback_rate'))} | "
+                     + " | ".join(_edge_cell(a["edge_cases"][name]) for a in ran) + " |")
+    return lines
+
+
+def _edge_cell(row: dict, agreement: bool = True) -> str:
+    if row["expects_empty"]:
+        return f"{row['non_empty']} of {row['utterances']} not empty"
+    return _pct(row["wer"]) + (f" ({_pct(row['agreement'])})" if agreement else "")

@@ -12,7 +12,8 @@ first thing and after every step, so it exists whatever happens), each in its ow
 2. read the evaluation manifest and decode it with the PyTorch graph: the reference WER, CER,
    transcripts, log-probs and RTF (reference.py);
 2b. with ``fallback_target_precision``: calibrate the confidence and choose the fallback
-   threshold (fallback.py);
+   threshold (fallback.py); with ``edge_cases``: the PyTorch model under every edge-case
+   condition (edge_suite.py), which each artifact meets again in step 4;
 3. convert to every (format, precision) asked for (formats.py: one ``Exporter`` per format); one
    the format does not offer is recorded as ``not_run`` with the reason and does not count for
    the gate;
@@ -43,6 +44,7 @@ from asrkd.fileio import atomic_write_text, write_json
 from eval.rtf import all_threads
 from mobile_export import bundle
 from mobile_export.bundle import Artifact
+from mobile_export.edge_suite import EdgeSuite
 from mobile_export.fallback import FallbackPlan, calibrate
 from mobile_export.formats import EXPORTERS, FORMATS
 from mobile_export.gate import gate_summary
@@ -148,6 +150,11 @@ def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | No
         if options.fallback_target_precision is not None:
             report.confidence, plan = calibrate(source, data, transcripts, manifest, options, out_dir, log)
             report.save(out_dir)
+        suite = None
+        if options.edge_cases:
+            suite = EdgeSuite.prepare(source, data, options, plan, log)
+            report.edge_cases = suite.reference_rows
+            report.save(out_dir)
 
         outcomes = existing_artifacts(out_dir) if verify_only else convert(source, out_dir, options, log)
         artifacts = [o for _, _, o in outcomes if isinstance(o, Artifact)]
@@ -156,7 +163,8 @@ def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | No
             write_bundle(source, out_dir, artifacts, list(options.windows), report, rows, plan)
         log(f"verifying {len(artifacts)} artifact(s)")
         verifier = Verifier(source, data, transcripts, report.reference.wer, options, threads_all, out_dir,
-                            recheck=verify_only, log=log, rows=rows, fallback=plan)
+                            recheck=verify_only, log=log, rows=rows, fallback=plan,
+                            edge_suite=suite)
         for fmt, precision, outcome in outcomes:
             report.artifacts.append(verifier.verify(fmt, precision, outcome))
             report.save(out_dir)

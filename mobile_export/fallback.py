@@ -27,7 +27,12 @@ import numpy as np
 
 from asrkd.confidence import Calibration, Fallback, threshold_for_precision
 from asrkd.data import AudioDataset, read_manifest
-from eval.calibration import at_threshold, calibration_summary, confidence_outcomes, reliability_diagram
+from eval.calibration import (
+    at_threshold,
+    calibration_summary,
+    confidence_outcomes,
+    reliability_diagram,
+)
 from eval.report import Transcripts, transcribe
 from eval.runners import TorchRunner
 from mobile_export.options import ExportError, ExportOptions
@@ -69,7 +74,8 @@ def read_audio(manifest: Path, sample_rate: int) -> list[np.ndarray]:
     return [dataset[i]["wav"].numpy() for i in range(len(utts))]
 
 
-def _torch_transcripts(source: ExportSource, pcms: list[np.ndarray]) -> Transcripts:
+def torch_transcripts(source: ExportSource, pcms: list[np.ndarray]) -> Transcripts:
+    """The PyTorch export graph's transcripts of ``pcms`` (one thread, torch's threads restored)."""
     import torch
 
     threads_before = torch.get_num_threads()  # TorchRunner sets torch's process-wide threads
@@ -91,7 +97,7 @@ def calibrate(source: ExportSource, data: EvalSet, transcripts: Transcripts, man
     else:
         cal_set = read_eval_set(Path(options.calibration_manifest), sample_rate, None)
         log(f"calibrating confidence on {len(cal_set.pcms)} utterances of {options.calibration_manifest}")
-        cal_transcripts, cal_refs = _torch_transcripts(source, cal_set.pcms), cal_set.refs
+        cal_transcripts, cal_refs = torch_transcripts(source, cal_set.pcms), cal_set.refs
     cal_outcome = confidence_outcomes(cal_transcripts, tokenizer, cal_refs)
     calibration = Calibration.fit(cal_outcome.scores[CALIBRATED_MEASURE], cal_outcome.correct,
                                   CALIBRATED_MEASURE, options.calibration_method)
@@ -105,7 +111,7 @@ def calibrate(source: ExportSource, data: EvalSet, transcripts: Transcripts, man
     oos_pcms = oos = None
     if options.oos_manifest:
         oos_pcms = read_audio(Path(options.oos_manifest), sample_rate)
-        oos = at_threshold(calibration, confidence_outcomes(_torch_transcripts(source, oos_pcms), tokenizer),
+        oos = at_threshold(calibration, confidence_outcomes(torch_transcripts(source, oos_pcms), tokenizer),
                            fallback.threshold)
     report = ConfidenceReport(
         calibration_manifest=str(options.calibration_manifest or manifest),

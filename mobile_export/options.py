@@ -51,6 +51,14 @@ class ExportOptions:
         oos_manifest: out-of-scope speech the model should refuse (transcripts not needed): the
             report gives the share that falls back.
 
+    Edge cases (mobile_export/edge_suite.py; off by default, it runs every artifact 11 more times):
+        edge_cases: run the suite of `eval.edge_cases` on the evaluation set for every artifact.
+        edge_case_noise: a folder of noise recordings for the noise conditions (None: asrkd's
+            white and pink noise).
+        max_wer_increase_noisy: also gate on the conditions: under each, an artifact's WER may
+            exceed PyTorch's on the same audio by at most this many WER points, and it must
+            output nothing on silence (None: reported, not gated).
+
     Raises `ExportError` naming every invalid field.
     """
 
@@ -70,6 +78,9 @@ class ExportOptions:
     calibration_manifest: str | None = None
     calibration_method: str = "temperature"
     oos_manifest: str | None = None
+    edge_cases: bool = False
+    edge_case_noise: str | None = None
+    max_wer_increase_noisy: float | None = None
 
     def __post_init__(self):
         self.formats = tuple(self.formats)
@@ -99,6 +110,7 @@ class ExportOptions:
             raise ExportError("; ".join(problems))
 
     def _confidence_problems(self) -> list[str]:
+        """What is wrong with the confidence and edge-case options."""
         problems = []
         p = self.fallback_target_precision
         if p is not None and not 0.0 < p <= 1.0:
@@ -108,4 +120,8 @@ class ExportOptions:
                             "(--fallback-target-precision P)")
         if self.calibration_method not in CALIBRATION_METHODS:
             problems.append(f"calibration_method must be one of {CALIBRATION_METHODS}")
+        if not self.edge_cases and (self.edge_case_noise or self.max_wer_increase_noisy is not None):
+            problems.append("edge_case_noise and max_wer_increase_noisy need edge_cases (--edge-cases)")
+        if self.max_wer_increase_noisy is not None and self.max_wer_increase_noisy < 0:
+            problems.append(f"max_wer_increase_noisy must be >= 0 WER points, got {self.max_wer_increase_noisy}")
         return problems

@@ -6,7 +6,8 @@ as they always were: the reference's ``words`` / ``chars`` / ``per_speaker`` onc
 ``first_run_seconds`` / ``peak_rss_delta_bytes`` once a cold start is measured, an artifact's
 ``logprob_compared_utterances`` once it has run, ``eval.timing`` when speed is not (fully)
 measured, ``traceback`` after a crash and ``zip`` once the bundle is zipped; ``confidence`` and
-each artifact's ``fallback`` only when a fallback target precision is asked for.
+each artifact's ``fallback`` only when a fallback target precision is asked for; ``edge_cases``
+(the PyTorch model's) and each artifact's ``edge_cases`` only with the edge-case suite.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class ArtifactEntry:
     description: str | None = None
     checks: dict[str, Any] | None = None
     fallback: dict[str, Any] | None = None
+    edge_cases: dict[str, dict[str, Any]] | None = None
 
     @property
     def name(self) -> str:
@@ -135,6 +137,8 @@ class ArtifactEntry:
             d["logprob_compared_utterances"] = s.logprob_compared_utterances
         if self.fallback is not None:
             d["fallback"] = self.fallback
+        if self.edge_cases is not None:
+            d["edge_cases"] = self.edge_cases
         return d
 
 
@@ -194,6 +198,7 @@ class ExportReport:
     traceback: str | None = None
     zip: str | None = None
     confidence: ConfidenceReport | None = None
+    edge_cases: dict[str, dict[str, Any]] | None = None
     created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
                          .isoformat(timespec="seconds"))
 
@@ -232,6 +237,8 @@ class ExportReport:
             d["zip"] = self.zip
         if self.confidence is not None:
             d["confidence"] = self.confidence.to_dict()
+        if self.edge_cases is not None:
+            d["edge_cases"] = self.edge_cases
         return d
 
     def save(self, out_dir: Path) -> Path:

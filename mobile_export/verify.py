@@ -11,10 +11,11 @@ from pathlib import Path
 from eval.report import Transcripts, compare, transcribe
 from eval.rtf import measure_speed
 from mobile_export.bundle import Artifact
+from mobile_export.edge_suite import EdgeSuite
 from mobile_export.exporter import Exporter
 from mobile_export.fallback import FallbackPlan
 from mobile_export.formats import EXPORTERS
-from mobile_export.gate import apply_gate
+from mobile_export.gate import apply_edge_gate, apply_gate
 from mobile_export.options import ExportOptions
 from mobile_export.reference import EvalSet
 from mobile_export.report import ArtifactEntry, exception_text
@@ -34,7 +35,8 @@ class Verifier:
     of an existing bundle (``verify_only``), so what a format checks without running is checked
     again on the files as they are now. ``rows`` collects the per-utterance results.
     ``fallback``: with a calibrated confidence, each artifact's coverage, accuracy and
-    out-of-scope rejection at the threshold are measured too.
+    out-of-scope rejection at the threshold are measured too. ``edge_suite``: each artifact is
+    run under every edge-case condition too (and gated on them with ``max_wer_increase_noisy``).
     """
 
     source: ExportSource
@@ -48,6 +50,7 @@ class Verifier:
     log: Callable[[str], None]
     rows: list[dict] = field(default_factory=list)
     fallback: FallbackPlan | None = None
+    edge_suite: EdgeSuite | None = None
 
     def verify(self, fmt: str, precision: str, outcome: Outcome) -> ArtifactEntry:
         """The report entry of one (format, precision), measured where it can run."""
@@ -84,7 +87,11 @@ class Verifier:
             self.rows += [{"artifact": a.name, **r} for r in rows]
             if self.fallback is not None and all(lp is not None for lp in out.log_probs):
                 entry.fallback = self.fallback.measure(runner, out, self.data.refs, self.source.tokenizer)
+            if self.edge_suite is not None:
+                entry.edge_cases = self.edge_suite.measure(runner, self.source.tokenizer)
             apply_gate(entry, self.reference_wer, o.max_wer_increase)
+            if self.edge_suite is not None and o.max_wer_increase_noisy is not None:
+                apply_edge_gate(entry, self.edge_suite.reference_rows, o.max_wer_increase_noisy)
         except Exception as e:
             entry.status, entry.gate_passed = "not_run", False
             entry.reason = f"run failed: {exception_text(e)}"

@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 
 from asrkd.confidence import (
-    MEASURES, Calibration, expected_calibration_error, frame_confidence, kept_stats, reliability_bins,
-    threshold_for_precision, token_spans, utterance_scores, word_spans,
+    MEASURES,
+    Calibration,
+    expected_calibration_error,
+    frame_confidence,
+    kept_stats,
+    reliability_bins,
+    threshold_for_precision,
+    token_spans,
+    utterance_scores,
+    word_spans,
 )
 from asrkd.decoding import utterance_confidence
 from asrkd.text import CharTokenizer

@@ -7,7 +7,14 @@ import pytest
 from asrkd.audio import write_wav
 from asrkd.contract import SAMPLE_RATE
 from eval.edge_cases import (
-    add_noise, band_limit, change_level, change_speed, concatenate, edge_case_conditions, pad_silence, silence,
+    add_noise,
+    band_limit,
+    change_level,
+    change_speed,
+    concatenate,
+    edge_case_conditions,
+    pad_silence,
+    silence,
 )
 
 SR = SAMPLE_RATE

@@ -208,9 +208,10 @@ def test_bad_options_are_refused_before_any_work(labelled, tmp_path, capsys):
     assert report["artifacts"] == [] and not list((tmp_path / "out").glob("model.*"))
 
 
-def test_fallback_threshold_and_calibration_travel_in_the_bundle(labelled, tmp_path, capsys):
+def test_fallback_threshold_calibration_and_edge_cases(labelled, tmp_path, capsys):
     """--fallback-target-precision: the calibration set has two of four transcripts made wrong,
-    so the threshold must separate; the same audio unlabelled serves as the out-of-scope set."""
+    so the threshold must separate; the same audio unlabelled serves as the out-of-scope set.
+    --edge-cases: every condition is reported for PyTorch and the artifact."""
     from mobile_export.bundle import read_confidence
 
     utts = read_manifest(labelled[1])
@@ -220,8 +221,8 @@ def test_fallback_threshold_and_calibration_travel_in_the_bundle(labelled, tmp_p
     out = tmp_path / "out"
     rc = export(*labelled, out, "--formats", "onnx", "--quantize", "fp32", "--rtf-repeats", "0",
                 "--no-cold-start", "--fallback-target-precision", "0.9", "--calibration-manifest",
-                str(tmp_path / "cal.jsonl"), "--oos-manifest", str(tmp_path / "oos.jsonl"))
-    assert rc == 0
+                str(tmp_path / "cal.jsonl"), "--oos-manifest", str(tmp_path / "oos.jsonl"), "--edge-cases",
+                "--max-wer-increase-noisy", "100")
     assert "fallback threshold" in capsys.readouterr().out
     conf = read_report(out)["confidence"]
     assert not conf["in_sample"] and conf["calibration"]["fitted_on"] == {"utterances": 4, "correct": 2}
@@ -242,9 +243,49 @@ def test_fallback_threshold_and_calibration_travel_in_the_bundle(labelled, tmp_p
     assert (out / conf["reliability_png"]).read_bytes()[:4] == b"\x89PNG"
     assert "## Confidence and fallback" in (out / "REPORT.md").read_text(encoding="utf-8")
 
+    report = read_report(out)
+    names = ["noise_20db", "noise_10db", "noise_0db", "speed_0.9", "speed_1.1", "level_-30db", "clipping",
+             "telephone_8khz", "silence_padding", "long_concatenation", "silence_only"]
+    assert list(report["edge_cases"]) == names == list(onnx["edge_cases"])
+    long, quiet = report["edge_cases"]["long_concatenation"], onnx["edge_cases"]["silence_only"]
+    assert long["utterances"] == 1 and long["audio_seconds"] >= 60 and long["wer"] is not None
+    assert quiet["expects_empty"] and quiet["wer"] is None and quiet["utterances"] == 2
+    for row in onnx["edge_cases"].values():
+        assert 0 <= row["agreement"] <= 1 and 0 <= row["fallback_rate"] <= 1
+        assert 0 <= row["confidence"]["p10"] <= row["confidence"]["median"] <= row["confidence"]["p90"] <= 1
+    # An untrained model may speak on silence; the gate says so by name (here with 100 points of slack).
+    assert onnx["gate_passed"] is (quiet["non_empty"] == 0) and rc == (0 if onnx["gate_passed"] else 1)
+    if quiet["non_empty"]:
+        assert "silence_only" in onnx["reason"] and report["gate"]["failed"] == ["onnx-fp32"]
+    assert "## Edge cases" in (out / "REPORT.md").read_text(encoding="utf-8")
 
-def test_calibration_options_need_a_target_precision(labelled, tmp_path, capsys):
+
+def test_edge_gate_fails_on_a_condition_and_on_speech_in_silence():
+    from mobile_export.gate import apply_edge_gate
+    from mobile_export.report import ArtifactEntry
+
+    reference = {"noise_0db": {"wer": 0.30, "expects_empty": False},
+                 "silence_only": {"wer": None, "expects_empty": True}}
+
+    def artifact(noisy_wer, non_empty):
+        entry = ArtifactEntry("onnx", "int8", status="ok", gate_passed=True)
+        entry.edge_cases = {"noise_0db": {"wer": noisy_wer, "expects_empty": False, "non_empty": 4, "utterances": 4},
+                            "silence_only": {"wer": None, "expects_empty": True, "non_empty": non_empty,
+                                             "utterances": 2}}
+        apply_edge_gate(entry, reference, max_increase=2.0)
+        return entry
+
+    assert artifact(0.32, 0).gate_passed is True
+    noisy = artifact(0.33, 0)
+    assert noisy.status == "failed_gate" and "noise_0db: WER 33.00 % is 3.00 points above" in noisy.reason
+    speaks = artifact(0.30, 1)
+    assert speaks.gate_passed is False and "silence_only: 1 of 2 outputs not empty" in speaks.reason
+
+
+def test_calibration_and_edge_case_options_are_checked(labelled, tmp_path, capsys):
     assert export(*labelled, tmp_path / "out", "--oos-manifest", str(labelled[1])) == 2
     assert "need fallback_target_precision" in capsys.readouterr().err
     assert export(*labelled, tmp_path / "out", "--fallback-target-precision", "95") == 2
     assert "must be a share in (0, 1]" in capsys.readouterr().err
+    assert export(*labelled, tmp_path / "out", "--max-wer-increase-noisy", "1") == 2
+    assert "need edge_cases (--edge-cases)" in capsys.readouterr().err
