@@ -79,21 +79,26 @@ CONFIDENCE_DEFINITIONS = {
 
 @dataclass
 class Transcripts:
-    """Outputs of one runner over the evaluation set, in order."""
+    """Outputs of one runner over the evaluation set, in order. ``log_probs`` [T', V] per
+    utterance, None for a runtime that decodes by itself (sherpa-onnx: ``decodes_text``)."""
 
-    log_probs: list[np.ndarray]
+    log_probs: list[np.ndarray | None]
     texts: list[str]
     chunks: list[int] = field(default_factory=list)
 
 
 def transcribe(runner, pcms: Sequence[np.ndarray], tokenizer) -> Transcripts:
-    """Run ``runner`` on every utterance and decode greedily."""
+    """Run ``runner`` on every utterance and decode greedily (or take the text of a runner
+    that decodes by itself: ``run`` returned None, the text is in ``last_text``)."""
     log_probs, texts, chunks = [], [], []
     for pcm in pcms:
         lp = runner.run(pcm)
-        ids = greedy_decode(lp[None], np.array([lp.shape[0]]), blank=tokenizer.blank_id)[0]
+        if lp is None:
+            texts.append(runner.last_text)
+        else:
+            ids = greedy_decode(lp[None], np.array([lp.shape[0]]), blank=tokenizer.blank_id)[0]
+            texts.append(tokenizer.decode(ids))
         log_probs.append(lp)
-        texts.append(tokenizer.decode(ids))
         chunks.append(runner.last_chunks)
     return Transcripts(log_probs, texts, chunks)
 
@@ -125,7 +130,8 @@ def compare(reference: Transcripts, candidate: Transcripts, refs: Sequence[str],
         agrees = candidate.texts[i] == reference.texts[i]
         same += agrees
         diff = None
-        if ref_lp.shape == lp.shape and candidate.chunks[i] <= 1 and reference.chunks[i] <= 1:
+        if (lp is not None and ref_lp is not None and ref_lp.shape == lp.shape
+                and candidate.chunks[i] <= 1 and reference.chunks[i] <= 1):
             diff = float(np.max(np.abs(ref_lp.astype(np.float64) - lp))) if lp.size else 0.0
             diffs.append(diff)
         rows.append({

@@ -289,3 +289,21 @@ def test_calibration_and_edge_case_options_are_checked(labelled, tmp_path, capsy
     assert "must be a share in (0, 1]" in capsys.readouterr().err
     assert export(*labelled, tmp_path / "out", "--max-wer-increase-noisy", "1") == 2
     assert "need edge_cases (--edge-cases)" in capsys.readouterr().err
+
+
+def test_a_runner_that_decodes_by_itself_is_scored_on_its_text():
+    """sherpa-onnx's runner returns no log-probs, only its text (eval/runners.py decodes_text)."""
+    from eval.report import compare, transcribe
+
+    class TextRunner:
+        last_chunks, last_text = 1, ""
+
+        def run(self, pcm):
+            self.last_text = "one two" if len(pcm) > 10 else ""
+            return None
+
+    out = transcribe(TextRunner(), [np.zeros(100, np.float32), np.zeros(5, np.float32)], TOKENIZER)
+    assert out.texts == ["one two", ""] and out.log_probs == [None, None]
+    scores, rows = compare(out, out, ["one two", "three"], ["a", "b"])
+    assert scores.agreement == 1.0 and scores.max_abs_logprob_diff is None and scores.wer == 1 / 3
+    assert [r["max_abs_logprob_diff"] for r in rows] == [None, None]
