@@ -98,11 +98,19 @@ def existing_artifacts(out_dir: Path) -> list[tuple[str, str, Outcome]]:
             for a in bundle.read_contract(out_dir)["artifacts"]]
 
 
+def confidence_section(out_dir: Path, plan: FallbackPlan | None, verify_only: bool) -> dict | None:
+    """contract.json's ``confidence``: from ``plan``; without one, a re-verified bundle keeps
+    what its contract had."""
+    if plan is not None:
+        return bundle.confidence_contract(plan.calibration, plan.fallback)
+    return bundle.read_contract(out_dir).get("confidence") if verify_only else None
+
+
 def write_bundle(source: ExportSource, out_dir: Path, artifacts: list[Artifact], windows: list[float],
-                 report: ExportReport, rows: list[dict], plan: FallbackPlan | None = None) -> None:
-    """Step 6 (report.json aside): tokens.txt, contract.json, utterances.jsonl, MODEL_CARD.md."""
+                 report: ExportReport, rows: list[dict], confidence: dict | None = None) -> None:
+    """Step 6 (report.json aside): tokens.txt, contract.json (with ``confidence``, see
+    `confidence_section`), utterances.jsonl, MODEL_CARD.md."""
     source.tokenizer.save(out_dir)
-    confidence = None if plan is None else bundle.confidence_contract(plan.calibration, plan.fallback)
     write_json(out_dir / bundle.CONTRACT_FILE,
                bundle.contract(source, artifacts, windows, out_dir, confidence=confidence))
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -160,7 +168,8 @@ def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | No
         artifacts = [o for _, _, o in outcomes if isinstance(o, Artifact)]
         if not verify_only:
             # The contract is written before verification so that it exists whatever happens next.
-            write_bundle(source, out_dir, artifacts, list(options.windows), report, rows, plan)
+            write_bundle(source, out_dir, artifacts, list(options.windows), report, rows,
+                         confidence_section(out_dir, plan, verify_only))
         log(f"verifying {len(artifacts)} artifact(s)")
         verifier = Verifier(source, data, transcripts, report.reference.wer, options, threads_all, out_dir,
                             recheck=verify_only, log=log, rows=rows, fallback=plan,
@@ -169,7 +178,8 @@ def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | No
             report.artifacts.append(verifier.verify(fmt, precision, outcome))
             report.save(out_dir)
         report.gate = gate_summary(report.artifacts, options.max_wer_increase, reference_ok=True)
-        write_bundle(source, out_dir, artifacts, list(options.windows), report, verifier.rows, plan)
+        write_bundle(source, out_dir, artifacts, list(options.windows), report, verifier.rows,
+                     confidence_section(out_dir, plan, verify_only))
     except Exception as e:
         report.error = exception_text(e)
         report.gate = gate_summary(report.artifacts, options.max_wer_increase, reference_ok=False)

@@ -258,6 +258,9 @@ def test_fallback_threshold_calibration_and_edge_cases(labelled, tmp_path, capsy
     if quiet["non_empty"]:
         assert "silence_only" in onnx["reason"] and report["gate"]["failed"] == ["onnx-fp32"]
     assert "## Edge cases" in (out / "REPORT.md").read_text(encoding="utf-8")
+    # Re-verifying the bundle without the flags keeps its calibration.
+    assert export(*labelled, out, "--verify-only", "--rtf-repeats", "0", "--no-cold-start") == 0
+    assert read_confidence(out) == (calibration, threshold) and "confidence" not in read_report(out)
 
 
 def test_edge_gate_fails_on_a_condition_and_on_speech_in_silence():
