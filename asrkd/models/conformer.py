@@ -131,6 +131,7 @@ class ConformerConfig:
 
 
 def _chunking_problems(chunk_size: int, left_chunks: int) -> list[str]:
+    """What is wrong with a chunking (`ConformerConfig` fields or `forward` arguments), if anything."""
     problems = []
     if chunk_size != FULL_CONTEXT and chunk_size < 1:
         problems.append(f"chunk_size={chunk_size} must be >= 1 encoder frames, or -1 (full context)")
@@ -368,7 +369,9 @@ def flops_per_second(config: ConformerConfig, frame_rate: float = 100.0, utteran
 
     Attention grows with utterance length: per audio second it costs about 2 * T'(1 s) * T'(L) *
     d_model MACs per layer for L-second utterances, so it is quoted at ``utterance_seconds``
-    (default 10 s, the benchmark's batches); everything else is linear in time.
+    (default 10 s, the benchmark's batches); everything else is linear in time. A chunked
+    (streaming) model's queries read at most ``(left_chunks + 1) * chunk_size`` keys, but SDPA with
+    a mask still computes every score: the count is that of full context either way.
     """
     n_frames = round(frame_rate * utterance_seconds)
     c, d, k = config.subsampling_channels, config.d_model, config.conv_kernel
