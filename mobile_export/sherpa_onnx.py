@@ -100,9 +100,8 @@ def export_fp32(graph: ExportGraph, path: Path) -> Path:
     model = onnx.load(str(path))
     feats_name, lens_name = features_in.input_names
     feats, lens = (next(i for i in model.graph.input if i.name == n) for n in (feats_name, lens_name))
-    batch, frames, mels = feats.type.tensor_type.shape.dim
-    audio_signal = helper.make_tensor_value_info(INPUTS[0], feats.type.tensor_type.elem_type, [
-        batch.dim_param or batch.dim_value, mels.dim_param or mels.dim_value, frames.dim_param or frames.dim_value])
+    batch, frames, mels = (d.dim_param or d.dim_value for d in feats.type.tensor_type.shape.dim)
+    audio_signal = helper.make_tensor_value_info(INPUTS[0], feats.type.tensor_type.elem_type, [batch, mels, frames])
     for node in model.graph.node:
         node.input[:] = [INPUTS[1] if name == lens_name else name for name in node.input]
     lens.name = INPUTS[1]
@@ -118,7 +117,8 @@ def frontend_note(frontend: FrontendConfig) -> str:
     """What the artifact's features are, against the checkpoint's front end."""
     if frontend.matches_preset("sherpa"):
         return ("front end: the checkpoint was trained with FrontendConfig.preset('sherpa'), the "
-                "features sherpa-onnx computes: transcripts are PyTorch's")
+                "features sherpa-onnx computes: transcripts are PyTorch's over the output frames "
+                "sherpa reads (all but a last partial one, docs/SHERPA.md)")
     return ("front-end mismatch: sherpa-onnx computes its own NeMo features (Kaldi framing, "
             "pre-emphasis 0.97, 512-point FFT, log(mel + 2^-24), per-feature normalisation); this "
             "checkpoint was trained with another front end, so some transcripts differ from "
