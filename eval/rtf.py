@@ -175,6 +175,7 @@ _RUNTIME_MODULES = {
     "tflite": ("ai_edge_litert.interpreter",),
     "executorch": ("torch", "executorch.runtime", "executorch.extension.pybindings.portable_lib"),
     "coreml": ("coremltools",),
+    "sherpa-onnx": ("sherpa_onnx", "onnx"),
 }
 
 

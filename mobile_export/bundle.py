@@ -161,7 +161,8 @@ def contract(source: ExportSource, artifacts: list[Artifact], windows_seconds: l
         "window_samples": [source.contract.samples(s) for s in windows_seconds],
         **model,
         "output_frames": "out_lens = ceil(feature_frames / subsampling), feature_frames = "
-        + ("1 + samples // hop_length" if frontend.center else "1 + (samples - n_fft) // hop_length"),
+        + ("(samples + hop_length // 2) // hop_length" if frontend.framing == "kaldi"
+           else "1 + samples // hop_length" if frontend.center else "1 + (samples - n_fft) // hop_length"),
         "tokens_file": TOKENS_FILENAME,
         "word_separator": WORD_SEP,
         "decoding": DECODING,

@@ -258,7 +258,7 @@ def test_cli_demo_quick(tmp_path):
     for key in ("teacher", "student_kd", "student_ctc"):
         assert MODEL_KEYS <= set(report[key])
     formats = {a["format"] for a in report["export"]["artifacts"]}
-    assert formats == {"coreml", "tflite", "onnx", "executorch"}
+    assert formats == {"coreml", "tflite", "onnx", "executorch", "sherpa-onnx"}
     # Everything but Core ML (macOS only) ran in its runtime.
     assert all(a["status"] == "ok" for a in report["export"]["artifacts"] if a["format"] != "coreml")
     assert "report:" in proc.stdout

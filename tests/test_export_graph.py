@@ -159,11 +159,12 @@ def test_every_format_is_an_exporter_with_a_runner(tmp_path):
     from mobile_export.formats import EXPORTERS
     from mobile_export.options import PRECISIONS, ExportOptions
 
-    assert ExportOptions().formats == tuple(EXPORTERS) == ("coreml", "tflite", "onnx", "executorch")
+    assert ExportOptions().formats == tuple(EXPORTERS) == ("coreml", "tflite", "onnx", "executorch", "sherpa-onnx")
     for name, exporter in EXPORTERS.items():
         assert exporter.name == name and RUNNERS[name].format == name
         assert set(exporter.precisions) <= set(PRECISIONS) and "fp32" in exporter.precisions
-        assert exporter.path(tmp_path, "int8") == tmp_path / f"model.int8{exporter.suffix}"
+        folder = tmp_path / "sherpa-onnx" if name == "sherpa-onnx" else tmp_path  # sherpa's own layout
+        assert exporter.path(tmp_path, "int8") == folder / f"model.int8{exporter.suffix}"
 
 
 def test_a_model_in_memory_is_an_export_source(graph):
