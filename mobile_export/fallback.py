@@ -99,8 +99,12 @@ def calibrate(source: ExportSource, data: EvalSet, transcripts: Transcripts, man
         log(f"calibrating confidence on {len(cal_set.pcms)} utterances of {options.calibration_manifest}")
         cal_transcripts, cal_refs = torch_transcripts(source, cal_set.pcms), cal_set.refs
     cal_outcome = confidence_outcomes(cal_transcripts, tokenizer, cal_refs)
-    calibration = Calibration.fit(cal_outcome.scores[CALIBRATED_MEASURE], cal_outcome.correct,
-                                  CALIBRATED_MEASURE, options.calibration_method)
+    try:
+        calibration = Calibration.fit(cal_outcome.scores[CALIBRATED_MEASURE], cal_outcome.correct,
+                                      CALIBRATED_MEASURE, options.calibration_method)
+    except ValueError as e:
+        raise ExportError(f"{options.calibration_manifest or manifest}: cannot calibrate on it ({e}); "
+                          "give a labelled --calibration-manifest of a few hundred utterances") from None
     fallback = threshold_for_precision(calibration.apply(cal_outcome.scores[CALIBRATED_MEASURE]),
                                        cal_outcome.correct, options.fallback_target_precision)
 

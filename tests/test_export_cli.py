@@ -292,6 +292,10 @@ def test_calibration_and_edge_case_options_are_checked(labelled, tmp_path, capsy
     assert "must be a share in (0, 1]" in capsys.readouterr().err
     assert export(*labelled, tmp_path / "out", "--max-wer-increase-noisy", "1") == 2
     assert "need edge_cases (--edge-cases)" in capsys.readouterr().err
+    write_manifest(tmp_path / "one.jsonl", read_manifest(labelled[1])[:1])
+    assert export(*labelled, tmp_path / "out", "--formats", "onnx", "--rtf-repeats", "0", "--no-cold-start",
+                  "--fallback-target-precision", "0.9", "--calibration-manifest", str(tmp_path / "one.jsonl")) == 1
+    assert "one.jsonl: cannot calibrate on it (need >= 2 scores" in capsys.readouterr().err
 
 
 def test_a_runner_that_decodes_by_itself_is_scored_on_its_text():
