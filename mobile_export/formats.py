@@ -20,3 +20,7 @@ EXPORTERS: dict[str, Exporter] = {
                         SherpaOnnxExporter())
 }
 FORMATS = tuple(EXPORTERS)
+# What `asrkd export` makes unless --formats says otherwise: the formats whose artifact holds the
+# model's own front end. sherpa-onnx is on request: sherpa computes the features itself, which
+# match the model's only when it was trained with the `sherpa` front-end preset (docs/SHERPA.md).
+DEFAULT_FORMATS = ("coreml", "tflite", "onnx", "executorch")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from asrkd.confidence import METHODS as CALIBRATION_METHODS
 from asrkd.contract import EXPORT_WINDOWS_SECONDS
 from mobile_export import coreml
-from mobile_export.formats import EXPORTERS, FORMATS
+from mobile_export.formats import DEFAULT_FORMATS, EXPORTERS, FORMATS
 
 PRECISIONS = ("fp32", "fp16", "int8", "pal6", "pal4")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -22,7 +22,8 @@ class ExportOptions:
     """Options of ``asrkd export`` (each field is the CLI flag of the same name).
 
     What is made:
-        formats: formats to export, in report order (`mobile_export.formats.FORMATS`).
+        formats: formats to export, in report order (any of `mobile_export.formats.FORMATS`;
+            default `DEFAULT_FORMATS`, without sherpa-onnx).
         precisions: precisions to try in every format; one a format does not offer is reported
             ``not_run`` with the reason and does not count for the gate (`PRECISIONS`).
         windows: input lengths in seconds of static-shape artifacts (TFLite signatures, Core ML
@@ -62,7 +63,7 @@ class ExportOptions:
     Raises `ExportError` naming every invalid field.
     """
 
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     precisions: tuple[str, ...] = DEFAULT_PRECISIONS
     windows: tuple[float, ...] = EXPORT_WINDOWS_SECONDS
     max_wer_increase: float = 0.5
