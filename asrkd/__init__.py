@@ -48,6 +48,7 @@ _LAZY = {
     "load_checkpoint": "asrkd.checkpoint",
     # teachers, cache, losses, training
     "load_teacher": "asrkd.teacher",
+    "WhisperTeacher": "asrkd.teachers",
     "PosteriorCache": "asrkd.cache",
     "build_cache": "asrkd.cache",
     "CachedTargets": "asrkd.teacher_targets",
@@ -64,6 +65,9 @@ _LAZY = {
     # inference
     "Transcriber": "asrkd.inference",
     "evaluate_checkpoint": "asrkd.inference",
+    "StreamingTranscriber": "asrkd.streaming",
+    # errors
+    "AsrkdError": "asrkd.errors",
 }
 
 __all__ = sorted([*_LAZY, "__version__", "train_model", "distill_model", "transcribe", "export"])
