@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,6 +109,23 @@ def export_fp16(graph: ExportGraph, path: Path) -> Path:
     return export_fp32(with_encoder_dtype(graph, torch.float16), path)
 
 
+def convert_via_fp32(exporter: Exporter, out_dir: Path, precisions: Sequence[str],
+                     make_fp32: Callable[[Path], None],
+                     derive: Callable[[str, Path, Path], Artifact]) -> dict[str, Artifact | Exception]:
+    """The ONNX formats' conversion: ``make_fp32(path)`` writes the fp32 model once (in ``out_dir``
+    when fp32 is requested, else in a temporary file), then ``derive(precision, fp32_path, path)``
+    makes each requested precision's artifact (`Exporter.each_precision`). When the fp32 export
+    fails, every precision is recorded with its error, since all depend on it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path = exporter.path(out_dir, "fp32") if "fp32" in precisions else Path(tmp) / "fp32.onnx"
+        try:
+            make_fp32(fp32_path)
+        except Exception as e:  # every requested precision depends on it
+            return {p: e for p in precisions}
+        return exporter.each_precision(out_dir, precisions,
+                                       lambda precision, path: derive(precision, fp32_path, path))
+
+
 class OnnxExporter(Exporter):
     """ONNX at fp32, fp16 and int8: dynamic batch and time axes, so no window option applies."""
 
@@ -123,20 +140,14 @@ class OnnxExporter(Exporter):
         graph = source.graph
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32_path = self.path(out_dir, "fp32") if "fp32" in precisions else Path(tmp) / "fp32.onnx"
-            try:
-                export_fp32(graph, fp32_path)
-            except Exception as e:  # every requested precision depends on it
-                return {p: e for p in precisions}
 
-            def build(precision: str, path: Path) -> Artifact:
-                if precision == "int8":
-                    quantize_int8(fp32_path, path)
-                elif precision == "fp16":
-                    export_fp16(graph, path)
-                elif precision != "fp32":
-                    raise ValueError(f"ONNX precision {precision!r} unknown; choose from {sorted(PRECISIONS)}")
-                return Artifact(self.name, precision, path, description=PRECISIONS[precision])
+        def derive(precision: str, fp32_path: Path, path: Path) -> Artifact:
+            if precision == "int8":
+                quantize_int8(fp32_path, path)
+            elif precision == "fp16":
+                export_fp16(graph, path)
+            elif precision != "fp32":
+                raise ValueError(f"ONNX precision {precision!r} unknown; choose from {sorted(PRECISIONS)}")
+            return Artifact(self.name, precision, path, description=PRECISIONS[precision])
 
-            return self.each_precision(out_dir, precisions, build)
+        return convert_via_fp32(self, out_dir, precisions, lambda path: export_fp32(graph, path), derive)

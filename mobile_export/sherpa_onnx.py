@@ -27,7 +27,6 @@ the report's agreement says how many transcripts change (`frontend_note`).
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,8 +37,8 @@ from eval.runners import SHERPA_LOADER, check_sherpa_loads
 from mobile_export.bundle import Artifact
 from mobile_export.exporter import Exporter
 from mobile_export.graph import ExportGraph
+from mobile_export.onnx import convert_via_fp32, quantize_int8
 from mobile_export.onnx import export_fp32 as onnx_export_fp32
-from mobile_export.onnx import quantize_int8
 
 if TYPE_CHECKING:
     from mobile_export.options import ExportOptions
@@ -155,22 +154,19 @@ class SherpaOnnxExporter(Exporter):
             "frontend_matches_sherpa": frontend.matches_preset("sherpa"),
             "frontend_note": frontend_note(frontend),
         }
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32_path = self.path(out_dir, "fp32") if "fp32" in precisions else Path(tmp) / "fp32.onnx"
-            try:
-                export_fp32(source.graph, fp32_path)
-                set_metadata(fp32_path, meta)
-            except Exception as e:  # every requested precision depends on it
-                return {p: e for p in precisions}
 
-            def build(precision: str, path: Path) -> Artifact:
-                if precision == "int8":
-                    quantize_int8(fp32_path, path)
-                    set_metadata(path, meta)
-                elif precision != "fp32":
-                    raise ValueError(f"sherpa-onnx precision {precision!r} unknown; choose from {sorted(PRECISIONS)}")
-                check_sherpa_loads(path)
-                return Artifact(self.name, precision, path, checks=dict(checks),
-                                description=f"{PRECISIONS[precision]}; {checks['frontend_note']}")
+        def make_fp32(path: Path) -> None:
+            export_fp32(source.graph, path)
+            set_metadata(path, meta)
 
-            return self.each_precision(out_dir, precisions, build)
+        def derive(precision: str, fp32_path: Path, path: Path) -> Artifact:
+            if precision == "int8":
+                quantize_int8(fp32_path, path)
+                set_metadata(path, meta)
+            elif precision != "fp32":
+                raise ValueError(f"sherpa-onnx precision {precision!r} unknown; choose from {sorted(PRECISIONS)}")
+            check_sherpa_loads(path)
+            return Artifact(self.name, precision, path, checks=dict(checks),
+                            description=f"{PRECISIONS[precision]}; {checks['frontend_note']}")
+
+        return convert_via_fp32(self, out_dir, precisions, make_fp32, derive)
