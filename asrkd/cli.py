@@ -106,9 +106,22 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     if lexicon is False:
         return 2
     transcriber = Transcriber.from_checkpoint(args.checkpoint, beam=args.beam, lexicon=lexicon)
-    for path, result in zip(args.audio, transcriber.transcribe_files(args.audio)):
-        print(f"{path}\t{result.text}\tconfidence={result.confidence:.3f}")
-    return 0
+    failed = 0
+    for path, result in zip(args.audio, transcriber.transcribe_each(args.audio)):
+        if isinstance(result, Exception):  # one bad file: say which and why, and go on with the rest
+            failed += 1
+            print(_printable(f"asrkd transcribe: {result}"), file=sys.stderr)
+            continue
+        print(_printable(f"{path}\t{result.text}\tconfidence={result.confidence:.3f}"))
+    if failed:
+        print(f"asrkd transcribe: {failed} of {len(args.audio)} file(s) could not be read", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (kept as surrogates by Python) shown as
+    U+FFFD, so that printing it cannot raise UnicodeEncodeError."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _read_lexicon(args: argparse.Namespace):
@@ -139,6 +152,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 2
     result = evaluate_checkpoint(args.checkpoint, args.manifest, json_out=args.json, beam=args.beam,
                                  lexicon=lexicon)
+    for item in result["skipped_utterances"]:  # unreadable audio: named, left out of the score
+        print(_printable(f"asrkd eval: skipped {item['utt_id']}: {item['reason']}"), file=sys.stderr)
     if lexicon is not None:
         print(f"decoding restricted to the {len(lexicon)} words of {args.lexicon} (beam {result['beam']})")
     print(f"WER {100 * result['wer']:.2f} %  CER {100 * result['cer']:.2f} %  "
@@ -146,7 +161,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for spk, r in result.get("per_speaker", {}).items():
         print(f"  {spk}: WER {100 * r['wer']:.2f} %  CER {100 * r['cer']:.2f} %  ({r['utterances']} utts)")
     if args.json:
-        print(f"wrote {args.json} and {args.json.with_suffix('.utterances.jsonl')}")
+        print(_printable(f"wrote {args.json} and {args.json.with_suffix('.utterances.jsonl')}"))
+    if result["skipped"]:
+        print(f"asrkd eval: {result['skipped']} of {result['skipped'] + result['utterances']} utterance(s) "
+              "skipped (unreadable audio, not scored)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -222,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distill_commands(sub)
     _add_export_commands(sub)
     _add_demo_command(sub)
+    _add_monitor_command(sub)
     return parser
 
 
@@ -469,6 +489,62 @@ def _add_demo_command(sub) -> None:
     p.add_argument("--threads", type=int, help="torch threads for training (default: every core, at most 8)")
     p.add_argument("--plan", choices=["default", "quick", "smoke"], help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_demo)
+
+
+# ---------------------------------------------------------------- monitor
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from asrkd.teacher import load_teacher
+    from eval.monitor import SUMMARY, monitor, open_student, read_utterances
+
+    student = open_student(args.student, artifact=args.artifact, threads=args.threads)
+    utts = read_utterances(audio_dir=args.audio_dir, manifest=args.manifest)
+    result = monitor(student, load_teacher(args.teacher, device=args.device), args.teacher, utts, args.out,
+                     min_agreement=args.min_agreement, top=args.top,
+                     log=lambda m: print(m, file=sys.stderr))
+    s = result.summary
+    line = (f"agreement with the teacher {100 * s['agreement']:.1f} % (WER vs teacher "
+            f"{100 * s['wer_vs_teacher']:.1f} %, exact {100 * (s['exact_match'] or 0):.1f} %) on "
+            f"{s['utterances']} utterances")
+    if "fallback_rate" in s:
+        line += f"; fallback rate {100 * s['fallback_rate']:.1f} %"
+        if "fallback_rate_shift" in s:
+            line += f" ({100 * s['fallback_rate_shift']:+.1f} points against the bundle)"
+    print(line)
+    print(f"{Path(args.out) / SUMMARY}")
+    if not result.passed:
+        print(f"asrkd monitor: agreement {100 * s['agreement']:.1f} % is below --min-agreement "
+              f"{100 * args.min_agreement:.1f} %", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_monitor_command(sub) -> None:
+    p = sub.add_parser(
+        "monitor",
+        help="student-teacher agreement, confidence and fallback-rate shift on new unlabelled audio",
+        description="Transcribe new unlabelled audio with the student and the teacher and report how "
+        "far the student's transcripts are from the teacher's (WER with the teacher as reference), "
+        "the shift of its calibrated confidence and fallback rate against the values stored in the "
+        "bundle, and the utterances with the largest disagreement (OUT/disagreements.jsonl). Exit "
+        "status 1 when the agreement (1 - WER vs teacher) is below --min-agreement. Rerun with the "
+        "same OUT to resume: utterances in OUT/utterances.jsonl are skipped.",
+    )
+    p.add_argument("student", help="an export bundle folder (one of its artifacts runs; the reference "
+                   "values come from its contract.json and report.json) or an asrkd checkpoint")
+    p.add_argument("--teacher", required=True, help="an asrkd checkpoint, a Hugging Face *ForCTC folder, "
+                   "or whisper[:DIR][?options] (as `asrkd cache build --teacher`)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--audio-dir", help="a folder of audio files (searched recursively)")
+    src.add_argument("--manifest", help="a JSONL manifest or data source (text not needed)")
+    p.add_argument("--out", required=True, help="folder for utterances.jsonl, disagreements.jsonl, summary.json")
+    p.add_argument("--min-agreement", type=float, default=0.8,
+                   help="exit status 1 below this agreement, 1 - WER vs teacher (default 0.8)")
+    p.add_argument("--artifact", help="with a bundle: the artifact file to run, e.g. model.int8.tflite "
+                   "(default: the first that runs here, ONNX first)")
+    p.add_argument("--top", type=int, default=20, help="utterances in disagreements.jsonl (default 20)")
+    p.add_argument("--threads", type=int, default=1, help="threads of the student's runtime (default 1)")
+    p.add_argument("--device", default="cpu", help="where the teacher runs (cpu, cuda)")
+    p.set_defaults(func=_cmd_monitor)
 
 
 def _command_name(args: argparse.Namespace) -> str:
