@@ -106,9 +106,22 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     if lexicon is False:
         return 2
     transcriber = Transcriber.from_checkpoint(args.checkpoint, beam=args.beam, lexicon=lexicon)
-    for path, result in zip(args.audio, transcriber.transcribe_files(args.audio)):
-        print(f"{path}\t{result.text}\tconfidence={result.confidence:.3f}")
-    return 0
+    failed = 0
+    for path, result in zip(args.audio, transcriber.transcribe_each(args.audio)):
+        if isinstance(result, Exception):  # one bad file: say which and why, and go on with the rest
+            failed += 1
+            print(_printable(f"asrkd transcribe: {result}"), file=sys.stderr)
+            continue
+        print(_printable(f"{path}\t{result.text}\tconfidence={result.confidence:.3f}"))
+    if failed:
+        print(f"asrkd transcribe: {failed} of {len(args.audio)} file(s) could not be read", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (kept as surrogates by Python) shown as
+    U+FFFD, so that printing it cannot raise UnicodeEncodeError."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _read_lexicon(args: argparse.Namespace):
@@ -139,6 +152,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 2
     result = evaluate_checkpoint(args.checkpoint, args.manifest, json_out=args.json, beam=args.beam,
                                  lexicon=lexicon)
+    for item in result["skipped_utterances"]:  # unreadable audio: named, left out of the score
+        print(_printable(f"asrkd eval: skipped {item['utt_id']}: {item['reason']}"), file=sys.stderr)
     if lexicon is not None:
         print(f"decoding restricted to the {len(lexicon)} words of {args.lexicon} (beam {result['beam']})")
     print(f"WER {100 * result['wer']:.2f} %  CER {100 * result['cer']:.2f} %  "
@@ -146,7 +161,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for spk, r in result.get("per_speaker", {}).items():
         print(f"  {spk}: WER {100 * r['wer']:.2f} %  CER {100 * r['cer']:.2f} %  ({r['utterances']} utts)")
     if args.json:
-        print(f"wrote {args.json} and {args.json.with_suffix('.utterances.jsonl')}")
+        print(_printable(f"wrote {args.json} and {args.json.with_suffix('.utterances.jsonl')}"))
+    if result["skipped"]:
+        print(f"asrkd eval: {result['skipped']} of {result['skipped'] + result['utterances']} utterance(s) "
+              "skipped (unreadable audio, not scored)", file=sys.stderr)
+        return 2
     return 0
 
 

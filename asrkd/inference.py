@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from asrkd.audio import load_audio
+from asrkd.audio import AudioError, load_audio
 from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
 from asrkd.data import AudioDataset, BucketingBatchSampler, Utterance, collate, read_manifest
 from asrkd.decoding import Lexicon, greedy_decode, prefix_beam_search, utterance_confidence
@@ -87,26 +86,46 @@ def evaluate(
     max_batch_seconds: float = 60.0,
     beam: int = 1,
     lexicon: Lexicon | None = None,
+    skip_unreadable: bool = False,
 ) -> dict:
     """Decode ``utts`` and score them against their (normalised) texts (``lexicon``: see
     `decode_batch`).
 
     Returns :func:`asrkd.metrics.score`'s dict plus ``hyps``, ``refs`` and ``confidences`` in
-    manifest order.
+    manifest order. An unreadable audio file raises `asrkd.audio.AudioError`; with
+    ``skip_unreadable`` its utterance is left out of the score instead, and ``skipped`` lists
+    ``{"index", "utt_id", "audio_filepath", "reason"}`` of each such one (``index``: its 0-based
+    position in ``utts``), and the other lists hold the scored utterances only, in manifest order.
     """
     was_training = model.training
     model.eval()
     dataset = AudioDataset(utts, sample_rate=frontend.config.sample_rate)
     sampler = BucketingBatchSampler([u.duration for u in utts], max_batch_seconds=max_batch_seconds, shuffle=False)
     results: dict[int, Hypothesis] = {}
-    for batch in DataLoader(dataset, batch_sampler=sampler, collate_fn=collate):
+    skipped: dict[int, str] = {}
+    for indices in sampler:  # what DataLoader(batch_sampler=sampler) does, one item at a time
+        items = []
+        for i in indices:
+            try:
+                items.append(dataset[i])
+            except AudioError as e:
+                if not skip_unreadable:
+                    raise
+                skipped[i] = str(e)
+        if not items:
+            continue
+        batch = collate(items)
         for index, hyp in zip(batch["indices"], decode_batch(model, frontend, tokenizer, batch["wavs"], batch["wav_lens"], beam, lexicon)):
             results[int(index)] = hyp
     model.train(was_training)
-    hyps = [results[i].text for i in range(len(utts))]
-    refs = [normalize_text(u.text or "") for u in utts]
-    out = score(refs, hyps, [u.speaker for u in utts])
-    out.update(hyps=hyps, refs=refs, confidences=[results[i].confidence for i in range(len(utts))])
+    kept = [i for i in range(len(utts)) if i not in skipped]
+    hyps = [results[i].text for i in kept]
+    refs = [normalize_text(utts[i].text or "") for i in kept]
+    out = score(refs, hyps, [utts[i].speaker for i in kept])
+    out.update(hyps=hyps, refs=refs, confidences=[results[i].confidence for i in kept])
+    if skip_unreadable:
+        out["skipped"] = [{"index": i, "utt_id": utts[i].utt_id, "audio_filepath": utts[i].audio_filepath,
+                           "reason": why} for i, why in sorted(skipped.items())]
     return out
 
 
@@ -119,12 +138,23 @@ def evaluate_checkpoint(
 
     With ``json_out``: the summary there and one JSON line per utterance (id, speaker, ref, hyp,
     WER, confidence) in ``<json_out stem>.utterances.jsonl``.
+
+    An utterance whose audio cannot be read is skipped, not scored: ``skipped`` counts them and
+    ``skipped_utterances`` says which and why (`evaluate`). A manifest with no readable audio at
+    all raises `asrkd.audio.AudioError`.
     """
     lexicon = Lexicon.coerce(lexicon)
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     utts = read_manifest(manifest)
-    result = evaluate(loaded.model, loaded.frontend, loaded.tokenizer, utts, max_batch_seconds, beam, lexicon)
+    result = evaluate(loaded.model, loaded.frontend, loaded.tokenizer, utts, max_batch_seconds, beam, lexicon,
+                      skip_unreadable=True)
+    skipped = result.pop("skipped")
+    if utts and len(skipped) == len(utts):
+        raise AudioError(f"{manifest}: none of the {len(utts)} audio files can be read, e.g. {skipped[0]['reason']}")
+    bad = {s["index"] for s in skipped}
+    utts = [u for i, u in enumerate(utts) if i not in bad]
     summary = {k: v for k, v in result.items() if k not in ("hyps", "refs", "confidences")}
+    summary.update(skipped=len(skipped), skipped_utterances=skipped)
     summary.update(checkpoint=str(loaded.path), manifest=str(manifest),
                    beam=search_width(beam, lexicon))
     if lexicon is not None:
@@ -173,5 +203,17 @@ class Transcriber:
         return decode_batch(self.model, self.frontend, self.tokenizer, wavs, lens, self.beam, self.lexicon)
 
     def transcribe_files(self, paths: Sequence[str | os.PathLike]) -> list[Hypothesis]:
-        """Audio files in any soundfile format and rate → hypotheses, one at a time."""
+        """Audio files in any soundfile format and rate → hypotheses, one at a time; the first
+        unreadable file raises `asrkd.audio.AudioError` (`transcribe_each` goes on past it)."""
         return [self.transcribe([load_audio(p, self.sample_rate)])[0] for p in paths]
+
+    def transcribe_each(self, paths: Sequence[str | os.PathLike]) -> Iterator[Hypothesis | AudioError]:
+        """Like `transcribe_files`, lazily and one result per path: the hypothesis, or the
+        `asrkd.audio.AudioError` that says why that file could not be read."""
+        for p in paths:
+            try:
+                wav = load_audio(p, self.sample_rate)
+            except AudioError as e:
+                yield e
+                continue
+            yield self.transcribe([wav])[0]
