@@ -341,16 +341,38 @@ def build_cache(
     return report
 
 
+# What a build writes at the top of its folder (atomic_write_text's temporaries start with ".").
+_CACHE_NAMES = {REQUEST_FILE, ENTRIES_FILE, INDEX_FILE, DROPS_FILE, "shards"}
+
+
+def _is_unfinished_start(out: Path) -> bool:
+    """True for the folder of a build killed before it wrote its request: nothing but the names a
+    build writes first (``shards/`` still empty, ``entries.jsonl``, temporaries)."""
+    names = [p.name for p in out.iterdir()]
+    shards = out / "shards"
+    return (all(n in _CACHE_NAMES or (n.startswith(".") and n.endswith(".tmp")) for n in names)
+            and not (shards.is_dir() and any(shards.iterdir())))
+
+
 def _prepare_folder(out: Path, request: dict, entries: dict, force: bool) -> None:
-    """Refuse (or with ``force`` clear) a folder that holds another build; keep a matching one."""
+    """Refuse (or with ``force`` clear) a cache folder that holds another build; keep a matching
+    one. ``force`` replaces only an asrkd cache (its ``request.json`` says so): any other
+    non-empty folder, e.g. one holding the user's audio and manifests, is refused untouched."""
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"{out}: exists and is not a folder; choose a new or empty folder for the cache")
     req = out / REQUEST_FILE
     if not req.exists():
-        if out.exists() and any(out.iterdir()):
-            if not force:
-                raise CacheError(f"{out}: exists and is not a posterior cache; choose an empty folder or pass --force")
-            shutil.rmtree(out)
+        if out.exists() and any(out.iterdir()) and not _is_unfinished_start(out):
+            raise CacheError(f"{out}: exists, is not empty and is not a posterior cache (no {REQUEST_FILE}); "
+                             "--force replaces only a cache folder: choose a new or empty folder")
         return
-    old = json.loads(req.read_text(encoding="utf-8"))
+    try:
+        old = json.loads(req.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CacheError(f"{req}: not a posterior cache's request ({e}); choose a new or empty folder") from None
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise CacheError(f"{req}: not a posterior cache's request (no \"format\": \"{FORMAT}\"); --force "
+                         "replaces only a cache folder: choose a new or empty folder")
     changes = []
     if (old.get("format"), old.get("version")) != (FORMAT, VERSION):
         changes.append(f"cache format {old.get('format')} v{old.get('version')} → {FORMAT} v{VERSION}")
