@@ -151,11 +151,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if lexicon is False:
         return 2
     result = evaluate_checkpoint(args.checkpoint, args.manifest, json_out=args.json, beam=args.beam,
-                                 lexicon=lexicon)
+                                 lexicon=lexicon, chunk_size=args.chunk_size, left_chunks=args.left_chunks)
     for item in result["skipped_utterances"]:  # unreadable audio: named, left out of the score
         print(_printable(f"asrkd eval: skipped {item['utt_id']}: {item['reason']}"), file=sys.stderr)
     if lexicon is not None:
         print(f"decoding restricted to the {len(lexicon)} words of {args.lexicon} (beam {result['beam']})")
+    if "chunk_size" in result:  # a streaming checkpoint: which chunking was scored
+        print(f"chunk_size {result['chunk_size']} encoder frames, left_chunks {result['left_chunks']} "
+              "(-1: full context / unlimited)")
     print(f"WER {100 * result['wer']:.2f} %  CER {100 * result['cer']:.2f} %  "
           f"({result['utterances']} utterances)")
     for spk, r in result.get("per_speaker", {}).items():
@@ -235,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--json", type=Path, help="write the result here (+ per-utterance JSONL beside it)")
     p.add_argument("--beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="streaming checkpoint: encoder frames per attention chunk, -1 for full context "
+                        "(default: the checkpoint's, its streaming WER)")
+    p.add_argument("--left-chunks", type=int, default=None,
+                   help="streaming checkpoint: chunks of left context, -1 unlimited (default: the checkpoint's)")
     _add_lexicon_argument(p)
     p.set_defaults(func=_cmd_eval)
 

@@ -2,6 +2,11 @@
 
 The trainer's dev WER, ``asrkd transcribe`` and ``asrkd eval`` all go through
 :func:`decode_batch`, so a checkpoint is scored the same way everywhere.
+
+A streaming (causal) checkpoint runs with its config's chunking unless told otherwise: its WER
+is then the chunked WER, what streaming it gives (`asrkd.streaming.StreamingTranscriber` emits the
+same log-probs). ``chunk_size`` / ``left_chunks`` (``asrkd eval --chunk-size N --left-chunks L``)
+score the same weights at another chunking, -1 for full context.
 """
 
 from __future__ import annotations
@@ -20,13 +25,34 @@ from asrkd.audio import AudioError, load_audio
 from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
 from asrkd.data import AudioDataset, BucketingBatchSampler, Utterance, collate, read_manifest
 from asrkd.decoding import Lexicon, greedy_decode, prefix_beam_search, utterance_confidence
+from asrkd.errors import AsrkdError
 from asrkd.features import LogMel
 from asrkd.fileio import atomic_write_text
 from asrkd.metrics import score, utterance_wer
 from asrkd.models.conformer import ConformerCTC
+from asrkd.models.streaming import FULL_CONTEXT
 from asrkd.text import normalize_text
 
 LEXICON_BEAM = 8  # beam width when a lexicon is given without one
+
+
+class ChunkingError(AsrkdError, ValueError):
+    """A chunking was asked of a checkpoint that cannot run it (a non-causal model, a bad size)."""
+
+
+def check_chunking(model: ConformerCTC, chunk_size: int | None, left_chunks: int | None) -> None:
+    """Refuse a chunked run of a model whose convolution reads the future (it would score a
+    chunking the model cannot stream), and invalid sizes; None means the config's own."""
+    if chunk_size is None and left_chunks is None:
+        return
+    try:
+        choice = model.chunking(chunk_size, left_chunks)
+    except ValueError as e:
+        raise ChunkingError(f"--chunk-size/--left-chunks: {e}") from None
+    if choice.chunk_size != FULL_CONTEXT and not model.config.causal:
+        raise ChunkingError(f"--chunk-size {choice.chunk_size}: this checkpoint is not causal (not a streaming "
+                            "model: its convolution reads later frames), so chunked scores mean nothing; "
+                            "leave --chunk-size out, or evaluate a streaming checkpoint (preset student-stream)")
 
 
 def search_width(beam: int, lexicon: Lexicon | None) -> int:
@@ -43,26 +69,29 @@ class Hypothesis:
     confidence: float  # see asrkd.decoding.utterance_confidence; in [0, 1], higher = surer
 
 
-def log_posteriors(model: ConformerCTC, frontend: LogMel, wavs: Tensor, wav_lens: Tensor) -> tuple[Tensor, Tensor]:
+def log_posteriors(model: ConformerCTC, frontend: LogMel, wavs: Tensor, wav_lens: Tensor,
+                   chunk_size: int | None = None, left_chunks: int | None = None) -> tuple[Tensor, Tensor]:
     """The acoustic model on waveforms: ``wavs [B, N]``, ``wav_lens [B]`` -> LogMel -> Conformer ->
-    ``log_probs [B, T', V]`` (CTC log-posteriors), ``out_lens [B]`` (valid frames per row)."""
+    ``log_probs [B, T', V]`` (CTC log-posteriors), ``out_lens [B]`` (valid frames per row).
+    ``chunk_size`` / ``left_chunks``: the attention's chunking (None: the model config's)."""
     feats, feat_lens = frontend(wavs, wav_lens)
-    log_probs, out_lens, _ = model(feats, feat_lens)
+    log_probs, out_lens, _ = model(feats, feat_lens, chunk_size=chunk_size, left_chunks=left_chunks)
     return log_probs, out_lens
 
 
 @torch.no_grad()
 def decode_batch(
     model: ConformerCTC, frontend: LogMel, tokenizer, wavs: Tensor, wav_lens: Tensor, beam: int = 1,
-    lexicon: Lexicon | None = None,
+    lexicon: Lexicon | None = None, chunk_size: int | None = None, left_chunks: int | None = None,
 ) -> list[Hypothesis]:
     """Decode a padded batch ``wavs [B, N]`` with lengths ``wav_lens [B]``.
 
     ``beam == 1`` is greedy CTC; ``beam > 1`` is CTC prefix beam search (its best hypothesis).
     ``lexicon`` restricts the search to its words (`asrkd.decoding.Lexicon`; needs a beam:
-    greedy decoding with a lexicon searches with ``LEXICON_BEAM``).
+    greedy decoding with a lexicon searches with ``LEXICON_BEAM``). ``chunk_size`` /
+    ``left_chunks``: see `log_posteriors`.
     """
-    log_probs, out_lens = log_posteriors(model, frontend, wavs, wav_lens)
+    log_probs, out_lens = log_posteriors(model, frontend, wavs, wav_lens, chunk_size, left_chunks)
     width = search_width(beam, lexicon)
     if width <= 1:
         ids = greedy_decode(log_probs, out_lens)
@@ -87,9 +116,11 @@ def evaluate(
     beam: int = 1,
     lexicon: Lexicon | None = None,
     skip_unreadable: bool = False,
+    chunk_size: int | None = None,
+    left_chunks: int | None = None,
 ) -> dict:
-    """Decode ``utts`` and score them against their (normalised) texts (``lexicon``: see
-    `decode_batch`).
+    """Decode ``utts`` and score them against their (normalised) texts (``lexicon``, ``chunk_size``,
+    ``left_chunks``: see `decode_batch`).
 
     Returns :func:`asrkd.metrics.score`'s dict plus ``hyps``, ``refs`` and ``confidences`` in
     manifest order. An unreadable audio file raises `asrkd.audio.AudioError`; with
@@ -115,7 +146,8 @@ def evaluate(
         if not items:
             continue
         batch = collate(items)
-        for index, hyp in zip(batch["indices"], decode_batch(model, frontend, tokenizer, batch["wavs"], batch["wav_lens"], beam, lexicon)):
+        for index, hyp in zip(batch["indices"], decode_batch(model, frontend, tokenizer, batch["wavs"], batch["wav_lens"], beam, lexicon,
+                                                                  chunk_size, left_chunks)):
             results[int(index)] = hyp
     model.train(was_training)
     kept = [i for i in range(len(utts)) if i not in skipped]
@@ -132,9 +164,15 @@ def evaluate(
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike, manifest: str | os.PathLike, json_out: str | os.PathLike | None = None,
     beam: int = 1, max_batch_seconds: float = 60.0, lexicon: str | os.PathLike | Lexicon | None = None,
+    chunk_size: int | None = None, left_chunks: int | None = None,
 ) -> dict:
     """``asrkd eval``: WER/CER (+ per speaker) of a checkpoint on a manifest; ``lexicon`` (a word
     list file or a `Lexicon`) restricts decoding to its words.
+
+    A streaming (causal) checkpoint is scored at its config's chunking (its chunked, streaming
+    WER) unless ``chunk_size`` (encoder frames, -1: full context) or ``left_chunks`` (-1:
+    unlimited) say otherwise; its summary states the chunking it ran (``chunk_size``,
+    ``left_chunks``). A chunked run of a non-causal checkpoint is a `ChunkingError`.
 
     With ``json_out``: the summary there and one JSON line per utterance (id, speaker, ref, hyp,
     WER, confidence) in ``<json_out stem>.utterances.jsonl``.
@@ -145,9 +183,10 @@ def evaluate_checkpoint(
     """
     lexicon = Lexicon.coerce(lexicon)
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
+    check_chunking(loaded.model, chunk_size, left_chunks)
     utts = read_manifest(manifest)
     result = evaluate(loaded.model, loaded.frontend, loaded.tokenizer, utts, max_batch_seconds, beam, lexicon,
-                      skip_unreadable=True)
+                      skip_unreadable=True, chunk_size=chunk_size, left_chunks=left_chunks)
     skipped = result.pop("skipped")
     if utts and len(skipped) == len(utts):
         raise AudioError(f"{manifest}: none of the {len(utts)} audio files can be read, e.g. {skipped[0]['reason']}")
@@ -157,6 +196,9 @@ def evaluate_checkpoint(
     summary.update(skipped=len(skipped), skipped_utterances=skipped)
     summary.update(checkpoint=str(loaded.path), manifest=str(manifest),
                    beam=search_width(beam, lexicon))
+    if loaded.model.config.causal:
+        chunking = loaded.model.chunking(chunk_size, left_chunks)
+        summary.update(chunk_size=chunking.chunk_size, left_chunks=chunking.left_chunks)
     if lexicon is not None:
         summary.update(lexicon=lexicon.source, lexicon_words=len(lexicon))
     if json_out is not None:
