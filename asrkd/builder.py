@@ -4,7 +4,8 @@ What each config section becomes::
 
     data      -> utterances of each source (manifests, Lhotse, HF datasets; + pseudo-labels),
                  tokenizer, BucketedLoader, DevSet
-    frontend  -> LogMel                     model  -> ConformerCTC (+ init_from weights)
+    frontend  -> LogMel                     model  -> ConformerCTC (+ init_from weights),
+                                                      a causal model's DynamicChunks
     augment   -> waveform transforms (AudioDataset) and FeatureAugment (VTLP, SpecAugment)
     optim     -> AdamW + warm-up / cosine LambdaLR, max_steps
     kd        -> a target source (asrkd.teacher_targets) and KDLoss; without distill: CTCLoss
@@ -48,7 +49,7 @@ from asrkd.decoding import Lexicon, LexiconError
 from asrkd.features import FrontendConfig, LogMel
 from asrkd.kd import FRAME_TERMS, KDLoss, KDSettingError
 from asrkd.loader import BucketedLoader
-from asrkd.loop import DevSet, FeatureAugment, TrainingLoop, init_distributed
+from asrkd.loop import DevSet, DynamicChunks, FeatureAugment, TrainingLoop, init_distributed
 from asrkd.losses import CTCLoss, TrainingLoss
 from asrkd.models.conformer import ConformerCTC, build_preset, count_parameters
 from asrkd.pseudo_labels import (
@@ -58,6 +59,7 @@ from asrkd.pseudo_labels import (
     tokenizer_from_cache,
     write_drops,
 )
+from asrkd.streaming import frontend_streaming_problems
 from asrkd.teacher import Teacher, load_teacher
 from asrkd.teacher_targets import CachedTargets, OnlineTargets, TargetSource
 from asrkd.text import CharTokenizer, Tokenizer, load_tokenizer
@@ -81,6 +83,7 @@ class TrainingParts:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     max_steps: int
     dev: DevSet | None
+    chunks: DynamicChunks | None = None  # a causal model's dynamic chunk training, when enabled
 
     def loop(self) -> TrainingLoop:
         """The `TrainingLoop` over these parts, with the config's run options."""
@@ -88,7 +91,7 @@ class TrainingParts:
         return TrainingLoop(
             self.model, self.frontend, self.data, self.optimizer, self.loss, tokenizer=self.tokenizer,
             out_dir=run.out_dir, max_steps=self.max_steps, scheduler=self.scheduler, augment=self.augment,
-            dev=self.dev, grad_clip=self.config.optim.grad_clip, log_every=run.log_every,
+            chunks=self.chunks, dev=self.dev, grad_clip=self.config.optim.grad_clip, log_every=run.log_every,
             checkpoint_every=run.checkpoint_every, keep_last=run.keep_last, progress=run.progress,
             train_config=self.config.to_dict())
 
@@ -133,6 +136,7 @@ def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher 
     frontend = LogMel(FrontendConfig.from_dict(config.frontend))
     model = ConformerCTC(build_preset(config.model.preset, vocab_size=tokenizer.vocab_size,
                                       n_mels=frontend.config.n_mels, **config.model.overrides))
+    chunks = _dynamic_chunks(config, model, frontend.config)
     sampler = BucketingBatchSampler(
         [u.duration for u in utts], max_batch_seconds=config.data.max_batch_seconds,
         num_buckets=config.data.num_buckets, seed=config.run.seed, rank=rank, world_size=world_size)
@@ -166,7 +170,7 @@ def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher 
     data = BucketedLoader(dataset, sampler, num_workers=config.data.num_workers, seed=config.run.seed)
     dev = DevSet(dev_utts, dev_lexicon, config.data.max_batch_seconds) if dev_utts else None
     return TrainingParts(config, utts, tokenizer, frontend, model, data, augment, loss, optimizer, scheduler,
-                         max_steps, dev)
+                         max_steps, dev, chunks)
 
 
 def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
@@ -279,6 +283,27 @@ def _batches_in_epoch(sampler: BucketingBatchSampler, epoch: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _dynamic_chunks(config: TrainConfig, model: ConformerCTC, frontend: FrontendConfig) -> DynamicChunks | None:
+    """The training chunkings of a causal model (None: the model's own chunking, every batch).
+    Refuses dynamic chunks for a model that cannot stream, and a front end that cannot stream
+    for a causal model (what it learns could not be run on a stream)."""
+    m, dynamic = config.model, config.model.dynamic_chunks
+    if not model.config.causal:
+        if dynamic.enabled:
+            raise ConfigError(f"model.dynamic_chunks.enabled: model.preset {m.preset!r} is not causal, so its "
+                              "attention cannot be chunked; use a streaming preset (student-stream) or "
+                              "model.overrides: {causal: true}, or turn dynamic_chunks off")
+        return None
+    problems = frontend_streaming_problems(frontend)
+    if problems:
+        raise ConfigError(f"model.preset {m.preset!r} is causal (a streaming model), but its front end needs the "
+                          "whole utterance: " + "; ".join(problems))
+    if not dynamic.enabled:
+        return None
+    return DynamicChunks(dynamic.max_chunk_size, dynamic.full_context_prob, dynamic.max_left_chunks,
+                         seed=config.run.seed)
+
+
 def _init_weights(model: ConformerCTC, tokenizer, path: str, is_main: bool) -> None:
     """Copy the weights of checkpoint ``path``; its model shape and vocabulary must match
     (dropout, which has no weights, may differ: fine-tuning often changes it)."""
@@ -338,7 +363,7 @@ def _kd_loss(config: TrainConfig, source: TargetSource, model: ConformerCTC, tok
     try:
         return KDLoss(source, model, tokenizer, frontend.config, weights=kd.weights, temperature=kd.temperature,
                       blank_mode=kd.blank_mode, blank_weight=kd.blank_weight, seq_temperature=kd.seq_temperature,
-                      layer_map=kd.layer_map, ctc=ctc)
+                      layer_map=kd.layer_map, frame_delay=kd.frame_delay, ctc=ctc)
     except KDSettingError as e:
         raise ConfigError(f"kd.{e}") from None
 

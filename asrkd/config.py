@@ -66,6 +66,32 @@ def _source(value: Any, key: str) -> str | dict[str, Any]:
 
 
 @dataclass
+class DynamicChunksConfig:
+    """Dynamic chunk training (WeNet U2) of a causal (streaming) model: each batch is trained with
+    a chunking drawn by `asrkd.models.streaming.draw_chunk_size` from a generator seeded with
+    (run.seed, step), so one set of weights serves several chunk sizes and full context. Off: a
+    causal model trains with its config's static ``chunk_size`` / ``left_chunks``."""
+
+    enabled: bool = False
+    max_chunk_size: int = 25  # encoder frames; a chunk size is drawn from 1 .. max_chunk_size
+    full_context_prob: float = 0.5  # probability that a batch trains at full context
+    max_left_chunks: int | None = None  # left context drawn from 0 .. max_left_chunks; None: unlimited
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"enabled must be true or false, got {self.enabled!r}")
+        if isinstance(self.max_chunk_size, bool) or not isinstance(self.max_chunk_size, int) or self.max_chunk_size < 1:
+            raise ConfigError(f"max_chunk_size must be a whole number of encoder frames >= 1, got {self.max_chunk_size!r}")
+        prob = self.full_context_prob
+        if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0 <= prob <= 1:
+            raise ConfigError(f"full_context_prob must be a probability in [0, 1], got {prob!r}")
+        left = self.max_left_chunks
+        if left is not None and (isinstance(left, bool) or not isinstance(left, int) or left < 0):
+            raise ConfigError(f"max_left_chunks must be a whole number of chunks >= 0, or null (unlimited), "
+                              f"got {left!r}")
+
+
+@dataclass
 class ModelConfig:
     preset: str = "student"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +103,8 @@ class ModelConfig:
     # exported graphs do not change. Loss = (1 - w) * CTC + w * mean of the intermediate CTCs.
     interctc_layers: list[int] = field(default_factory=list)
     interctc_weight: float = 0.3
+    # Causal (streaming) models only, e.g. preset student-stream: see DynamicChunksConfig.
+    dynamic_chunks: DynamicChunksConfig = field(default_factory=DynamicChunksConfig)
 
     def __post_init__(self) -> None:
         layers = self.interctc_layers
@@ -406,6 +434,9 @@ class KDConfig:
     blank_mode: str = "all"  # all | downweight | nonblank | symmetric
     blank_weight: float = 0.1  # downweight: weight of frames whose teacher argmax is blank
     seq_temperature: float = 1.0  # sequence KD: N-best weights softmax(score / seq_temperature)
+    # Student frames by which a streaming student emits later than the full-context teacher: its
+    # frame t is compared with the teacher's frame t - frame_delay (frame, feature, relation KD).
+    frame_delay: int = 0
     layer_map: dict[int, int] = field(default_factory=dict)  # {student block: teacher layer}, 0-based
     pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     weights: KDWeights = field(default_factory=KDWeights)
@@ -421,6 +452,8 @@ class KDConfig:
             raise ConfigError(f"blank_weight must be in [0, 1], got {self.blank_weight}")
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if isinstance(self.frame_delay, bool) or not isinstance(self.frame_delay, int) or self.frame_delay < 0:
+            raise ConfigError(f"frame_delay must be a whole number of student frames >= 0, got {self.frame_delay!r}")
         try:
             self.layer_map = {int(s): int(t) for s, t in (self.layer_map or {}).items()}
         except (TypeError, ValueError):
@@ -433,7 +466,7 @@ class KDConfig:
 
 
 _SECTIONS = {
-    "DataConfig": DataConfig, "ModelConfig": ModelConfig, "AugmentConfig": AugmentConfig,
+    "DataConfig": DataConfig, "ModelConfig": ModelConfig, "DynamicChunksConfig": DynamicChunksConfig, "AugmentConfig": AugmentConfig,
     "OptimConfig": OptimConfig, "RunConfig": RunConfig, "KDConfig": KDConfig,
     "KDWeights": KDWeights, "TermWeight": TermWeight, "PseudoLabelConfig": PseudoLabelConfig,
 }

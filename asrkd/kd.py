@@ -6,6 +6,7 @@ One batch, from the student's output to the loss::
     target source (asrkd.teacher_targets: cache | online teacher | in memory)
         ─► teacher posteriors at the teacher's ids and rate ─► student ids (VocabularyMap)
         ─► student frame rate (pool_frames) ─► student length (align_to_student)
+        ─► a streaming student's delay (delay_frames: student frame t vs teacher frame t - d)
     loss = Σ_term weight_term(step) · term       (each term logged unweighted; asrkd.losses)
 
 Terms: ``ctc`` (the batch's transcripts, with intermediate CTC when the `CTCLoss` has it),
@@ -36,6 +37,7 @@ from asrkd.losses import (
     VocabularyMap,
     VocabularyMismatchError,
     align_to_student,
+    delay_frames,
     feature_kd_loss,
     frame_kd_loss,
     frame_ratio,
@@ -69,7 +71,10 @@ class KDLoss(TrainingLoss):
     the ``kd:`` config section's: ``weights`` (`KDWeights`, or ``{term: number | TermWeight}``;
     unnamed terms weigh 0), ``temperature`` (frame KD, loss scaled by tau^2), ``blank_mode`` and
     ``blank_weight`` (`asrkd.losses.frame_weights`), ``seq_temperature`` (N-best weights),
-    ``layer_map`` ({student block: teacher layer}, 0-based, for feature / relation KD). ``ctc``:
+    ``layer_map`` ({student block: teacher layer}, 0-based, for feature / relation KD),
+    ``frame_delay`` (student frames a streaming student emits later than the teacher: its frame t
+    is compared with the teacher's frame t - frame_delay in the frame, feature and relation
+    terms; its first frame_delay frames get no target; `asrkd.losses.delay_frames`). ``ctc``:
     the ctc term (default: `CTCLoss` without intermediate CTC).
 
     Raises `KDSettingError` for inconsistent arguments, `VocabularyMismatchError` when frame KD
@@ -85,7 +90,7 @@ class KDLoss(TrainingLoss):
     def __init__(self, targets: TargetSource, model: nn.Module, tokenizer, frontend: FrontendConfig | None = None, *,
                  weights: KDWeights | Mapping[str, float | TermWeight] | None = None, temperature: float = 1.0,
                  blank_mode: str = "all", blank_weight: float = 0.1, seq_temperature: float = 1.0,
-                 layer_map: Mapping[int, int] | None = None, ctc: CTCLoss | None = None):
+                 layer_map: Mapping[int, int] | None = None, frame_delay: int = 0, ctc: CTCLoss | None = None):
         self.source = targets
         self.tokenizer = tokenizer
         self.weights = _as_weights(weights)
@@ -95,6 +100,9 @@ class KDLoss(TrainingLoss):
         self.blank_weight = blank_weight
         self.seq_temperature = seq_temperature
         self.layer_map = {int(s): int(t) for s, t in (layer_map or {}).items()}
+        if isinstance(frame_delay, bool) or not isinstance(frame_delay, int) or frame_delay < 0:
+            raise KDSettingError(f"frame_delay: {frame_delay!r} must be a whole number of student frames >= 0")
+        self.frame_delay = frame_delay
         self.ctc = ctc or CTCLoss(model)
         hidden_terms = {"feature", "relation"} & set(self.terms)
         if hidden_terms and not self.layer_map:
@@ -178,18 +186,25 @@ class KDLoss(TrainingLoss):
             batch, self.layers, posteriors=any(w.get(t, 0) > 0 for t in FRAME_TERMS),
             nbest_tokenizer=self.tokenizer if w.get("sequence", 0) > 0 else None)
         targets = None if teacher.targets is None else self.student_view(teacher.targets, out_lens, log_probs.shape[1])
+        # The frame-by-frame terms pair student frame d + j with teacher frame j (d = frame_delay).
+        d = self.frame_delay
+        frame_log_probs, frame_hidden = log_probs, hidden
+        if targets is not None and d:
+            targets = delay_frames(targets, out_lens, d)
+            frame_log_probs = log_probs[:, d:]
+            frame_hidden = None if hidden is None else [h[:, d:] for h in hidden]
         if w.get("frame", 0) > 0:
             weights = frame_weights(targets, self.blank_mode, self.blank_weight)
-            losses["frame"] = frame_kd_loss(log_probs, targets, weights, self.temperature)
+            losses["frame"] = frame_kd_loss(frame_log_probs, targets, weights, self.temperature)
         if w.get("sequence", 0) > 0:
             losses["sequence"] = sequence_kd_loss(log_probs, out_lens, teacher.nbest, self.seq_temperature)
         if w.get("feature", 0) > 0:
             losses["feature"] = sum(
-                feature_kd_loss(hidden[s], targets.hidden[t], targets.lengths, self.projections[str(s)])
+                feature_kd_loss(frame_hidden[s], targets.hidden[t], targets.lengths, self.projections[str(s)])
                 for s, t in self.layer_map.items()) / len(self.layer_map)
         if w.get("relation", 0) > 0:
             losses["relation"] = sum(
-                relation_kd_loss(hidden[s], targets.hidden[t], targets.lengths)
+                relation_kd_loss(frame_hidden[s], targets.hidden[t], targets.lengths)
                 for s, t in self.layer_map.items()) / len(self.layer_map)
         total = sum(w[name] * value for name, value in losses.items())
         terms = {name: value.item() for name, value in losses.items()}

@@ -42,11 +42,14 @@ from asrkd.decoding import Lexicon
 from asrkd.features import LogMel, vtlp_mel_filterbank
 from asrkd.inference import evaluate
 from asrkd.losses import TrainingLoss
+from asrkd.models.streaming import ChunkChoice, draw_chunk_size
 
-__all__ = ["DevSet", "FeatureAugment", "TrainingLoop", "init_distributed", "read_log"]
+__all__ = ["DevSet", "DynamicChunks", "FeatureAugment", "TrainingLoop", "init_distributed", "read_log"]
 
 # Third entry of the VTLP draws' seed ([seed, step, _VTLP_STREAM]): a stream of its own.
 _VTLP_STREAM = 0x7E1F
+# Third entry of the chunk draws' seed ([seed, step, _CHUNK_STREAM]): another stream of its own.
+_CHUNK_STREAM = 0xC4C
 
 
 def init_distributed() -> tuple[int, int]:
@@ -95,6 +98,29 @@ class FeatureAugment:
 
 
 @dataclass
+class DynamicChunks:
+    """Dynamic chunk training (WeNet U2) of a causal model: the chunking of the batch at each step.
+
+    Step ``step`` draws `asrkd.models.streaming.draw_chunk_size` from a generator of its own,
+    seeded with ``[seed, step, _CHUNK_STREAM]``: nothing is drawn from the global torch RNG (the
+    model's dropout keeps its stream) and a resume replays the chunkings. Full context with
+    probability ``full_context_prob``, else a chunk of ``1 .. max_chunk_size`` encoder frames with
+    ``0 .. max_left_chunks`` chunks of left context (None: unlimited).
+    """
+
+    max_chunk_size: int = 25
+    full_context_prob: float = 0.5
+    max_left_chunks: int | None = None
+    seed: int = 0
+
+    def __call__(self, step: int) -> ChunkChoice:
+        """The chunking of the batch at optimiser step ``step`` (the same for the same step)."""
+        state = np.random.SeedSequence([self.seed, step, _CHUNK_STREAM]).generate_state(1, np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(state))
+        return draw_chunk_size(generator, self.max_chunk_size, self.full_context_prob, self.max_left_chunks)
+
+
+@dataclass
 class DevSet:
     """Utterances decoded after each epoch (greedy, or restricted to ``lexicon``'s words); the
     checkpoint with the lowest WER becomes ``checkpoints/best``."""
@@ -125,7 +151,9 @@ class TrainingLoop:
     the exact batch; a plain iterable is re-read from its start and the batches already trained
     on are skipped. ``tokenizer`` and ``frontend`` are saved with every checkpoint;
     ``train_config`` (a dict) too, and as ``out_dir/config.yaml``. ``augment``: feature
-    augmentation (default: the front end alone). ``dev``: evaluated after each epoch.
+    augmentation (default: the front end alone). ``chunks``: dynamic chunk training of a causal
+    model (`DynamicChunks`; default: the model's own chunking). ``dev``: evaluated after each epoch,
+    with the model's own chunking (a streaming model's chunked WER).
     ``grad_clip``: max norm of the model's gradient (the loss's own modules are not clipped).
 
     >>> loop = TrainingLoop(model, frontend, loader, optimizer, CTCLoss(), tokenizer=tok,
@@ -137,13 +165,15 @@ class TrainingLoop:
                  optimizer: torch.optim.Optimizer, loss: TrainingLoss, *, tokenizer: Any,
                  out_dir: str | os.PathLike, max_steps: int,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 augment: FeatureAugment | None = None, dev: DevSet | None = None, grad_clip: float = 5.0,
+                 augment: FeatureAugment | None = None, chunks: DynamicChunks | None = None,
+                 dev: DevSet | None = None, grad_clip: float = 5.0,
                  log_every: int = 10, checkpoint_every: int = 200, keep_last: int = 3, progress: bool = True,
                  train_config: dict | None = None):
         self.model, self.frontend, self.data, self.loss = model, frontend, data, loss
         self.optimizer, self.scheduler = optimizer, scheduler
         self.tokenizer = tokenizer
         self.augment = augment or FeatureAugment()
+        self.chunks = chunks
         self.dev = dev
         self.max_steps = max_steps
         self.grad_clip, self.log_every = grad_clip, log_every
@@ -210,7 +240,11 @@ class TrainingLoop:
         """One optimiser step on ``batch``: (loss, its logged terms, gradient norm before clipping)."""
         pos = self.pos
         feats, feat_lens = self.augment(self.frontend, batch["wavs"], batch["wav_lens"], pos.step)
-        out = self.ddp_model(feats, feat_lens, return_hidden=self.loss.needs_hidden(pos.step))
+        chunking = {}
+        if self.chunks is not None:
+            choice = self.chunks(pos.step)
+            chunking = {"chunk_size": choice.chunk_size, "left_chunks": choice.left_chunks}
+        out = self.ddp_model(feats, feat_lens, return_hidden=self.loss.needs_hidden(pos.step), **chunking)
         loss, terms = self.loss(out, batch, pos.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

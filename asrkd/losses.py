@@ -21,7 +21,9 @@ are brought to the student's terms:
    student frame (teacher 20 ms, student 40 ms: r = 2); `frame_ratio` refuses a ratio that is not
    a whole number;
 3. length: `align_to_student` crops or pads the teacher frames to the student's, refusing a length
-   difference that shows the two did not see the same audio.
+   difference that shows the two did not see the same audio;
+4. delay (a streaming student, which emits later than a full-context teacher): `delay_frames`
+   pairs student frame t with teacher frame t - delay for the frame-by-frame terms.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ __all__ = [
     "VocabularyMismatchError",
     "align_to_student",
     "ctc_loss",
+    "delay_frames",
     "feature_kd_loss",
     "frame_kd_loss",
     "frame_ratio",
@@ -358,6 +361,32 @@ def align_to_student(targets: TeacherTargets, student_lens: Tensor, max_t: int,
         residual=fit(targets.residual, -math.inf),
         lengths=torch.minimum(targets.lengths.to(student_lens.device), student_lens),
         hidden={layer: fit(h, 0.0) for layer, h in targets.hidden.items()},
+    )
+
+
+def delay_frames(targets: TeacherTargets, student_lens: Tensor, delay: int) -> TeacherTargets:
+    """Targets for a student that emits ``delay`` frames later than its teacher: teacher frame j
+    becomes the target of student frame j + delay.
+
+    ``targets``: aligned to the student (`align_to_student`, [B, T, K]); ``student_lens`` [B].
+    Returns the teacher's frames 0 .. T - delay - 1 ([B, max(T - delay, 0), K]; hidden
+    [B, ., D] alike), to be compared with the student's frames delay .. T - 1 (``x[:, delay:]``
+    of its log-probs and hidden states); lengths ``min(teacher, student - delay)``, at least 0.
+    The student's first ``delay`` frames get no frame target (the teacher said nothing that is
+    due there yet), and the teacher's last ``delay`` frames, due after the student's end, are
+    dropped. ``delay`` 0 returns ``targets`` as they are.
+    """
+    if delay == 0:
+        return targets
+    kept = max(targets.topk_ids.shape[1] - delay, 0)
+    lengths = torch.minimum(targets.lengths, student_lens.to(targets.lengths.device) - delay).clamp(min=0)
+    return replace(
+        targets,
+        topk_logp=targets.topk_logp[:, :kept],
+        topk_ids=targets.topk_ids[:, :kept],
+        residual=targets.residual[:, :kept],
+        lengths=lengths,
+        hidden={layer: h[:, :kept] for layer, h in targets.hidden.items()},
     )
 
 

@@ -14,6 +14,7 @@ from asrkd.losses import (
     VocabularyMap,
     VocabularyMismatchError,
     align_to_student,
+    delay_frames,
     feature_kd_loss,
     frame_kd_loss,
     frame_ratio,
@@ -161,6 +162,26 @@ def test_lengths_off_by_more_than_the_tolerance_are_refused():
     assert aligned.topk_ids.shape[1] == 51 and aligned.lengths.tolist() == [50, 40]
     with pytest.raises(FrameRateError, match="speed perturbation"):
         align_to_student(targets, torch.tensor([45, 40]), max_t=45)  # 10 % shorter: other audio
+
+
+def test_a_frame_delay_of_d_makes_teacher_frame_j_the_target_of_student_frame_j_plus_d():
+    d = 3
+    teacher = random_log_probs(2, 30, 12, seed=0)
+    lengths = torch.tensor([30, 21])
+    targets = top_k_posteriors(teacher, lengths, k=4)
+    targets.hidden = {1: torch.randn(2, 30, 5)}
+    delayed = delay_frames(targets, lengths, d)
+    # the teacher's frames 0 .. T-d-1, for the student's frames d .. T-1; lengths min(teacher, student - d)
+    assert torch.equal(delayed.topk_ids, targets.topk_ids[:, :27])
+    assert torch.equal(delayed.hidden[1], targets.hidden[1][:, :27])
+    assert delayed.lengths.tolist() == [27, 18]
+    # a student that says what the teacher said, d frames later (its first d frames anything):
+    # no frame KD loss with the delay, a large one without it
+    late = torch.cat([random_log_probs(2, d, 12, seed=5), teacher[:, :-d]], dim=1)
+    assert frame_kd_loss(late[:, d:], delayed, frame_weights(delayed)).item() == pytest.approx(0.0, abs=1e-6)
+    assert frame_kd_loss(late, targets, frame_weights(targets)).item() > 1.0
+    assert delay_frames(targets, lengths, 0) is targets
+    assert delay_frames(targets, lengths, 40).lengths.tolist() == [0, 0]  # longer than the batch: no pairs
 
 
 # -- vocabulary ----------------------------------------------------------------------------------
