@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asrkd.confidence import Calibration, Fallback
+from asrkd.errors import AsrkdError
 from asrkd.models.conformer import count_parameters
 from asrkd.text import TOKENS_FILENAME, WORD_SEP
 from mobile_export.graph import TENSOR_MEANINGS
@@ -40,6 +41,9 @@ MODEL_CARD = "MODEL_CARD.md"
 UTTERANCES_FILE = "utterances.jsonl"
 BUNDLE_FORMAT = "asrkd-mobile-bundle"
 BUNDLE_VERSION = 1
+REPORT_FORMAT = "asrkd-export-report"  # report.json's "format"
+STAGING_SUFFIX = ".partial"  # OUT.partial: where an export builds the bundle that replaces OUT
+PREVIOUS_SUFFIX = ".previous"  # OUT.previous: the old bundle for the instant of the swap
 
 # What a runner does with audio longer than an artifact accepts (eval/runners.py implements it).
 LONG_AUDIO_POLICY = (
@@ -284,6 +288,87 @@ def _fmt(x, spec: str) -> str:
 
 def _mb(x) -> str:
     return "–" if x is None else f"{x / 1e6:.2f} MB"
+
+
+class OutputFolderError(AsrkdError, ValueError):
+    """An export's output folder that holds something other than an earlier asrkd bundle."""
+
+
+def is_bundle(folder: Path) -> bool:
+    """True for a folder an earlier ``asrkd export`` wrote: its contract.json or (an export that
+    stopped early) its report.json says so."""
+    for name, fmt in ((CONTRACT_FILE, BUNDLE_FORMAT), (REPORT_FILE, REPORT_FORMAT)):
+        try:
+            d = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(d, dict) and d.get("format") == fmt:
+            return True
+    return False
+
+
+def holds_artifacts(folder: Path) -> bool:
+    """True for a bundle worth keeping: one with a contract.json (an export that got as far as
+    its artifacts), not just the report of an export that stopped before them."""
+    return (Path(folder) / CONTRACT_FILE).is_file()
+
+
+def _beside(out_dir: Path, suffix: str) -> Path:
+    return out_dir.with_name(out_dir.name + suffix)
+
+
+def staging_folder(out_dir: Path) -> Path:
+    """``OUT.partial``: the folder next to ``OUT`` where a new bundle is built before the swap."""
+    return _beside(Path(out_dir), STAGING_SUFFIX)
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """Raise `OutputFolderError` unless ``out_dir`` is new, empty or an earlier asrkd bundle (the
+    only folders an export may replace). Touches nothing."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputFolderError(f"{out_dir}: exists and is not a folder; choose a new folder for the bundle")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_bundle(out_dir):
+        raise OutputFolderError(
+            f"{out_dir}: exists, is not empty and is not an asrkd bundle (no {CONTRACT_FILE} or {REPORT_FILE} "
+            "of an earlier export); an export replaces only its own bundle: choose a new or empty folder")
+
+
+def begin_bundle(out_dir: Path) -> Path:
+    """Check ``out_dir`` (`check_output_folder`), finish or undo what a killed export left beside
+    it, and return an empty staging folder (`staging_folder`) to build the new bundle in."""
+    out_dir = Path(out_dir)
+    previous = _beside(out_dir, PREVIOUS_SUFFIX)
+    if previous.exists():
+        if not (previous.is_dir() and is_bundle(previous)):
+            raise OutputFolderError(f"{previous}: exists and is not an asrkd bundle; move it away (an export "
+                                    f"of {out_dir.name} puts the old bundle there while it swaps in the new one)")
+        if out_dir.exists():  # killed after the swap: OUT is the new bundle
+            shutil.rmtree(previous)
+        else:  # killed between the two renames: put the old bundle back
+            os.replace(previous, out_dir)
+    check_output_folder(out_dir)
+    staging = staging_folder(out_dir)
+    if staging.exists():
+        if not staging.is_dir() or (any(staging.iterdir()) and not is_bundle(staging)):
+            raise OutputFolderError(f"{staging}: exists and is not an unfinished asrkd bundle; move it away "
+                                    f"(an export of {out_dir.name} builds there)")
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def replace_bundle(staging: Path, out_dir: Path) -> None:
+    """Put the finished bundle ``staging`` in place of ``out_dir`` as a whole: the old bundle is
+    renamed aside, the new one renamed in, the old one deleted. Each rename is atomic; a kill
+    between them leaves ``OUT.previous``, which the next `begin_bundle` puts back."""
+    out_dir = Path(out_dir)
+    previous = _beside(out_dir, PREVIOUS_SUFFIX)
+    if out_dir.exists():
+        os.replace(out_dir, previous)
+    os.replace(staging, out_dir)
+    if previous.exists():
+        shutil.rmtree(previous)
 
 
 def zip_bundle(out_dir: Path) -> Path:

@@ -63,11 +63,34 @@ __all__ = [
 
 def write_error_report(out_dir, checkpoint, eval_manifest, options: dict, error: str) -> Path:
     """``OUT/report.json`` (and REPORT.md) for an export that could not start, e.g. invalid
-    options: CI finds a report with ``error`` set and the gate not passed."""
+    options: CI finds a report with ``error`` set and the gate not passed. An ``OUT`` that holds
+    anything more than such a report (an earlier bundle, the user's files) is left untouched: the
+    report goes to ``OUT.partial`` (`bundle.staging_folder`) instead. Returns the report's path."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (_nothing_to_keep(out_dir) and out_dir.is_dir()):
+        out_dir = bundle.staging_folder(out_dir)
     report = ExportReport.start(str(checkpoint), eval_manifest, options, all_threads())
     report.error = error
     report.gate.reason = f"export did not start: {error}"
     return report.save(out_dir)
+
+
+def _nothing_to_keep(out_dir: Path) -> bool:
+    """``out_dir`` is missing, empty, or holds only the report of an export that stopped early."""
+    if not out_dir.is_dir():
+        return not out_dir.exists()
+    return not any(out_dir.iterdir()) or (bundle.is_bundle(out_dir) and not bundle.holds_artifacts(out_dir))
+
+
+def settle(staging: Path, out_dir: Path, completed: bool, log: Callable[[str], None]) -> None:
+    """Swap the bundle built in ``staging`` in place of ``out_dir`` (`bundle.replace_bundle`) when
+    the export completed (gate passed or not) or ``out_dir`` holds nothing to keep; an export
+    that stopped leaves an earlier bundle as it was and its own report in ``staging``."""
+    if completed or _nothing_to_keep(out_dir):
+        bundle.replace_bundle(staging, out_dir)
+    else:
+        log(f"the export stopped: {out_dir} keeps the earlier bundle; this run's report is "
+            f"{staging / bundle.REPORT_FILE}")
 
 
 def convert(source: ExportSource, out_dir: Path, options: ExportOptions,
@@ -134,10 +157,17 @@ def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | No
 
     Raises on errors that stop the whole export (unreadable checkpoint or manifest) after writing
     the report with ``error`` set; per-artifact failures are recorded in the report instead.
+
+    ``out_dir`` must be new, empty or an earlier bundle (else `bundle.OutputFolderError`, before
+    anything is written). The bundle is built in ``OUT.partial`` and replaces ``OUT`` as a whole
+    when the export completes (`settle`), so a stopped or killed export leaves an earlier bundle
+    intact and ``OUT.zip`` holds only what this export wrote. ``verify_only`` works in place.
     """
     options = options or ExportOptions()
     log = log or (lambda msg: None)
-    out_dir, manifest = Path(out_dir), Path(eval_manifest)
+    final, manifest = Path(out_dir), Path(eval_manifest)
+    out_dir = final if verify_only else bundle.begin_bundle(final)
+    completed = False
     threads_all = options.threads or all_threads()
     checkpoint = str(Path(model)) if isinstance(model, (str, os.PathLike)) else None
     report = ExportReport.start(checkpoint, manifest, {**asdict(options), "verify_only": verify_only},
@@ -180,6 +210,7 @@ def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | No
         report.gate = gate_summary(report.artifacts, options.max_wer_increase, reference_ok=True)
         write_bundle(source, out_dir, artifacts, list(options.windows), report, verifier.rows,
                      confidence_section(out_dir, plan, verify_only))
+        completed = True
     except Exception as e:
         report.error = exception_text(e)
         report.gate = gate_summary(report.artifacts, options.max_wer_increase, reference_ok=False)
@@ -188,9 +219,11 @@ def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | No
         raise
     finally:
         report.save(out_dir)
+        if out_dir != final:
+            settle(out_dir, final, completed, log)
     if options.zip:
-        report.zip = str(bundle.zip_bundle(out_dir))
-        report.save(out_dir)
+        report.zip = str(bundle.zip_bundle(final))
+        report.save(final)
     return report
 
 

@@ -1,10 +1,13 @@
 """Commands never destroy a user's files (issue 18 finding 1): `asrkd cache build --force` replaces
-only a cache folder, and `asrkd export` replaces only a previous bundle, as a whole."""
+only a cache folder, and `asrkd export` replaces only a previous bundle, as a whole, once the new
+one is complete."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,9 @@ from asrkd.data import Utterance, write_manifest
 from asrkd.features import FrontendConfig
 from asrkd.models.conformer import ConformerCTC, build_preset
 from asrkd.text import CharTokenizer
+from mobile_export import export as export_module
+from mobile_export.bundle import OutputFolderError, begin_bundle
+from mobile_export.export import ExportOptions, export_bundle
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -81,3 +87,77 @@ def test_cache_build_force_still_replaces_a_cache(small, tmp_path, capsys):
     assert main(argv + ["--top-k", "4", "--force"]) == 0
     assert json.loads((out / "request.json").read_text())["settings"]["top_k"] == 4
     capsys.readouterr()
+
+
+FAST = ["--formats", "onnx", "--quantize", "fp32", "--rtf-repeats", "0", "--no-cold-start"]
+
+
+def _export(ckpt: Path, manifest: Path, out: Path, *extra: str) -> int:
+    return main(["export", str(ckpt), "--eval-manifest", str(manifest), "--out", str(out), *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def first_bundle(small, tmp_path_factory) -> Path:
+    """A bundle of one ONNX fp32 artifact, exported once for this module (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("first") / "bundle"
+    assert _export(*small, out) == 0
+    return out
+
+
+@pytest.fixture
+def old_bundle(first_bundle, tmp_path) -> Path:
+    shutil.copytree(first_bundle, tmp_path / "bundle")
+    return tmp_path / "bundle"
+
+
+def test_export_argument_errors_leave_the_previous_bundle_untouched(small, old_bundle, capsys):
+    before = tree_digest(old_bundle)
+    assert _export(*small, old_bundle, "--formats", "onnx,tensorrt") == 2
+    err = capsys.readouterr().err
+    assert "unknown format(s) ['tensorrt']" in err and f"{old_bundle}.partial/report.json" in err
+    assert tree_digest(old_bundle) == before
+    assert "tensorrt" in json.loads((old_bundle.parent / "bundle.partial" / "report.json").read_text())["error"]
+
+
+def test_export_refuses_a_folder_that_is_not_a_bundle(small, tmp_path, capsys):
+    user = _user_folder(tmp_path / "mine")
+    before = tree_digest(user)
+    with pytest.raises(OutputFolderError, match="is not an asrkd bundle"):
+        export_bundle(small[0], user, small[1], ExportOptions(formats=("onnx",), precisions=("fp32",)))
+    assert _export(*small, user) != 0
+    assert "is not an asrkd bundle" in capsys.readouterr().err
+    assert tree_digest(user) == before and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_export_replaces_a_bundle_as_a_whole_and_zips_only_its_own_files(small, old_bundle):
+    # what the issue found shipped: another model's artifact, and a killed write's temporary file
+    (old_bundle / "model.int8.tflite").write_bytes(b"another model")
+    (old_bundle / ".contract.json.x1y2.tmp").write_text("{")
+    assert _export(*small, old_bundle, "--zip") == 0
+    files = sorted(str(p.relative_to(old_bundle)) for p in old_bundle.rglob("*"))
+    assert "model.int8.tflite" not in files and not [f for f in files if f.endswith(".tmp")]
+    with zipfile.ZipFile(old_bundle.with_name("bundle.zip")) as zf:
+        assert sorted(n.removeprefix("bundle/") for n in zf.namelist()) == files
+    assert sorted(p.name for p in old_bundle.parent.iterdir()) == ["bundle", "bundle.zip"]
+
+
+def test_an_interrupted_export_leaves_the_previous_bundle_intact(small, old_bundle, monkeypatch):
+    before = tree_digest(old_bundle)
+
+    def killed(source, out_dir, options, log):  # a conversion that dies half-way through its file
+        (out_dir / "model.fp32.onnx").write_bytes(b"half a model")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "convert", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(small[0], old_bundle, small[1], ExportOptions(formats=("onnx",), precisions=("fp32",)))
+    assert tree_digest(old_bundle) == before
+
+
+def test_a_kill_between_the_two_renames_is_undone_by_the_next_export(old_bundle):
+    before = tree_digest(old_bundle)
+    previous = old_bundle.with_name("bundle.previous")
+    old_bundle.rename(previous)  # the old bundle renamed aside, the new one not yet renamed in
+    staging = begin_bundle(old_bundle)
+    assert tree_digest(old_bundle) == before and not previous.exists()
+    assert staging == old_bundle.with_name("bundle.partial") and not any(staging.iterdir())
