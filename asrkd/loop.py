@@ -10,8 +10,9 @@ built into those parts by `asrkd.builder`, then this loop; ``asrkd distill`` is 
 
 Exact resume: a checkpoint holds the optimizer, scheduler, step, the data's position in the
 epoch, the loss's own modules and every RNG state. Waveform augmentation is seeded by (seed,
-epoch, utterance index), VTLP and SpecAugment by (seed, step), so the losses after ``resume()``
-equal those of an uninterrupted run.
+epoch, utterance index), VTLP, SpecAugment and a causal model's dynamic chunk sizes
+(`DynamicChunks`) by (seed, step), so the losses after ``resume()`` equal those of an
+uninterrupted run.
 
 Distributed: launched with ``torchrun --nproc_per_node N -m asrkd.cli train ...`` the builder
 joins the process group (gloo on CPU, NCCL on GPU) and shards batches by rank; the loop averages
