@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from asrkd.audio import AudioError, load_audio
 from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
@@ -106,6 +107,28 @@ def decode_batch(
     ]
 
 
+class _SkipUnreadable(torch.utils.data.Dataset):
+    """``dataset[i]``, or ``(i, why)`` for an item whose audio raises `asrkd.audio.AudioError`."""
+
+    def __init__(self, dataset: AudioDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict | tuple[int, str]:
+        try:
+            return self.dataset[i]
+        except AudioError as e:
+            return i, str(e)
+
+
+def _collate_readable(items: list[dict | tuple[int, str]]) -> tuple[dict | None, dict[int, str]]:
+    """`collate` of the readable items (None if there is none) and ``{index: why}`` of the others."""
+    readable = [it for it in items if isinstance(it, dict)]
+    return (collate(readable) if readable else None), dict(it for it in items if isinstance(it, tuple))
+
+
 @torch.no_grad()
 def evaluate(
     model: ConformerCTC,
@@ -134,18 +157,13 @@ def evaluate(
     sampler = BucketingBatchSampler([u.duration for u in utts], max_batch_seconds=max_batch_seconds, shuffle=False)
     results: dict[int, Hypothesis] = {}
     skipped: dict[int, str] = {}
-    for indices in sampler:  # what DataLoader(batch_sampler=sampler) does, one item at a time
-        items = []
-        for i in indices:
-            try:
-                items.append(dataset[i])
-            except AudioError as e:
-                if not skip_unreadable:
-                    raise
-                skipped[i] = str(e)
-        if not items:
+    # The DataLoader stays even though it loads in this process: starting it draws one number from
+    # torch's global generator, and a training run's dev evaluation must keep drawing it.
+    source = _SkipUnreadable(dataset) if skip_unreadable else dataset
+    for batch, unreadable in DataLoader(source, batch_sampler=sampler, collate_fn=_collate_readable):
+        skipped.update(unreadable)
+        if batch is None:
             continue
-        batch = collate(items)
         for index, hyp in zip(batch["indices"], decode_batch(model, frontend, tokenizer, batch["wavs"], batch["wav_lens"], beam, lexicon,
                                                                   chunk_size, left_chunks)):
             results[int(index)] = hyp

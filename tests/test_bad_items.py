@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from asrkd.audio import write_wav
-from asrkd.checkpoint import save_checkpoint
+from asrkd.checkpoint import load_checkpoint, save_checkpoint
 from asrkd.cli import main
 from asrkd.contract import SAMPLE_RATE
 from asrkd.data import Utterance, write_manifest
 from asrkd.features import FrontendConfig
+from asrkd.inference import evaluate
 from asrkd.models.conformer import ConformerCTC, build_preset
 from asrkd.text import CharTokenizer
 
@@ -104,3 +105,18 @@ def test_eval_with_no_readable_audio_is_one_line_and_status_2(setup, tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith(f"asrkd eval: {manifest}: none of the 1 audio files can be read")
     assert "Traceback" not in err
+
+
+def test_evaluate_draws_from_torch_s_generator_as_before(setup, tmp_path):
+    # A training run's dev evaluation sits between training steps: skipping or not, it must draw
+    # what the DataLoader always drew (one number), or every later step of the run would change.
+    ckpt, good, corrupt = setup
+    loaded = load_checkpoint(ckpt)
+    utts = [Utterance(str(p), "one", 0.5, utt_id=f"u{i}") for i, p in enumerate([good[0], corrupt, good[1]])]
+    torch.manual_seed(0)
+    torch.empty((), dtype=torch.int64).random_()
+    expected = torch.rand(3)
+    for skip, readable in ((False, utts[::2]), (True, utts)):
+        torch.manual_seed(0)
+        evaluate(loaded.model, loaded.frontend, loaded.tokenizer, readable, skip_unreadable=skip)
+        assert torch.equal(torch.rand(3), expected)
