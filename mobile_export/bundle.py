@@ -314,6 +314,7 @@ def holds_artifacts(folder: Path) -> bool:
 
 
 def _beside(out_dir: Path, suffix: str) -> Path:
+    out_dir = Path(os.path.abspath(out_dir))  # "." has no name to add a suffix to
     return out_dir.with_name(out_dir.name + suffix)
 
 
