@@ -26,7 +26,7 @@ import numpy as np
 from eval.calibration import confidence_outcomes
 from eval.edge_cases import Condition, edge_case_conditions
 from eval.report import Transcripts, compare, transcribe
-from mobile_export.fallback import CALIBRATED_MEASURE, FallbackPlan, torch_transcripts
+from mobile_export.fallback import CALIBRATED_MEASURE, FallbackPlan, reopened, torch_transcripts
 from mobile_export.options import ExportError, ExportOptions
 from mobile_export.reference import EvalSet
 from mobile_export.source import ExportSource
@@ -69,7 +69,8 @@ class EdgeSuite:
         return suite
 
     def measure(self, runner, tokenizer) -> dict[str, dict[str, Any]]:
-        """The conditions' rows for ``runner`` (an artifact's)."""
+        """The conditions' rows for ``runner`` (an artifact's; opened again, `reopened`)."""
+        runner = reopened(runner)
         return self._rows({name: transcribe(runner, pcms, tokenizer) for name, (pcms, _) in self.sets.items()},
                           tokenizer)
 

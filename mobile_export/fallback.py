@@ -60,9 +60,20 @@ class FallbackPlan:
         threshold = self.fallback.threshold
         d = {"eval": at_threshold(self.calibration, confidence_outcomes(transcripts, tokenizer, refs), threshold)}
         if self.oos_pcms is not None:
-            oos = confidence_outcomes(transcribe(runner, self.oos_pcms, tokenizer), tokenizer)
+            oos = confidence_outcomes(transcribe(reopened(runner), self.oos_pcms, tokenizer), tokenizer)
             d["oos"] = at_threshold(self.calibration, oos, threshold)
         return d
+
+
+def reopened(runner):
+    """A fresh runner on ``runner``'s artifact, for a pass after the speed measurement: that opens
+    other runners at other thread counts, and ExecuTorch's thread pool is process-wide
+    (``_unsafe_reset_threadpool``): a method loaded before such a reset deadlocks when it runs
+    after it (measured: the quick demo's .pte hung in a futex wait). A PyTorch runner is returned
+    as it is (its graph may exist only in memory; torch's threads are set on every call)."""
+    if runner.path is None or runner.format == "torch":
+        return runner
+    return type(runner).load(runner.path, runner.threads)
 
 
 def read_audio(manifest: Path, sample_rate: int) -> list[np.ndarray]:

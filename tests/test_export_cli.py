@@ -314,3 +314,23 @@ def test_a_runner_that_decodes_by_itself_is_scored_on_its_text():
     scores, rows = compare(out, out, ["one two", "three"], ["a", "b"])
     assert scores.agreement == 1.0 and scores.max_abs_logprob_diff is None and scores.wer == 1 / 3
     assert [r["max_abs_logprob_diff"] for r in rows] == [None, None]
+
+
+def test_a_pass_after_the_speed_measurement_runs_a_reopened_runner(labelled):
+    """ExecuTorch's thread pool is process-wide: a method loaded before the speed measurement
+    resets it deadlocks after it, so the out-of-scope and edge-case passes open the artifact
+    again (the quick demo's .pte hung there). A PyTorch runner, maybe only in memory, is kept."""
+    from eval.runners import Runner
+    from mobile_export.fallback import reopened
+
+    class Loaded(Runner):
+        format = "fake"
+
+        def _forward(self, pcm, length):
+            raise NotImplementedError
+
+    first = Loaded("model.pte", threads=1)
+    again = reopened(first)
+    assert again is not first and type(again) is Loaded and again.path == first.path and again.threads == 1
+    torch_runner = TorchRunner(labelled[0], graph=lambda x, n: None)
+    assert reopened(torch_runner) is torch_runner
