@@ -24,19 +24,25 @@ from asrkd.models.conformer import ConformerCTC, build_preset
 from asrkd.text import CharTokenizer
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> tuple[Path, list[Path], Path]:
-    """A randomly initialised student-xs checkpoint, three readable WAVs and one corrupt file."""
-    root = tmp_path_factory.mktemp("bad_items")
+def random_model_and_noise(root: Path, n: int) -> tuple[Path, list[Path]]:
+    """A randomly initialised student-xs checkpoint and ``n`` half-second noise WAVs in ``root``:
+    something to run commands on, not to measure accuracy with."""
     tok = CharTokenizer.default_english()
     torch.manual_seed(0)
     ckpt = save_checkpoint(root / "ckpt", ConformerCTC(build_preset("student-xs", vocab_size=tok.vocab_size)),
                            FrontendConfig(), tok)
     rng = np.random.default_rng(0)
-    good = []
-    for i in range(3):
-        good.append(root / f"good{i}.wav")
-        write_wav(good[-1], 0.1 * rng.standard_normal(SAMPLE_RATE // 2).astype(np.float32))
+    wavs = [root / f"good{i}.wav" for i in range(n)]
+    for wav in wavs:
+        write_wav(wav, 0.1 * rng.standard_normal(SAMPLE_RATE // 2).astype(np.float32))
+    return ckpt, wavs
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, list[Path], Path]:
+    """A random checkpoint, three readable WAVs and one corrupt file."""
+    root = tmp_path_factory.mktemp("bad_items")
+    ckpt, good = random_model_and_noise(root, 3)
     corrupt = root / "corrupt.wav"
     corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all" + bytes(range(256)))
     return ckpt, good, corrupt

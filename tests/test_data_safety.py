@@ -10,18 +10,11 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
+from test_bad_items import random_model_and_noise
 
-from asrkd.audio import write_wav
-from asrkd.checkpoint import save_checkpoint
 from asrkd.cli import main
-from asrkd.contract import SAMPLE_RATE
 from asrkd.data import Utterance, write_manifest
-from asrkd.features import FrontendConfig
-from asrkd.models.conformer import ConformerCTC, build_preset
-from asrkd.text import CharTokenizer
 from mobile_export import export as export_module
 from mobile_export.bundle import OutputFolderError, begin_bundle
 from mobile_export.export import ExportOptions, export_bundle
@@ -35,18 +28,10 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> tuple[Path, Path]:
-    """A randomly initialised student-xs checkpoint and a two-line manifest of noise WAVs."""
+    """A random checkpoint and a two-line manifest of noise WAVs."""
     root = tmp_path_factory.mktemp("safety")
-    tok = CharTokenizer.default_english()
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(root / "ckpt", ConformerCTC(build_preset("student-xs", vocab_size=tok.vocab_size)),
-                           FrontendConfig(), tok)
-    rng = np.random.default_rng(0)
-    utts = []
-    for i in range(2):
-        write_wav(root / f"a{i}.wav", 0.1 * rng.standard_normal(SAMPLE_RATE // 2).astype(np.float32))
-        utts.append(Utterance(str(root / f"a{i}.wav"), "one two", 0.5, utt_id=f"a{i}"))
-    write_manifest(root / "m.jsonl", utts)
+    ckpt, wavs = random_model_and_noise(root, 2)
+    write_manifest(root / "m.jsonl", [Utterance(str(w), "one two", 0.5, utt_id=f"a{i}") for i, w in enumerate(wavs)])
     return ckpt, root / "m.jsonl"
 
 
