@@ -42,7 +42,7 @@ from asrkd.confidence import Calibration, utterance_scores
 from asrkd.data import AudioDataset, Utterance, read_manifest
 from asrkd.decoding import greedy_decode
 from asrkd.errors import AsrkdError
-from asrkd.fileio import write_json
+from asrkd.fileio import atomic_write_text, write_json
 from asrkd.metrics import word_error_rate
 from asrkd.text import CharTokenizer, normalize_text
 from eval.runners import RUNNERS, RunnerUnavailable, TorchRunner, open_runner
@@ -292,9 +292,8 @@ def monitor(student: Student, teacher, teacher_spec: str, utts: Sequence[Utteran
     write_json(run_file, run)
     results = out / RESULTS
     done = _done(results)
-    if results.is_file():  # rewrite without a torn last line, so appends start on a fresh line
-        results.write_text("".join(json.dumps(done[u.utt_id]) + "\n" for u in utts if u.utt_id in done),
-                           encoding="utf-8")
+    if results.is_file():  # rewrite (atomically) without a torn last line, so appends start on a fresh line
+        atomic_write_text(results, "".join(json.dumps(done[u.utt_id]) + "\n" for u in utts if u.utt_id in done))
     todo = [u for u in utts if u.utt_id not in done]
     log(f"monitor: {len(utts)} utterances, {len(utts) - len(todo)} done before, {len(todo)} to run")
     student_audio = AudioDataset(todo, sample_rate=student.sample_rate)
@@ -312,6 +311,6 @@ def monitor(student: Student, teacher, teacher_spec: str, utts: Sequence[Utteran
     summary = summarize(records, student, min_agreement)
     summary.update(run)
     worst = sorted(records, key=lambda r: (-r["errors"], r["utt_id"]))[:top]
-    (out / DISAGREEMENTS).write_text("".join(json.dumps(r) + "\n" for r in worst if r["errors"]), encoding="utf-8")
+    atomic_write_text(out / DISAGREEMENTS, "".join(json.dumps(r) + "\n" for r in worst if r["errors"]))
     write_json(out / SUMMARY, summary)
     return MonitorResult(summary)
