@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -81,18 +80,17 @@ def _export(ckpt: Path, manifest: Path, out: Path, *extra: str) -> int:
     return main(["export", str(ckpt), "--eval-manifest", str(manifest), "--out", str(out), *FAST, *extra])
 
 
-@pytest.fixture(scope="module")
-def first_bundle(small, tmp_path_factory) -> Path:
-    """A bundle of one ONNX fp32 artifact, exported once for this module (copy it before changing it)."""
-    out = tmp_path_factory.mktemp("first") / "bundle"
-    assert _export(*small, out) == 0
-    return out
-
-
 @pytest.fixture
-def old_bundle(first_bundle, tmp_path) -> Path:
-    shutil.copytree(first_bundle, tmp_path / "bundle")
-    return tmp_path / "bundle"
+def old_bundle(tmp_path) -> Path:
+    """What an earlier export left (its files as far as these tests look: an export would take
+    seconds): contract.json and report.json that say so, REPORT.md, an artifact."""
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "contract.json").write_text(json.dumps({"format": "asrkd-mobile-bundle", "artifacts": ["old"]}))
+    (out / "report.json").write_text(json.dumps({"format": "asrkd-export-report", "gate": {"passed": True}}))
+    (out / "REPORT.md").write_text("# the old model\n")
+    (out / "model.fp32.onnx").write_bytes(b"the old model")
+    return out
 
 
 def test_export_argument_errors_leave_the_previous_bundle_untouched(small, old_bundle, capsys):
@@ -119,6 +117,8 @@ def test_export_replaces_a_bundle_as_a_whole_and_zips_only_its_own_files(small, 
     (old_bundle / "model.int8.tflite").write_bytes(b"another model")
     (old_bundle / ".contract.json.x1y2.tmp").write_text("{")
     assert _export(*small, old_bundle, "--zip") == 0
+    assert [a["file"] for a in json.loads((old_bundle / "contract.json").read_text())["artifacts"]] == ["model.fp32.onnx"]
+    assert (old_bundle / "model.fp32.onnx").read_bytes() != b"the old model"
     files = sorted(str(p.relative_to(old_bundle)) for p in old_bundle.rglob("*"))
     assert "model.int8.tflite" not in files and not [f for f in files if f.endswith(".tmp")]
     with zipfile.ZipFile(old_bundle.with_name("bundle.zip")) as zf:
@@ -135,7 +135,8 @@ def test_an_interrupted_export_leaves_the_previous_bundle_intact(small, old_bund
 
     monkeypatch.setattr(export_module, "convert", killed)
     with pytest.raises(KeyboardInterrupt):
-        export_bundle(small[0], old_bundle, small[1], ExportOptions(formats=("onnx",), precisions=("fp32",)))
+        export_bundle(small[0], old_bundle, small[1], ExportOptions(formats=("onnx",), precisions=("fp32",),
+                                                                    rtf_repeats=0, cold_start=False))
     assert tree_digest(old_bundle) == before
 
 
