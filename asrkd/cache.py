@@ -320,14 +320,14 @@ def build_cache(
     n_shards = max(1, math.ceil(len(utts) / shard_size))
     report = BuildReport(out, n_shards, [], [])
     teacher_sha = _sha256(request["teacher"])
+    names = _array_names(teacher.has_posteriors, hidden_layers)
     mine = [i for i in range(n_shards) if i % world == rank]
     bar = _progress(len(mine), progress and rank == 0, "shards")
     for i in mine:
         shard_utts = utts[i * shard_size : (i + 1) * shard_size]
         key = _sha256([teacher_sha, settings, [[u.utt_id, entries[u.utt_id]] for u in shard_utts]])
         folder = out / "shards" / f"{i:05d}"
-        meta = folder / "meta.json"
-        if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("key") == key:
+        if _finished_shard(folder, key, names):
             report.skipped.append(i)
         else:
             _build_shard(teacher, shard_utts, folder, key, settings, max_batch_seconds, utterance_filter)
@@ -352,6 +352,36 @@ def _is_unfinished_start(out: Path) -> bool:
     shards = out / "shards"
     return (all(n in _CACHE_NAMES or (n.startswith(".") and n.endswith(".tmp")) for n in names)
             and not (shards.is_dir() and any(shards.iterdir())))
+
+
+def _array_names(has_posteriors: bool, hidden_layers: Sequence[int]) -> list[str]:
+    """The arrays every shard holds: top-k posteriors (CTC teachers) and asked-for hidden states."""
+    return [*(_ARRAYS if has_posteriors else ()), *(f"hidden_{layer}" for layer in hidden_layers)]
+
+
+def shard_problem(folder: Path, frames: int, names: Sequence[str]) -> str | None:
+    """Why the shard ``folder`` cannot be read (meta.json or an array missing, an array truncated
+    or holding another number of frames than ``frames``), naming the file; None if it can."""
+    if not (folder / "meta.json").is_file():
+        return f"{folder / 'meta.json'}: missing"
+    for name in names:
+        path = folder / f"{name}.npy"
+        try:
+            n = np.load(path, mmap_mode="r").shape[0]  # reads the header; mapping fails when truncated
+        except (OSError, ValueError) as e:
+            return f"{path}: missing or truncated ({e})"
+        if n != frames:
+            return f"{path}: {n} frames, the shard has {frames}"
+    return None
+
+
+def _finished_shard(folder: Path, key: str, names: Sequence[str]) -> bool:
+    """A shard a resumed build can keep: built for ``key``, and every array whole."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, or cut short by a kill or a full disk
+        return False
+    return meta.get("key") == key and shard_problem(folder, sum(meta["lengths"]), names) is None
 
 
 def _prepare_folder(out: Path, request: dict, entries: dict, force: bool) -> None:
@@ -456,7 +486,7 @@ def _build_shard(teacher, utts: list[Utterance], folder: Path, key: str, setting
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    names = (*(_ARRAYS if teacher.has_posteriors else ()), *(f"hidden_{layer}" for layer in layers))
+    names = _array_names(teacher.has_posteriors, layers)
     for name in names:
         np.save(tmp / f"{name}.npy", np.concatenate([per_utt[i][name] for i in order]))
     meta = {"key": key, "utt_ids": [u.utt_id for u in utts], "offsets": offsets, "lengths": lengths,
@@ -580,6 +610,20 @@ class PosteriorCache:
         self._index: dict[str, list[int]] = info["index"]
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
         self._meta: dict[int, dict] = {}
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Raise `CacheError` naming the first shard file that is missing or truncated, now
+        rather than at the training step that would read it."""
+        frames = [0] * self.info["shards"]
+        for shard, _, n in self._index.values():
+            frames[shard] += n
+        names = _array_names(self.has_posteriors, self.hidden_layers)
+        for shard, n in enumerate(frames):
+            problem = shard_problem(self.folder / "shards" / f"{shard:05d}", n, names)
+            if problem:
+                raise CacheError(f"{problem}; rerun the `asrkd cache build` command that made {self.folder} "
+                                 "to rebuild the damaged shard")
 
     def __len__(self) -> int:
         return len(self._index)

@@ -1,6 +1,7 @@
 """Commands never destroy a user's files (issue 18 finding 1): `asrkd cache build --force` replaces
 only a cache folder, and `asrkd export` replaces only a previous bundle, as a whole, once the new
-one is complete."""
+one is complete. A damaged cache shard is named when the cache is opened and rebuilt by rerunning
+the build (finding 5, in part)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 from test_bad_items import random_model_and_noise
 
+from asrkd.cache import CacheError, PosteriorCache, build_cache
 from asrkd.cli import main
 from asrkd.data import Utterance, write_manifest
+from asrkd.teacher import CheckpointTeacher
 from mobile_export import export as export_module
 from mobile_export.bundle import OutputFolderError, begin_bundle
 from mobile_export.export import ExportOptions, export_bundle
@@ -147,3 +150,19 @@ def test_a_kill_between_the_two_renames_is_undone_by_the_next_export(old_bundle)
     staging = begin_bundle(old_bundle)
     assert tree_digest(old_bundle) == before and not previous.exists()
     assert staging == old_bundle.with_name("bundle.partial") and not any(staging.iterdir())
+
+
+def test_a_truncated_cache_shard_is_named_at_load_and_repaired_by_rerunning_the_build(small, tmp_path):
+    ckpt, manifest = small
+    teacher = CheckpointTeacher(ckpt)
+    report = build_cache(teacher, [manifest], tmp_path / "cache", shard_size=1, progress=False)
+    assert report.built == [0, 1]
+    intact = tree_digest(tmp_path / "cache" / "shards")
+    damaged = tmp_path / "cache" / "shards" / "00001" / "topk_logp.npy"
+    damaged.write_bytes(damaged.read_bytes()[:-10])  # a kill or a full disk mid-copy
+    with pytest.raises(CacheError, match=f"{damaged}: missing or truncated .*rerun the `asrkd cache build`"):
+        PosteriorCache(tmp_path / "cache")
+    report = build_cache(teacher, [manifest], tmp_path / "cache", shard_size=1, progress=False)
+    assert report.built == [1] and report.skipped == [0]
+    assert tree_digest(tmp_path / "cache" / "shards") == intact
+    assert len(PosteriorCache(tmp_path / "cache")) == 2
