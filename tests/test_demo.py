@@ -240,6 +240,26 @@ def test_plots_and_markdown_from_a_report(tmp_path):
     assert "coreml fp16 | not_run: needs macOS" in md
 
 
+def test_markdown_has_the_edge_case_table_when_the_plan_runs_the_suite(tmp_path):
+    report = _fake_report(tmp_path)
+    assert "## Edge cases" not in render_demo_markdown(report)
+
+    def row(wer, agreement, empty=False):
+        return {"description": "d", "utterances": 2, "audio_seconds": 2.0, "wer": None if empty else wer,
+                "agreement": agreement, "non_empty": 0, "expects_empty": empty,
+                "confidence": {"p10": 0.5, "median": 0.8, "p90": 0.9}}
+
+    report["export"]["edge_cases"] = {"noise_20db": row(0.2, None), "silence_only": row(None, None, empty=True)}
+    for a in report["export"]["artifacts"][:2]:
+        a["edge_cases"] = {"noise_20db": row(0.25, 0.5), "silence_only": row(None, 1.0, empty=True)}
+    md = render_demo_markdown(report)
+    assert "## Edge cases (the KD student and its artifacts, test set)" in md
+    assert "| condition | PyTorch WER | confidence | fallback % | onnx fp32 | tflite int8 |" in md
+    assert "| noise_20db | 20.00 | 0.800 | – | 25.00 (50.00) | 25.00 (50.00) |" in md
+    assert "| silence_only | 0 of 2 not empty |" in md
+    assert md.index("## Edge cases") < md.index("## Training")
+
+
 def test_pareto_front():
     pts = [(1.0, 10.0), (0.5, 20.0), (2.0, 5.0), (2.0, 12.0), (0.5, 25.0)]
     assert plots.pareto_points(pts) == [1, 0, 2]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from eval.report import _edge_case_markdown
+
 
 def _pct(x) -> str:
     """A fraction as a percentage with one decimal; "-" for none."""
@@ -93,8 +95,10 @@ def render_demo_markdown(report: dict) -> str:
               f"{'passed' if gate['passed'] else 'FAILED: ' + str(gate.get('reason'))}. "
               "The bundle, ready for an app (artifacts, tokens.txt, contract.json, its own REPORT.md), "
               "is in `bundle/`.", "",
-              "![artifact sizes](plots/sizes.png)", "",
-              "## Training", "",
+              "![artifact sizes](plots/sizes.png)", ""]
+    if report["export"].get("edge_cases"):
+        lines += _edge_case_section(report["export"])
+    lines += ["## Training", "",
               "![training curves](plots/training.png)", "",
               "| stage | seconds |", "|---|---:|"]
     lines += [f"| {s} | {v:.0f} |" for s, v in d["stage_seconds"].items() if s != "report"]
@@ -104,3 +108,15 @@ def render_demo_markdown(report: dict) -> str:
     lines += ["", f"Posterior cache: {d['cache']}", ""]
     return "\n".join(lines)
 
+
+def _edge_case_section(export: dict) -> list[str]:
+    """The export's edge-case table (plan ``export.edge_cases``): the KD student in PyTorch and
+    each artifact under every condition of `eval.edge_cases`, on the test set."""
+    lines = _edge_case_markdown(export["edge_cases"], export["artifacts"])
+    lines[1] = "## Edge cases (the KD student and its artifacts, test set)"
+    note = ("Conditions and fields: docs/CONFIDENCE.md, \"Edge cases\". An artifact that tracks PyTorch under a "
+            "condition has the same WER and an agreement near 100 %; the PyTorch column is how much the model "
+            "itself suffers.")
+    if not export.get("confidence"):
+        note += " No fallback rate: the plan sets no export.fallback_target_precision."
+    return [*lines, "", note, ""]
