@@ -129,6 +129,8 @@ def _open(path: Path) -> sf.SoundFile:
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file")
     try:
-        return sf.SoundFile(path)
+        # A bytes path: soundfile encodes a str path strictly, which fails on a file name that is
+        # not valid UTF-8 (os.fsdecode gave it surrogates); the OS's own bytes open it as named.
+        return sf.SoundFile(os.fsencode(path))
     except (sf.SoundFileError, RuntimeError) as e:
         raise AudioError(f"{path}: unreadable or corrupt audio: {e}") from e

@@ -356,13 +356,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
                                   {k: v for k, v in given.items() if v is not None}, str(e))
         print(f"asrkd export: error: {e}\n(report: {path})", file=sys.stderr)
         return 2
-    report_path = Path(args.out) / "report.json"
     try:
         report = export_bundle(args.checkpoint, args.out, args.eval_manifest, options,
                                verify_only=args.verify_only,
                                log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except AsrkdError:
+        raise  # the user's input (output folder, checkpoint, manifest): one line and status 2, from main
     except Exception as e:
-        print(f"asrkd export: error: {type(e).__name__}: {e}\n(report: {report_path})", file=sys.stderr)
+        print(f"asrkd export: error: {type(e).__name__}: {e}\n(report: {_export_report_path(Path(args.out))})",
+              file=sys.stderr)
         return 1
     def num(x, scale=1.0, spec="{:.2f}"):
         return "-" if x is None else spec.format(scale * x)
@@ -390,6 +392,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 1
     print(f"gate passed: every artifact within {gate['max_wer_increase']:g} WER points of PyTorch")
     return 0
+
+
+def _export_report_path(out: Path) -> Path:
+    """Where a stopped export left its report: in the staging folder beside an earlier bundle,
+    which stays untouched (`mobile_export.bundle.staging_folder`), or in OUT itself."""
+    from mobile_export.bundle import staging_folder
+
+    staged = staging_folder(out) / "report.json"
+    return staged if staged.exists() else out / "report.json"
 
 
 def _add_export_commands(sub) -> None:

@@ -21,7 +21,7 @@ from asrkd import __version__
 from asrkd.fileio import atomic_write_text, write_json
 from eval.report import DEFINITIONS, Scores, machine, render_markdown
 from eval.rtf import Speed
-from mobile_export.bundle import REPORT_FILE, REPORT_MD
+from mobile_export.bundle import REPORT_FILE, REPORT_FORMAT, REPORT_MD
 
 Status = Literal["ok", "failed_gate", "not_run"]
 
@@ -216,7 +216,7 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = {
-            "format": "asrkd-export-report",
+            "format": REPORT_FORMAT,
             "version": 1,
             "asrkd_version": __version__,
             "created": self.created,

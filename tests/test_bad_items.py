@@ -71,8 +71,6 @@ def test_transcribe_prints_every_readable_file_and_names_the_bad_ones(setup, tmp
     assert errors[-1] == "asrkd transcribe: 2 of 5 file(s) could not be read"
 
 
-@pytest.mark.xfail(strict=True, reason="asrkd/audio.py _open hands soundfile a str path, which it encodes "
-                   "strictly: it must pass os.fsencode(path) (owner of asrkd/audio.py)")
 def test_transcribe_reads_a_file_whose_name_is_not_utf8(setup, tmp_path):
     ckpt, good, _ = setup
     odd = os.fsencode(tmp_path) + b"/caf\xe9.wav"

@@ -193,11 +193,13 @@ def test_crashed_export_is_not_run_and_fails_the_gate(labelled, tmp_path):
 
 def test_report_is_written_when_the_export_cannot_start(labelled, tmp_path, capsys):
     rc = export(labelled[0], tmp_path / "missing.jsonl", tmp_path / "out", "--formats", "onnx")
-    assert rc == 1
+    assert rc == 2  # bad input (docs/ERRORS.md); 1 is a failed gate
     report = read_report(tmp_path / "out")
     assert "missing.jsonl" in report["error"] and report["gate"]["passed"] is False
     assert report["artifacts"] == [] and set(report["reference"]) >= {"wer", "cer", "rtf_1thread"}
-    assert "asrkd export: error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("asrkd export: ") and "missing.jsonl" in err.splitlines()[-1]
+    assert "Traceback" not in err
 
 
 def test_bad_options_are_refused_before_any_work(labelled, tmp_path, capsys):
@@ -240,6 +242,17 @@ def test_fallback_threshold_calibration_and_edge_cases(labelled, tmp_path, capsy
     assert onnx["fallback"]["oos"]["rejection"] == 1 - onnx["fallback"]["eval"]["coverage"]
     calibration, threshold = read_confidence(out)
     assert calibration.to_dict() == conf["calibration"] and threshold == fb["threshold"]
+    # The temperature calibration is in the graph: the artifact outputs p itself.
+    contract = json.loads((out / "contract.json").read_text())
+    assert contract["confidence"]["calibrated_output"] == "calibrated_confidence"
+    assert list(contract["outputs"])[-2:] == ["confidence", "calibrated_confidence"]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / onnx["path"]), providers=["CPUExecutionProvider"])
+    pcm = load_audio(utts[0].audio_filepath)[None]
+    raw, p = session.run(["confidence", "calibrated_confidence"],
+                         {"pcm": pcm, "pcm_lens": np.array([pcm.shape[1]], dtype=np.int64)})
+    assert p == pytest.approx(calibration.apply(raw), abs=1e-5)
     assert (out / conf["reliability_png"]).read_bytes()[:4] == b"\x89PNG"
     assert "## Confidence and fallback" in (out / "REPORT.md").read_text(encoding="utf-8")
 
@@ -334,3 +347,14 @@ def test_a_pass_after_the_speed_measurement_runs_a_reopened_runner(labelled):
     assert again is not first and type(again) is Loaded and again.path == first.path and again.threads == 1
     torch_runner = TorchRunner(labelled[0], graph=lambda x, n: None)
     assert reopened(torch_runner) is torch_runner
+
+
+def test_the_graph_applies_the_temperature_calibration_as_asrkd_confidence_does():
+    from asrkd.confidence import Calibration
+    from mobile_export.graph import calibrated
+
+    cal = Calibration("entropy", "temperature", temperature=0.583, bias=-1.657)
+    c = np.array([0.0, 1e-7, 0.3, 0.673, 0.86, 0.999, 1.0], dtype=np.float32)
+    p = calibrated(torch.from_numpy(c), cal.temperature, cal.bias).numpy()
+    assert p.dtype == np.float32 and p == pytest.approx(cal.apply(c), abs=1e-6)
+    assert np.all(np.diff(p) >= 0) and 0 < p[0] < p[-1] <= 1  # monotone; float32 saturates at the top
