@@ -126,9 +126,12 @@ CALIBRATION_FORMULAS = {
 
 def confidence_contract(calibration: Calibration, fallback: Fallback) -> dict[str, Any]:
     """contract.json's ``confidence``: how to turn the artifacts' ``confidence`` output into
-    P(transcript exactly right) and when to fall back (docs/CONFIDENCE.md)."""
+    P(transcript exactly right) (``calibrated_output``: the output that holds it already, with a
+    temperature calibration) and when to fall back (docs/CONFIDENCE.md)."""
     return {
         "output": "confidence",
+        # a temperature calibration is in the graph too (graph.py): the app reads p directly
+        **({"calibrated_output": "calibrated_confidence"} if calibration.method == "temperature" else {}),
         "calibration": calibration.to_dict(),
         "calibrated": CALIBRATION_FORMULAS[calibration.method],
         "fallback_threshold": fallback.threshold,

@@ -68,7 +68,8 @@ COMPRESSED_WEIGHT_OPS = {
     "constexpr_blockwise_shift_scale": "int8",
     "constexpr_lut_to_dense": "palettized",
 }
-_OUTPUT_DTYPES = {"log_probs": np.float32, "confidence": np.float32, "out_lens": np.int32, "token_ids": np.int32}
+_OUTPUT_DTYPES = {"log_probs": np.float32, "confidence": np.float32, "calibrated_confidence": np.float32,
+                  "out_lens": np.int32, "token_ids": np.int32}
 
 
 class CoreMLCheckError(RuntimeError):

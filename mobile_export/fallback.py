@@ -6,7 +6,8 @@
 1. the PyTorch graph transcribes the calibration set (``calibration_manifest``, or the evaluation
    set itself: ``in_sample``) and its utterance confidence — the ``confidence`` every artifact
    outputs (`CALIBRATED_MEASURE`) — is calibrated against exact-match correctness
-   (`asrkd.confidence.Calibration`);
+   (`asrkd.confidence.Calibration`); a temperature calibration goes into the export graph, whose
+   artifacts then output ``calibrated_confidence`` beside ``confidence`` (graph.py);
 2. the threshold is the lowest calibrated confidence at which the kept utterances of the
    calibration set reach the target precision (`asrkd.confidence.threshold_for_precision`);
 3. the evaluation set (and the out-of-scope set, if given) is measured at that threshold: ECE
@@ -100,7 +101,8 @@ def calibrate(source: ExportSource, data: EvalSet, transcripts: Transcripts, man
               options: ExportOptions, out_dir: Path,
               log: Callable[[str], None]) -> tuple[ConfidenceReport, FallbackPlan]:
     """Steps 1-3 (module docstring) from the PyTorch reference's ``transcripts`` of the
-    evaluation set ``data`` (read from ``manifest``)."""
+    evaluation set ``data`` (read from ``manifest``). A temperature calibration is also set on
+    ``source.graph``, so that the artifacts converted after it output ``calibrated_confidence``."""
     tokenizer, sample_rate = source.tokenizer, source.contract.sample_rate
     in_sample = not options.calibration_manifest
     if in_sample:
@@ -118,6 +120,8 @@ def calibrate(source: ExportSource, data: EvalSet, transcripts: Transcripts, man
                           "give a labelled --calibration-manifest of a few hundred utterances") from None
     fallback = threshold_for_precision(calibration.apply(cal_outcome.scores[CALIBRATED_MEASURE]),
                                        cal_outcome.correct, options.fallback_target_precision)
+    if calibration.method == "temperature":  # two numbers the graph can apply: its artifacts output p too
+        source.graph.calibration = (calibration.temperature, calibration.bias)
 
     eval_outcome = confidence_outcomes(transcripts, tokenizer, data.refs)
     eval_summary = calibration_summary(calibration, eval_outcome)

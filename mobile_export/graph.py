@@ -5,6 +5,7 @@
         ─► ConformerCTC                                   log_probs [B, T', V], out_lens [B]
         ─► (optional) argmax per frame                    token_ids [B, T']   (collapse: the app's job)
         ─► (optional) confidence                          confidence [B] in [0, 1]
+        ─► (optional) its temperature calibration          calibrated_confidence [B] in [0, 1]
 
 The features-in variant (``features_in=True``) starts at ``feats [B, T, n_mels], feat_lens [B]``
 for apps that compute their own log-mel (it must match the checkpoint's FrontendConfig exactly).
@@ -36,7 +37,9 @@ from asrkd.models.conformer import ConformerCTC
 
 PCM_INPUTS = ("pcm", "pcm_lens")
 FEATURE_INPUTS = ("feats", "feat_lens")
-ALL_OUTPUTS = ("log_probs", "out_lens", "token_ids", "confidence")
+ALL_OUTPUTS = ("log_probs", "out_lens", "token_ids", "confidence", "calibrated_confidence")
+# confidence is clipped to [EPS, 1 - EPS] before its logit, as asrkd.confidence.Calibration does
+CALIBRATION_EPS = 1e-6
 
 # Lower bound of the length range in exported programs with a dynamic length: the ExecuTorch
 # shape solver needs one, and it is the Core ML RangeDim minimum (which Core ML enforces; runners
@@ -57,6 +60,9 @@ TENSOR_MEANINGS = {
     "out_lens frames, collapse repeats, drop blank_id, map ids through tokens.txt",
     "confidence": "float32 [batch]: utterance confidence in [0, 1] (mean of 1 - entropy / log V over "
     "valid non-blank frames; asrkd.decoding.batch_confidence)",
+    "calibrated_confidence": "float32 [batch]: confidence calibrated as contract.json's confidence.calibration "
+    "says (temperature method): an estimate of P(transcript exactly right), to compare with "
+    "confidence.fallback_threshold",
 }
 
 
@@ -66,7 +72,9 @@ class ExportGraph(nn.Module):
     ``forward(x, x_lens)`` with ``x = pcm [B, N]`` (or ``feats [B, T, n_mels]`` when
     ``features_in``) returns a tuple in the order of ``output_names``:
     ``log_probs [B, T', V] float32, out_lens [B] int64`` then, if enabled,
-    ``token_ids [B, T'] int64`` and ``confidence [B] float32``.
+    ``token_ids [B, T'] int64`` and ``confidence [B] float32``, and with a ``calibration``
+    ``(temperature, bias)`` (a temperature `asrkd.confidence.Calibration` of ``confidence``, set by
+    the export once it is fitted) ``calibrated_confidence [B] float32`` after it.
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class ExportGraph(nn.Module):
         with_tokens: bool = True,
         with_confidence: bool = True,
         blank_id: int = BLANK_ID,
+        calibration: tuple[float, float] | None = None,
     ):
         super().__init__()
         if frontend.config.n_mels != model.config.n_mels:
@@ -91,6 +100,7 @@ class ExportGraph(nn.Module):
         self.with_tokens = with_tokens
         self.with_confidence = with_confidence
         self.blank_id = blank_id
+        self.calibration = calibration
 
     @classmethod
     def from_loaded(cls, loaded, **options) -> ExportGraph:
@@ -108,6 +118,8 @@ class ExportGraph(nn.Module):
             names.append("token_ids")
         if self.with_confidence:
             names.append("confidence")
+            if self.calibration is not None:
+                names.append("calibrated_confidence")
         return tuple(names)
 
     @property
@@ -149,8 +161,10 @@ class ExportGraph(nn.Module):
         if self.with_tokens:
             outputs.append(log_probs.argmax(dim=-1))
         if self.with_confidence:
-            outputs.append(confidence(log_probs, out_lens, blank=self.blank_id,
-                                      vocab_size=self.model.config.vocab_size))
+            conf = confidence(log_probs, out_lens, blank=self.blank_id, vocab_size=self.model.config.vocab_size)
+            outputs.append(conf)
+            if self.calibration is not None:
+                outputs.append(calibrated(conf, *self.calibration))
         return tuple(outputs)
 
 
@@ -176,6 +190,14 @@ def confidence(log_probs: Tensor, out_lens: Tensor, blank: int = BLANK_ID, vocab
     return (frame_conf * use).sum(dim=1) / use.sum(dim=1).clamp(min=1.0)
 
 
+def calibrated(conf: Tensor, temperature: float, bias: float) -> Tensor:
+    """``asrkd.confidence.Calibration.apply`` (temperature method) for converters: conf [B] ->
+    sigmoid((logit(conf) + bias) / temperature) [B], conf clipped to [1e-6, 1 - 1e-6] first.
+    The constants are Python floats, so they are baked into the graph."""
+    c = conf.clamp(CALIBRATION_EPS, 1.0 - CALIBRATION_EPS)
+    return torch.sigmoid((torch.log(c) - torch.log(1.0 - c) + bias) / temperature)
+
+
 def with_encoder_dtype(graph: ExportGraph, dtype: torch.dtype) -> ExportGraph:
     """A copy of ``graph`` whose encoder (Conformer) computes in ``dtype``; the front end stays
     float32 (its variance sums overflow float16 on long windows) and so do the log-probs."""
@@ -186,4 +208,5 @@ def with_encoder_dtype(graph: ExportGraph, dtype: torch.dtype) -> ExportGraph:
         with_tokens=graph.with_tokens,
         with_confidence=graph.with_confidence,
         blank_id=graph.blank_id,
+        calibration=graph.calibration,
     )
