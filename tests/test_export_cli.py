@@ -271,6 +271,15 @@ def test_fallback_threshold_calibration_and_edge_cases(labelled, tmp_path, capsy
     if quiet["non_empty"]:
         assert "silence_only" in onnx["reason"] and report["gate"]["failed"] == ["onnx-fp32"]
     assert "## Edge cases" in (out / "REPORT.md").read_text(encoding="utf-8")
+    # asrkd monitor on the bundle (its ONNX artifact) against the checkpoint as teacher, on the
+    # evaluation set itself: full agreement, and no shift against the values report.json holds.
+    assert main(["monitor", str(out), "--teacher", str(labelled[0]), "--manifest", str(labelled[1]),
+                 "--out", str(tmp_path / "monitor")]) == 0
+    summary = json.loads((tmp_path / "monitor" / "summary.json").read_text())
+    assert summary["student"]["artifact"] == onnx["path"] and summary["bundle_values_from"] == "onnx fp32"
+    assert summary["agreement"] == 1.0 and summary["fallback_threshold"] == threshold
+    assert summary["fallback_rate_shift"] == pytest.approx(0, abs=1e-9)
+    assert summary["median_confidence_shift"] == pytest.approx(0, abs=1e-6)
     # Re-verifying the bundle without the flags keeps its calibration.
     assert export(*labelled, out, "--verify-only", "--rtf-repeats", "0", "--no-cold-start") == 0
     assert read_confidence(out) == (calibration, threshold) and "confidence" not in read_report(out)
