@@ -217,7 +217,7 @@ def render_markdown(report: dict) -> str:
     if report.get("confidence"):
         lines += _confidence_markdown(report["confidence"], report.get("artifacts", []))
     if report.get("edge_cases"):
-        lines += _edge_case_markdown(report["edge_cases"], report.get("artifacts", []))
+        lines += edge_case_markdown(report["edge_cases"], report.get("artifacts", []))
     lines += ["", "## Definitions", ""]
     lines += [f"- `{k}`: {v}" for k, v in (report.get("definitions") or DEFINITIONS).items()]
     if report.get("confidence"):
@@ -258,7 +258,7 @@ def _confidence_markdown(conf: dict, artifacts: list[dict]) -> list[str]:
     return lines
 
 
-def _edge_case_markdown(reference: dict, artifacts: list[dict]) -> list[str]:
+def edge_case_markdown(reference: dict, artifacts: list[dict]) -> list[str]:
     """REPORT.md's edge-case table: per condition, PyTorch's WER, confidence and fallback rate,
     and each artifact's WER with its agreement with PyTorch."""
     ran = [a for a in artifacts if a.get("edge_cases")]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eval.report import _edge_case_markdown
+from eval.report import edge_case_markdown
 
 
 def _pct(x) -> str:
@@ -112,7 +112,7 @@ def render_demo_markdown(report: dict) -> str:
 def _edge_case_section(export: dict) -> list[str]:
     """The export's edge-case table (plan ``export.edge_cases``): the KD student in PyTorch and
     each artifact under every condition of `eval.edge_cases`, on the test set."""
-    lines = _edge_case_markdown(export["edge_cases"], export["artifacts"])
+    lines = edge_case_markdown(export["edge_cases"], export["artifacts"])
     lines[1] = "## Edge cases (the KD student and its artifacts, test set)"
     note = ("Conditions and fields: docs/CONFIDENCE.md, \"Edge cases\". An artifact that tracks PyTorch under a "
             "condition has the same WER and an agreement near 100 %; the PyTorch column is how much the model "
