@@ -65,6 +65,7 @@ from asrkd.data import AudioDataset, BucketingBatchSampler, Utterance, collate, 
 from asrkd.decoding import prefix_beam_search, utterance_confidence
 from asrkd.errors import AsrkdError
 from asrkd.fileio import atomic_write_text
+from asrkd.progress import progress as progress_bar
 
 FORMAT = "asrkd-posterior-cache"
 VERSION = 1
@@ -322,7 +323,7 @@ def build_cache(
     teacher_sha = _sha256(request["teacher"])
     names = _array_names(teacher.has_posteriors, hidden_layers)
     mine = [i for i in range(n_shards) if i % world == rank]
-    bar = _progress(len(mine), progress and rank == 0, "shards")
+    bar = progress_bar(len(mine), unit="shard", desc="cache build", enabled=progress and rank == 0)
     for i in mine:
         shard_utts = utts[i * shard_size : (i + 1) * shard_size]
         key = _sha256([teacher_sha, settings, [[u.utt_id, entries[u.utt_id]] for u in shard_utts]])
@@ -417,12 +418,6 @@ def _prepare_folder(out: Path, request: dict, entries: dict, force: bool) -> Non
         raise StaleCacheError(out, changes, "pass --force (build_cache(force=True)) to rebuild it from scratch, "
                                             "or choose another folder")
     shutil.rmtree(out)
-
-
-def _progress(total: int, enabled: bool, unit: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, unit=unit, dynamic_ncols=True)
 
 
 def _sequence_results(teacher, batch: dict, layers: list[int], utterance_filter) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ from asrkd.features import LogMel, vtlp_mel_filterbank
 from asrkd.inference import evaluate
 from asrkd.losses import TrainingLoss
 from asrkd.models.streaming import ChunkChoice, draw_chunk_size
+from asrkd.progress import progress
 
 __all__ = ["DevSet", "DynamicChunks", "FeatureAugment", "TrainingLoop", "init_distributed", "read_log"]
 
@@ -201,7 +202,8 @@ class TrainingLoop:
             self.tokenizer.save(self.out_dir / "tokens.txt")
         pos = self.pos
         logger = _Logger(self.out_dir, pos.step, enabled=self.is_main)
-        bar = _progress(self.max_steps, pos.step, enabled=self.is_main and self.progress)
+        bar = progress(self.max_steps, initial=pos.step, unit="step", desc="train",
+                       enabled=self.is_main and self.progress)
         self.model.train()
         audio_seconds, t0 = 0.0, time.perf_counter()
         sample_rate = self.frontend.config.sample_rate
@@ -420,12 +422,6 @@ class _Logger:
     def close(self) -> None:
         if self.enabled and self.tb is not None:
             self.tb.close()
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
 def read_log(out_dir: str | Path) -> list[dict[str, float]]:

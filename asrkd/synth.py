@@ -50,7 +50,6 @@ import json
 import logging
 import os
 import re
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ import numpy as np
 from asrkd.audio import audio_duration, resample, write_wav
 from asrkd.contract import SAMPLE_RATE
 from asrkd.errors import AsrkdError
+from asrkd.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -639,8 +639,6 @@ def _run_workers(
     desc: str,
 ) -> dict[int, int]:
     """Render ``todo`` in a process pool; returns {index: number of samples written}."""
-    from tqdm import tqdm
-
     num_samples: dict[int, int] = {}
     if not todo:
         return num_samples
@@ -651,10 +649,7 @@ def _run_workers(
     workers = min(workers, len(chunks))
     # spawn, not fork: the parent may hold torch / OpenMP threads, which do not survive a fork.
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-    bar = tqdm(
-        total=total, initial=total - len(todo), unit="utt", desc=desc, file=sys.stderr,
-        disable=not progress,
-    )  # fmt: skip
+    bar = progress_bar(total, initial=total - len(todo), unit="utt", desc=desc, enabled=progress)
     try:
         futures = [pool.submit(_synthesize_chunk, str(wav_dir), c) for c in chunks]
         for future in as_completed(futures):

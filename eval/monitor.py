@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ from asrkd.decoding import greedy_decode
 from asrkd.errors import AsrkdError
 from asrkd.fileio import atomic_write_text, write_json
 from asrkd.metrics import word_error_rate
+from asrkd.progress import progress
 from asrkd.text import CharTokenizer, normalize_text
 from eval.runners import RUNNERS, RunnerUnavailable, TorchRunner, open_runner
 
@@ -259,24 +258,6 @@ class MonitorResult:
         return self.summary["passed"]
 
 
-def _progress(total: int, initial: int, log: Callable[[str], None], interval: float):
-    """tqdm on a terminal; otherwise a log line at most every ``interval`` seconds."""
-    if sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=initial, unit="utt", dynamic_ncols=True)
-        return bar.update, bar.close
-    last = [time.monotonic(), initial]
-
-    def update(n: int = 1) -> None:
-        last[1] += n
-        if time.monotonic() - last[0] >= interval or last[1] == total:
-            last[0] = time.monotonic()
-            log(f"monitor: {last[1]}/{total} utterances")
-
-    return update, lambda: None
-
-
 def monitor(student: Student, teacher, teacher_spec: str, utts: Sequence[Utterance], out: str | os.PathLike,
             min_agreement: float = 0.8, top: int = 20, log: Callable[[str], None] = print,
             interval: float = 30.0) -> MonitorResult:
@@ -298,7 +279,8 @@ def monitor(student: Student, teacher, teacher_spec: str, utts: Sequence[Utteran
     log(f"monitor: {len(utts)} utterances, {len(utts) - len(todo)} done before, {len(todo)} to run")
     student_audio = AudioDataset(todo, sample_rate=student.sample_rate)
     teacher_audio = AudioDataset(todo, sample_rate=teacher.sample_rate)
-    update, close = _progress(len(utts), len(utts) - len(todo), log, interval)
+    bar = progress(len(utts), initial=len(utts) - len(todo), unit="utt", desc="monitor", interval=interval)
+    update, close = bar.update, bar.close
     try:
         for i, utt in enumerate(todo):
             record = measure(student, teacher, utt, student_audio[i]["wav"].numpy(), teacher_audio[i]["wav"].numpy())
