@@ -43,6 +43,7 @@ from torch import Tensor
 from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
 from asrkd.contract import Contract
 from asrkd.decoding import greedy_decode, utterance_confidence
+from asrkd.errors import AsrkdError
 from asrkd.features import FrontendConfig, LogMel
 from asrkd.inference import Hypothesis
 from asrkd.models.conformer import ConformerCTC
@@ -51,11 +52,16 @@ from asrkd.models.streaming import FULL_CONTEXT, EncoderState
 __all__ = [
     "FrontendState",
     "StreamState",
+    "StreamingError",
     "StreamingFrontend",
     "StreamingTranscriber",
     "frontend_streaming_problems",
     "streamable_frontend",
 ]
+
+
+class StreamingError(AsrkdError, ValueError):
+    """A model, front end or call order that streaming cannot work with; the message says why."""
 
 
 def frontend_streaming_problems(config: FrontendConfig) -> list[str]:
@@ -102,7 +108,7 @@ class StreamingFrontend:
     def __init__(self, frontend: LogMel):
         problems = frontend_streaming_problems(frontend.config)
         if problems:
-            raise ValueError("this front end cannot stream: " + "; ".join(problems))
+            raise StreamingError("this front end cannot stream: " + "; ".join(problems))
         self.config = frontend.config
         self.pad = frontend.pad
         # The same filterbank and DFT basis, framing the buffer as it is (padding added by us).
@@ -173,7 +179,7 @@ class StreamingTranscriber:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.chunking = model.chunking(chunk_size, left_chunks)
         if not model.config.causal:
-            raise ValueError("StreamingTranscriber needs a streaming model (model.causal: true, e.g. "
+            raise StreamingError("StreamingTranscriber needs a streaming model (model.causal: true, e.g. "
                              "preset student-stream); this checkpoint's convolution reads the future")
         self.frontend = StreamingFrontend(frontend)
         self.contract = Contract.from_parts(frontend.config, model.config, tokenizer)
@@ -214,7 +220,7 @@ class StreamingTranscriber:
         """Feed the next ``samples`` (1-D float32 at `sample_rate`, any count, even 0) -> the
         partial text: greedy CTC over every chunk decoded so far."""
         if self.finished:
-            raise RuntimeError("StreamingTranscriber: finalize() ended this utterance; call reset() first")
+            raise StreamingError("StreamingTranscriber: finalize() ended this utterance; call reset() first")
         samples = torch.as_tensor(np.asarray(samples, dtype=np.float32)).reshape(1, -1)
         feats, frontend = self.frontend.accept(self.state.frontend, samples)
         self.state.frontend = frontend

@@ -11,7 +11,12 @@ from asrkd.decoding import greedy_decode
 from asrkd.features import FrontendConfig, LogMel
 from asrkd.models.conformer import ConformerConfig, ConformerCTC, build_preset
 from asrkd.models.streaming import FULL_CONTEXT, ChunkChoice, chunk_attention_mask, draw_chunk_size
-from asrkd.streaming import StreamingFrontend, StreamingTranscriber, streamable_frontend
+from asrkd.streaming import (
+    StreamingError,
+    StreamingFrontend,
+    StreamingTranscriber,
+    streamable_frontend,
+)
 from asrkd.text import CharTokenizer
 
 
@@ -190,7 +195,7 @@ def test_partial_text_arrives_chunk_by_chunk(transcriber_parts):
     transcriber.accept_waveform(wav[chunk + lookahead - 1 : chunk + lookahead].numpy())
     assert transcriber.log_probs.size(0) == model.config.chunk_size
     transcriber.finalize()
-    with pytest.raises(RuntimeError, match="reset"):
+    with pytest.raises(StreamingError, match="reset"):
         transcriber.accept_waveform(wav[:160].numpy())
     transcriber.reset()
     assert transcriber.accept_waveform(np.zeros(0, dtype=np.float32)) == ""
