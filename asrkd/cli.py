@@ -103,8 +103,6 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     from asrkd.inference import Transcriber
 
     lexicon = _read_lexicon(args)
-    if lexicon is False:
-        return 2
     transcriber = Transcriber.from_checkpoint(args.checkpoint, beam=args.beam, lexicon=lexicon)
     failed = 0
     for path, result in zip(args.audio, transcriber.transcribe_each(args.audio)):
@@ -125,16 +123,10 @@ def _printable(text: str) -> str:
 
 
 def _read_lexicon(args: argparse.Namespace):
-    """The --lexicon word list, None without one, False (after printing why) when it is bad."""
-    from asrkd.decoding import Lexicon, LexiconError
+    """The --lexicon word list, or None without one (a bad file: LexiconError, printed by main)."""
+    from asrkd.decoding import Lexicon
 
-    if not args.lexicon:
-        return None
-    try:
-        return Lexicon.from_file(args.lexicon)
-    except LexiconError as e:
-        print(f"asrkd {args.command}: {e}", file=sys.stderr)
-        return False
+    return Lexicon.from_file(args.lexicon) if args.lexicon else None
 
 
 def _add_lexicon_argument(p: argparse.ArgumentParser) -> None:
@@ -148,8 +140,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from asrkd.inference import evaluate_checkpoint
 
     lexicon = _read_lexicon(args)
-    if lexicon is False:
-        return 2
     result = evaluate_checkpoint(args.checkpoint, args.manifest, json_out=args.json, beam=args.beam,
                                  lexicon=lexicon, chunk_size=args.chunk_size, left_chunks=args.left_chunks)
     for item in result["skipped_utterances"]:  # unreadable audio: named, left out of the score
@@ -257,27 +247,24 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_cache_build(args: argparse.Namespace) -> int:
     import torch
 
-    from asrkd.cache import CacheError, build_cache
+    from asrkd.cache import build_cache
     from asrkd.teacher import load_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        report = build_cache(
-            load_teacher(args.teacher, device=args.device),
-            args.manifest,
-            args.out,
-            top_k=args.top_k,
-            nbest=args.nbest,
-            beam=args.beam,
-            hidden_layers=args.hidden_layers,
-            shard_size=args.shard_size,
-            max_batch_seconds=args.max_batch_seconds,
-            force=args.force,
-        )
-    except CacheError as e:  # a stale or foreign folder: the message says what changed and what to do
-        print(f"asrkd cache build: {e}", file=sys.stderr)
-        return 2
+    # A stale or foreign folder is a CacheError: main prints what changed and what to do (status 2).
+    report = build_cache(
+        load_teacher(args.teacher, device=args.device),
+        args.manifest,
+        args.out,
+        top_k=args.top_k,
+        nbest=args.nbest,
+        beam=args.beam,
+        hidden_layers=args.hidden_layers,
+        shard_size=args.shard_size,
+        max_batch_seconds=args.max_batch_seconds,
+        force=args.force,
+    )
     if report.utterances:  # rank 0
         print(report.summary())
     return 0
@@ -472,15 +459,11 @@ def _add_export_commands(sub) -> None:
 
 # ---------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from asrkd.demo import DemoError, run_demo
+    from asrkd.demo import run_demo
 
     plan = args.plan or ("quick" if args.quick else "default")
-    out = args.out or ("runs/demo-quick" if plan == "quick" else "runs/demo" if plan == "default" else f"runs/demo-{plan}")
-    try:
-        report = run_demo(out, plan, real_manifest=args.real_manifest, force=args.force, threads=args.threads)
-    except DemoError as e:
-        print(f"asrkd demo: error: {e}", file=sys.stderr)
-        return 2
+    out = args.out or ("runs/demo" if plan == "default" else f"runs/demo-{plan}")
+    report = run_demo(out, plan, real_manifest=args.real_manifest, force=args.force, threads=args.threads)
     if not report["export"]["gate"]["passed"]:
         print(f"asrkd demo: note: the export gate failed ({report['export']['gate'].get('reason')}); "
               "see the report", file=sys.stderr)

@@ -44,7 +44,7 @@ loop), `stages` (what each stage does), `render` (the printed table and ``REPORT
 from asrkd.demo.engine import DEMO_FILE, Demo, run_demo
 from asrkd.demo.plan import DemoError, DemoPlan
 from asrkd.demo.render import MODEL_LABELS, render_demo_markdown, summary_table
-from asrkd.demo.stages import DEPENDS, PIPELINE, STAGES
+from asrkd.demo.stages import PIPELINE, STAGES
 
-__all__ = ["DEMO_FILE", "DEPENDS", "MODEL_LABELS", "PIPELINE", "STAGES", "Demo", "DemoError", "DemoPlan",
+__all__ = ["DEMO_FILE", "MODEL_LABELS", "PIPELINE", "STAGES", "Demo", "DemoError", "DemoPlan",
            "render_demo_markdown", "run_demo", "summary_table"]

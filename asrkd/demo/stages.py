@@ -310,4 +310,3 @@ PIPELINE: tuple[Stage, ...] = (
           "measuring WER and speed, writing report.json, REPORT.md and plots", report),
 )
 STAGES = tuple(s.name for s in PIPELINE)
-DEPENDS = {s.name: s.reads for s in PIPELINE}
