@@ -43,7 +43,7 @@ MEASURES = ("entropy", "word_min", "word_mean")
 METHODS = ("temperature", "isotonic")
 ECE_BINS = 10
 # Scores are clipped this far from 0 and 1 before a logit: a one-hot frame gives exactly 1.
-_EPS = 1e-6
+CALIBRATION_EPS = 1e-6  # calibrate clips confidence to [eps, 1 - eps]; the export graph too
 
 
 def frame_confidence(log_probs: np.ndarray, measure: str = "max_prob") -> np.ndarray:
@@ -128,7 +128,7 @@ def utterance_scores(log_probs: np.ndarray, tokenizer, blank: int = BLANK_ID) ->
 
 # ------------------------------------------------------------------------------ calibration
 def _logit(x: np.ndarray) -> np.ndarray:
-    x = np.clip(np.asarray(x, dtype=np.float64), _EPS, 1.0 - _EPS)
+    x = np.clip(np.asarray(x, dtype=np.float64), CALIBRATION_EPS, 1.0 - CALIBRATION_EPS)
     return np.log(x) - np.log1p(-x)
 
 

@@ -44,6 +44,7 @@ from asrkd.fileio import atomic_write_text, write_json
 from asrkd.metrics import word_error_rate
 from asrkd.progress import progress
 from asrkd.text import CharTokenizer, normalize_text
+from eval.report import transcribe
 from eval.runners import RUNNERS, RunnerUnavailable, TorchRunner, open_runner
 
 RESULTS = "utterances.jsonl"
@@ -176,12 +177,9 @@ def measure(student: Student, teacher, utt: Utterance, student_wav: np.ndarray,
             teacher_wav: np.ndarray) -> dict[str, Any]:
     """One utterance's record: both transcripts, the student's word errors against the teacher
     and its raw (and calibrated) confidence."""
-    lp = student.runner.run(student_wav)
-    if lp is None:  # a runtime that decodes by itself (sherpa-onnx): no log-probs, no confidence
-        text, raw = student.runner.last_text, None
-    else:
-        text = student.tokenizer.decode(greedy_decode(lp[None], np.array([lp.shape[0]]),
-                                                      blank=student.tokenizer.blank_id)[0])
+    out = transcribe(student.runner, [student_wav], student.tokenizer)
+    lp, text, raw = out.log_probs[0], out.texts[0], None
+    if lp is not None:  # None: a runtime that decodes by itself (sherpa-onnx), no confidence
         measure_name = student.calibration.measure if student.calibration else "entropy"
         raw = utterance_scores(lp, student.tokenizer, blank=student.tokenizer.blank_id)[measure_name]
     text = normalize_text(text)
@@ -278,7 +276,8 @@ def monitor(student: Student, teacher, teacher_spec: str, utts: Sequence[Utteran
     todo = [u for u in utts if u.utt_id not in done]
     log(f"monitor: {len(utts)} utterances, {len(utts) - len(todo)} done before, {len(todo)} to run")
     student_audio = AudioDataset(todo, sample_rate=student.sample_rate)
-    teacher_audio = AudioDataset(todo, sample_rate=teacher.sample_rate)
+    teacher_audio = (student_audio if teacher.sample_rate == student.sample_rate  # read each file once
+                     else AudioDataset(todo, sample_rate=teacher.sample_rate))
     bar = progress(len(utts), initial=len(utts) - len(todo), unit="utt", desc="monitor", interval=interval)
     update, close = bar.update, bar.close
     try:

@@ -123,7 +123,8 @@ def calibrate(source: ExportSource, data: EvalSet, transcripts: Transcripts, man
     if calibration.method == "temperature":  # two numbers the graph can apply: its artifacts output p too
         source.graph.calibration = (calibration.temperature, calibration.bias)
 
-    eval_outcome = confidence_outcomes(transcripts, tokenizer, data.refs)
+    # In-sample: the calibration set is the evaluation set, already scored.
+    eval_outcome = cal_outcome if in_sample else confidence_outcomes(transcripts, tokenizer, data.refs)
     eval_summary = calibration_summary(calibration, eval_outcome)
     png = reliability_diagram(eval_summary, Path(out_dir) / RELIABILITY_PNG,
                               title=f"Reliability on the evaluation set ({calibration.method} calibration)")
@@ -135,7 +136,7 @@ def calibrate(source: ExportSource, data: EvalSet, transcripts: Transcripts, man
     report = ConfidenceReport(
         calibration_manifest=str(options.calibration_manifest or manifest),
         in_sample=in_sample, calibration=calibration.to_dict(), fallback=fallback.to_dict(),
-        calibration_set=calibration_summary(calibration, cal_outcome),
+        calibration_set=eval_summary if in_sample else calibration_summary(calibration, cal_outcome),
         eval={**eval_summary, **at_threshold(calibration, eval_outcome, fallback.threshold)},
         oos=oos, oos_manifest=options.oos_manifest, reliability_png=png.name,
     )

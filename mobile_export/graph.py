@@ -31,15 +31,13 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from asrkd.confidence import CALIBRATION_EPS
 from asrkd.contract import BLANK_ID, Contract
 from asrkd.features import LogMel
 from asrkd.models.conformer import ConformerCTC
 
 PCM_INPUTS = ("pcm", "pcm_lens")
 FEATURE_INPUTS = ("feats", "feat_lens")
-ALL_OUTPUTS = ("log_probs", "out_lens", "token_ids", "confidence", "calibrated_confidence")
-# confidence is clipped to [EPS, 1 - EPS] before its logit, as asrkd.confidence.Calibration does
-CALIBRATION_EPS = 1e-6
 
 # Lower bound of the length range in exported programs with a dynamic length: the ExecuTorch
 # shape solver needs one, and it is the Core ML RangeDim minimum (which Core ML enforces; runners
