@@ -19,6 +19,7 @@ from pathlib import Path
 from asrkd.cache import PosteriorCache
 from asrkd.config import ConfigError, PseudoLabelConfig
 from asrkd.data import Utterance
+from asrkd.fileio import atomic_write_text
 from asrkd.teacher import is_char_vocabulary
 from asrkd.text import BLANK, UNK, WORD_SEP, CharTokenizer
 
@@ -82,8 +83,5 @@ def drop_unspellable(utts: list[Utterance], tokenizer, cache: PosteriorCache,
 def write_drops(out_dir: str | os.PathLike, drops: list[dict]) -> Path:
     """``<out_dir>/pseudo_label_drops.jsonl``, written atomically (empty when nothing was dropped)."""
     out = Path(out_dir) / PSEUDO_LABEL_DROPS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in drops))
-    os.replace(tmp, out)
+    atomic_write_text(out, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in drops))
     return out

@@ -36,7 +36,7 @@ class Problem:
     message: str
 
 
-def _ctc_min_frames(ids: Sequence[int]) -> int:
+def ctc_min_frames(ids: Sequence[int]) -> int:
     """Output frames CTC needs for `ids`: one per token plus a blank between repeated tokens."""
     return len(ids) + sum(1 for a, b in zip(ids, ids[1:], strict=False) if a == b)
 
@@ -223,7 +223,7 @@ def _check_utterance(
                     )
                 )
             elif ctc_frame_rate is not None:
-                need = _ctc_min_frames(tokenizer.encode(norm, normalize=False))
+                need = ctc_min_frames(tokenizer.encode(norm, normalize=False))
                 have = math.floor(u.duration * ctc_frame_rate)
                 if need > have:
                     found.append(

@@ -29,10 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from asrkd.contract import Contract
+from asrkd.data.check import ctc_min_frames
 from asrkd.teachers.base import SequenceOutput
 from asrkd.text import CharTokenizer
 
-__all__ = ["DROP_REASONS", "Drop", "UtteranceFilter", "ctc_labels_needed", "default_student_contract"]
+__all__ = ["DROP_REASONS", "Drop", "UtteranceFilter", "default_student_contract"]
 
 DROP_REASONS = ("non_speech", "hallucination", "too_long_for_teacher", "no_speech", "low_confidence",
                 "unspellable", "out_of_lexicon", "too_long_for_ctc")
@@ -45,11 +46,6 @@ def default_student_contract() -> Contract:
 
     tokenizer = CharTokenizer.default_english()
     return Contract.from_parts(FrontendConfig(), ConformerConfig(vocab_size=tokenizer.vocab_size), tokenizer)
-
-
-def ctc_labels_needed(ids: list[int]) -> int:
-    """Output frames CTC needs to emit ``ids``: one per token plus a blank between two equal ones."""
-    return len(ids) + sum(a == b for a, b in zip(ids, ids[1:], strict=False))
 
 
 @dataclass(frozen=True)
@@ -110,7 +106,7 @@ class UtteranceFilter:
             outside = sorted(set(text.split()) - set(self.lexicon))
             if outside:
                 return Drop("out_of_lexicon", f"{text!r} has words outside the lexicon: {outside}")
-        needed = ctc_labels_needed(self._tokenizer.encode(text))
+        needed = ctc_min_frames(self._tokenizer.encode(text))
         have = self.student.output_frames(num_samples)
         if needed > have:
             return Drop("too_long_for_ctc", f"{text!r} needs {needed} CTC frames, the student has {have} "
