@@ -27,6 +27,9 @@ class ConfigError(AsrkdError, ValueError):
     """A configuration file or dict has a missing, unknown or invalid field."""
 
 
+ON_BAD_AUDIO = ("error", "skip")  # data.on_bad_audio: what training does with a bad audio line
+
+
 @dataclass
 class DataConfig:
     # One or more data sources (asrkd.data.sources): JSONL manifest paths, and/or mappings
@@ -41,8 +44,14 @@ class DataConfig:
     num_buckets: int = 10  # duration buckets of the batch sampler
     num_workers: int = 1  # DataLoader worker processes
     cache_audio: bool = True  # keep decoded, resampled audio in memory (small corpora)
+    # error: refuse a manifest with an unreadable, truncated, too-short or mis-described audio
+    # line before anything is written; skip: leave such lines out, count them and list them in
+    # the run folder.
+    on_bad_audio: str = "error"
 
     def __post_init__(self) -> None:
+        if self.on_bad_audio not in ON_BAD_AUDIO:
+            raise ConfigError(f"on_bad_audio {self.on_bad_audio!r} is not one of {list(ON_BAD_AUDIO)}")
         if isinstance(self.train, str | dict):
             self.train = [self.train]
         if not isinstance(self.train, list):
