@@ -153,6 +153,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
           f"({result['utterances']} utterances)")
     for spk, r in result.get("per_speaker", {}).items():
         print(f"  {spk}: WER {100 * r['wer']:.2f} %  CER {100 * r['cer']:.2f} %  ({r['utterances']} utts)")
+    if result.get("chunk_size", -1) > 0:  # a chunked streaming run: its latency (PyTorch, one thread)
+        from eval.latency import add_checkpoint_latency
+
+        print(f"latency: {add_checkpoint_latency(result, args.json).summary_line()}")
     if args.json:
         print(_printable(f"wrote {args.json} and {args.json.with_suffix('.utterances.jsonl')}"))
     if result["skipped"]:

@@ -42,6 +42,7 @@ pooled over every call of every utterance).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -56,6 +57,7 @@ from asrkd.audio import AudioError
 from asrkd.contract import BLANK_ID
 from asrkd.data.dataset import AudioDataset
 from asrkd.data.manifest import read_manifest
+from asrkd.fileio import atomic_write_text
 from asrkd.streaming import StreamingError, StreamingTranscriber
 
 ONSET_FRAME_SECONDS = 0.010
@@ -323,3 +325,15 @@ def checkpoint_latency(checkpoint: str | os.PathLike, manifest: str | os.PathLik
         return measure_latency(TranscriberStepper(transcriber), waves, transcriber.sample_rate, onset_db)
     finally:
         torch.set_num_threads(threads)
+
+
+def add_checkpoint_latency(summary: dict, json_out: str | os.PathLike | None = None) -> LatencyStats:
+    """``asrkd eval`` of a chunked streaming checkpoint: `checkpoint_latency` at the chunking its
+    ``summary`` (`asrkd.inference.evaluate_checkpoint`'s) states, stored as ``summary["latency"]``
+    (`LatencyStats.to_dict`) and, with ``json_out``, written there with the rest of the summary."""
+    stats = checkpoint_latency(summary["checkpoint"], summary["manifest"], summary["chunk_size"],
+                               summary["left_chunks"])
+    summary["latency"] = stats.to_dict()
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(summary, indent=2) + "\n")
+    return stats

@@ -2,11 +2,14 @@
 figures (chunk wait, backlog, lookahead, a token only at the flush), the statistics over a set,
 the speech onset, and the PyTorch StreamingTranscriber as a ChunkStepper."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from asrkd.checkpoint import save_checkpoint
+from asrkd.cli import main as cli_main
 from asrkd.decoding import greedy_decode
 from asrkd.features import FrontendConfig, LogMel
 from asrkd.models.conformer import ConformerCTC, build_preset
@@ -173,7 +176,7 @@ def test_transcriber_stepper_emits_each_chunk_on_its_own_call(stream_parts):
         TranscriberStepper(StreamingTranscriber(model, frontend, tokenizer, chunk_size=-1))
 
 
-def test_checkpoint_latency_on_a_manifest(stream_parts, tmp_path):
+def test_checkpoint_latency_and_asrkd_eval_on_a_manifest(stream_parts, tmp_path, capsys):
     from asrkd.audio import write_wav
 
     model, frontend, tokenizer, wav = stream_parts
@@ -185,3 +188,14 @@ def test_checkpoint_latency_on_a_manifest(stream_parts, tmp_path):
     stats = checkpoint_latency(path, tmp_path / "m.jsonl", chunk_size=16)
     assert stats.utterances == 1 and stats.chunk_samples == 16 * 4 * 160
     assert stats.final.median > 0 and stats.rtf.median > 0
+
+    # asrkd eval of a streaming checkpoint reports the latency at the chunking it scored
+    out = tmp_path / "eval.json"
+    assert cli_main(["eval", str(path), "--manifest", str(tmp_path / "m.jsonl"), "--json", str(out)]) == 2
+    latency = json.loads(out.read_text())["latency"]
+    assert latency["chunk_samples"] == model.config.chunk_size * 4 * 160 and latency["utterances"] == 1
+    assert set(latency["first_partial"] or {"median": 0, "p95": 0}) == {"median", "p95"}
+    assert "latency: first partial" in capsys.readouterr().out
+    assert cli_main(["eval", str(path), "--manifest", str(tmp_path / "m.jsonl"), "--json", str(out),
+                     "--chunk-size", "-1"]) == 2
+    assert "latency" not in json.loads(out.read_text())  # full context: nothing streams
