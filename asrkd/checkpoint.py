@@ -9,14 +9,20 @@ A checkpoint is a folder::
                               "step", "epoch", "metrics", "train_config"}
         trainer_state.pt     optimizer, scheduler, sampler position, RNG states; read with
                              torch.load(weights_only=True), so a user file can never run code
+        checksums.json       size and sha256 of model.safetensors and trainer_state.pt, verified
+                             when they are loaded (config.json is text a person may edit; it
+                             is checked field by field instead)
 
 Exporters and evaluators read ``model``, ``frontend`` and ``tokenizer`` from ``config.json``
 and never restate numbers. Folders are written under a temporary name and renamed into place, so
-a killed run never leaves a half-written checkpoint behind.
+a killed run never leaves a half-written checkpoint behind; a file damaged later (a copy cut
+short, a disk fault) is a `CheckpointError` naming it. Checkpoints written before
+``checksums.json`` existed load unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from asrkd import __version__
@@ -39,6 +46,7 @@ VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "trainer_state.pt"
+CHECKSUM_FILE = "checksums.json"
 
 
 class CheckpointError(AsrkdError, ValueError):
@@ -112,6 +120,7 @@ def save_checkpoint(
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     if trainer_state is not None:
         torch.save(trainer_state, tmp / STATE_FILE)
+    write_checksums(tmp)
     if path.exists():
         old = path.with_name(path.name + ".old")
         if old.exists():
@@ -150,14 +159,17 @@ def read_config(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
-    """Load a checkpoint folder into eval-mode modules."""
+    """Load a checkpoint folder into eval-mode modules.
+
+    Raises:
+        CheckpointError: the folder is not a checkpoint, a file is missing, or damaged (its size
+            or sha256 differs from ``checksums.json``, or safetensors cannot read it).
+    """
     path = Path(path)
     config = read_config(path)
-    weights = path / MODEL_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: missing; the checkpoint is incomplete")
     model = ConformerCTC(ConformerConfig.from_dict(config["model"]))
-    state = load_file(str(weights), device=map_location)
+    state = load_weights(path, map_location)
+    weights = path / MODEL_FILE
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -171,12 +183,83 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
     return LoadedModel(path=path, frontend=frontend, model=model, tokenizer=tokenizer, config=config)
 
 
+def load_weights(path: str | Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint folder's ``model.safetensors``, verified (`verify_file`).
+
+    Raises:
+        CheckpointError: the file is missing, damaged or not a safetensors file; names it.
+    """
+    weights = Path(path) / MODEL_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing; the checkpoint is incomplete")
+    verify_file(weights)
+    try:
+        return load_file(str(weights), device=map_location)
+    except SafetensorError as e:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({e}); {_REPAIR}") from None
+
+
 def load_trainer_state(path: str | Path) -> dict:
-    """The optimizer/scheduler/sampler/RNG state of a checkpoint (no pickle: weights_only)."""
+    """The optimizer/scheduler/sampler/RNG state of a checkpoint (no pickle: weights_only),
+    verified (`verify_file`)."""
     state_path = Path(path) / STATE_FILE
     if not state_path.is_file():
         raise CheckpointError(f"{state_path}: missing; this checkpoint cannot resume training")
-    return torch.load(state_path, map_location="cpu", weights_only=True)
+    verify_file(state_path)
+    try:
+        return torch.load(state_path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as e:  # a torn zip, or a file that is not torch's
+        raise CheckpointError(f"{state_path}: cannot be read ({e}); {_REPAIR}") from None
+
+
+# What to do about a damaged checkpoint file, said by every message about one.
+_REPAIR = "copy the checkpoint folder again, or use an earlier checkpoint (asrkd train --resume falls back to one)"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: str | Path) -> None:
+    """Record the size and sha256 of the binary files in checkpoint ``folder`` in ``checksums.json``."""
+    folder = Path(folder)
+    files = {name: {"size": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+             for name in (MODEL_FILE, STATE_FILE) if (folder / name).is_file()}
+    (folder / CHECKSUM_FILE).write_text(json.dumps({"files": files}, indent=2) + "\n", encoding="utf-8")
+
+
+def verify_file(path: str | Path) -> None:
+    """Check a checkpoint file against its folder's ``checksums.json``: size, then sha256.
+
+    A folder without ``checksums.json`` (written by an older asrkd) and a file it does not list
+    pass unchecked.
+
+    Raises:
+        CheckpointError: the size or the sha256 differs from the record, or the record is unreadable.
+    """
+    path = Path(path)
+    record_path = path.parent / CHECKSUM_FILE
+    if not record_path.is_file():
+        return
+    try:
+        expected = json.loads(record_path.read_text(encoding="utf-8"))["files"].get(path.name)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{record_path}: unreadable checksum record ({e}); {_REPAIR}") from None
+    if expected is None:
+        return
+    size = path.stat().st_size
+    if size != expected["size"]:
+        cut = " (cut short)" if size < expected["size"] else ""
+        raise CheckpointError(f"{path}: {size} bytes{cut}, but {expected['size']} were written "
+                              f"({CHECKSUM_FILE}); {_REPAIR}")
+    if file_sha256(path) != expected["sha256"]:
+        raise CheckpointError(f"{path}: its sha256 differs from the one recorded in {CHECKSUM_FILE} "
+                              f"(same size: the bytes were changed); {_REPAIR}")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

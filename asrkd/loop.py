@@ -37,7 +37,13 @@ import torch.distributed as dist
 import yaml
 from torch import Tensor
 
-from asrkd.checkpoint import list_step_checkpoints, load_trainer_state, save_checkpoint
+from asrkd.checkpoint import (
+    CheckpointError,
+    list_step_checkpoints,
+    load_trainer_state,
+    load_weights,
+    save_checkpoint,
+)
 from asrkd.data import SpecAugment, Utterance
 from asrkd.decoding import Lexicon
 from asrkd.features import LogMel, vtlp_mel_filterbank
@@ -313,18 +319,31 @@ class TrainingLoop:
 
     def resume(self) -> bool:
         """Continue from the last ``step-*`` checkpoint in ``out_dir``: weights, optimizer,
-        scheduler, position, loss modules and RNG. Returns False (and starts from scratch) when
-        there is none."""
+        scheduler, position, loss modules and RNG. A damaged checkpoint (a file that fails its
+        checksum or cannot be read) is named and passed over for the one before it. Returns
+        False (and starts from scratch) when there is none.
+
+        Raises:
+            CheckpointError: every step checkpoint is damaged; names each.
+        """
         steps = list_step_checkpoints(self.ckpt_dir)
         if not steps:
             if self.is_main:
                 print(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
             return False
-        from safetensors.torch import load_file
-
-        ckpt = steps[-1]
-        self.model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-        state = load_trainer_state(ckpt)
+        damaged: list[str] = []
+        for ckpt in reversed(steps):
+            try:
+                weights, state = load_weights(ckpt), load_trainer_state(ckpt)
+                break
+            except CheckpointError as e:
+                damaged.append(str(e))
+                if self.is_main:
+                    print(f"--resume: {e}; trying the checkpoint before it")
+        else:
+            raise CheckpointError(f"{self.ckpt_dir}: no step checkpoint can be resumed from: "
+                                  + "; ".join(damaged))
+        self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -335,7 +354,7 @@ class TrainingLoop:
         torch.set_rng_state(state["rng"]["torch"])
         if self.is_main:
             print(f"resumed from {ckpt} (step {self.pos.step}, epoch {self.pos.epoch}, "
-                  f"batch {self.pos.batch_in_epoch})")
+                  f"batch {self.pos.batch_in_epoch})" + (" instead of the damaged later one(s)" if damaged else ""))
         return True
 
     def save(self, metrics: dict | None = None) -> Path | None:
