@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# FSDD digits, the streaming table (issue 15): the default student at full context and the
+# streaming student (student-stream, dynamic chunk training), each with CTC only and with KD from
+# the full-context teacher Whisper tiny.en (through its cache: N-best + encoder states), at the
+# same data and steps (run.sh's student shape: 200 steps of stage 1, then 730 updates), all with
+# the raw log-mel front end a streaming model needs (frontend.normalize: none). Then WER (greedy
+# and lexicon), first-partial / final latency and RTF on one thread of every model, the streaming
+# ones at 320 and 640 ms chunks. Figures: RESULTS.md, "The streaming table".
+#
+#   bash recipes/fsdd/run_streaming.sh [--stage N] [--stop-stage M]
+#
+# Stages (each prints the commands it runs; a training stage rerun resumes or returns at once):
+#   1 student stage 1 (200 steps)             5 student, KD from Whisper        (needs the cache)
+#   2 streaming student stage 1 (200 steps)   6 streaming student, KD from Whisper (needs the cache)
+#   3 student, CTC only                       7 WER and latency on yweweler (runs/fsdd/streaming/eval/)
+#   4 streaming student, CTC only
+# Needs runs/data/ (run.sh stage 1) and, for stages 5-6, the Whisper cache of the training audio
+# in runs/fsdd/whisper_cache (N-best and encoder states, `--hidden-layers 0`; docs/TEACHERS.md).
+# Outputs: runs/fsdd/streaming/. Set ASRKD / PYTHON to run other executables.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+from_stage=1
+stop_stage=7
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stage) from_stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; shift 2 ;;
+    *) echo "run_streaming.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+
+ASRKD=${ASRKD:-asrkd}
+PYTHON=${PYTHON:-python}
+recipe=recipes/fsdd
+conf=$recipe/conf/streaming
+exp=runs/fsdd/streaming
+dev=runs/data/fsdd_connected_yweweler.jsonl
+export OMP_NUM_THREADS=1  # one thread per training (the configs say run.threads: 1 too)
+
+run() { echo "+ $*"; "$@"; }
+# stage N TEXT COMMAND...: print TEXT and run COMMAND when N lies within --stage .. --stop-stage.
+stage() {
+  local n=$1 text=$2
+  shift 2
+  if [ "$from_stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
+    echo "stage $n: $text"
+    run "$@"
+  fi
+}
+need_cache() {
+  [ -f runs/fsdd/whisper_cache/cache.json ] || {
+    echo "run_streaming.sh: runs/fsdd/whisper_cache/cache.json not found; build the Whisper cache of the training audio first (docs/TEACHERS.md)" >&2
+    exit 2
+  }
+  run "$@"
+}
+# Stage 7: greedy and lexicon WER and the latency of each model; the streaming students at
+# 320 ms (8 encoder frames, 8 chunks of left context) and 640 ms (16 frames, 4 chunks: the same 2.56 s).
+evaluate() {
+  mkdir -p $exp/eval
+  for model in student_ctc student_kd; do
+    run $ASRKD eval $exp/$model --manifest $dev --json $exp/eval/$model.json
+    run $ASRKD eval $exp/$model --manifest $dev --lexicon $recipe/digits.words --json $exp/eval/${model}_lexicon.json
+    run $PYTHON $recipe/local/offline_latency.py $exp/$model --manifest $dev --json $exp/eval/${model}_latency.json
+  done
+  for model in stream_ctc stream_kd; do
+    for chunking in "8 8" "16 4"; do
+      set -- $chunking
+      run $ASRKD eval $exp/$model --manifest $dev --chunk-size $1 --left-chunks $2 --json $exp/eval/${model}_c$1.json
+      run $ASRKD eval $exp/$model --manifest $dev --chunk-size $1 --left-chunks $2 --lexicon $recipe/digits.words \
+        --json $exp/eval/${model}_c$1_lexicon.json
+    done
+  done
+}
+
+stage 1 "student stage 1, raw log-mel front end" \
+  $ASRKD train --config $conf/student_stage1.yaml --resume
+stage 2 "streaming student stage 1 (dynamic chunks)" \
+  $ASRKD train --config $conf/stream_stage1.yaml --resume
+stage 3 "student, CTC only" \
+  $ASRKD train --config $conf/student_ctc.yaml --resume
+stage 4 "streaming student, CTC only" \
+  $ASRKD train --config $conf/stream_ctc.yaml --resume
+stage 5 "student, CTC + sequence and feature KD from the Whisper cache" \
+  need_cache $ASRKD distill --config $conf/student_kd.yaml --resume
+stage 6 "streaming student, CTC + sequence and feature KD from the Whisper cache" \
+  need_cache $ASRKD distill --config $conf/stream_kd.yaml --resume
+stage 7 "WER and latency on yweweler (runs/fsdd/streaming/eval/)" \
+  evaluate
