@@ -1,7 +1,11 @@
 """Training configuration: plain dataclasses read from YAML, validated at the edge.
 
 Unknown keys are an error that names the file and the key (a typo must not be silently
-ignored), and relative paths in a YAML file are resolved against that file's folder.
+ignored), and relative paths in a YAML file are resolved against that file's folder. Every value
+is type- and range-checked when its section is built, from the field's type and its ``allowed``
+metadata (`Bounds`, or a tuple of choices): a bad value is a `ConfigError`
+``FILE: section.key: what is wrong (allowed: what is allowed)`` before anything is written.
+YAML is read with YAML 1.2's floats, so ``lr: 3e-3`` is a number (YAML 1.1, PyYAML's, needs a dot).
 
 A YAML file may start from another one: ``base: teacher_breath.yaml`` (a path relative to the
 file). The base is read first (it may have a base of its own), then this file's keys are laid
@@ -13,9 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -30,8 +37,184 @@ class ConfigError(AsrkdError, ValueError):
 ON_BAD_AUDIO = ("error", "skip")  # data.on_bad_audio: what training does with a bad audio line
 
 
+# ---------------------------------------------------------------------------------------------
+# Field checks: each section's fields are checked against their type and ``allowed`` metadata
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a field allows (each element, for a list): ``low``..``high``, each end inclusive
+    unless ``low_open`` / ``high_open``; None: unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, x: float) -> bool:
+        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Bounds(0, low_open=True)
+NON_NEGATIVE = Bounds(0)
+AT_LEAST_ONE = Bounds(1)
+PROBABILITY = Bounds(0, 1)
+
+
+def allowed(what: Bounds | tuple[str, ...], null: str = "") -> dict[str, Any]:
+    """Field metadata: the values a field allows beyond its type, e.g.
+    ``lr: float = field(default=2e-3, metadata=allowed(POSITIVE))``; ``null``: what an optional
+    field's null means, for the error message."""
+    return {"allowed": what, "null": null}
+
+
+class _Section:
+    """Base of the config sections: `__post_init__` checks every field (`check_fields`)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def check_fields(section: Any) -> None:
+    """Check each field of the dataclass ``section`` against its type and ``allowed`` metadata.
+
+    Raises ConfigError ``key: what is wrong (allowed: ...)``; `_build` puts the file and the
+    section in front. A float field takes an int (YAML ``lr: 1``); no field takes a bool for a
+    number, or a string for a number (a quoted ``"4"`` is a mistake to point at, not to guess)."""
+    hints = _type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value, hint, limit = getattr(section, f.name), hints[f.name], f.metadata.get("allowed")
+        if not _has_type(value, hint):
+            wrong = _type_mistake(value, hint)
+        elif limit is not None and not _within(value, limit):
+            wrong = f"{value!r} is not allowed" if isinstance(limit, tuple) else f"{value!r} is out of range"
+        else:
+            continue
+        null = f.metadata.get("null")
+        raise ConfigError(f"{f.name}: {wrong} (allowed: {_describe(hint, limit)}{f': {null}' if null else ''})")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``cls``'s field types, evaluated (this module's annotations are strings)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the annotated type ``hint`` (unions, lists, dicts, sections)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arm) for arm in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if origin is list:
+        return isinstance(value, list | tuple) and all(_has_type(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_has_type(k, args[0]) and _has_type(v, args[1])
+                                               for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def _type_mistake(value: Any, hint: Any) -> str:
+    """Why ``value`` is not a ``hint``: its kind, or for a list or mapping, the first item that is
+    of the wrong kind (``[0.9, 'x'] holds 'x', a string``)."""
+    arms = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for arm in arms:
+        origin, args = typing.get_origin(arm), typing.get_args(arm)
+        if origin is list and isinstance(value, list | tuple):
+            items = [(v, args[0]) for v in value]
+        elif origin is dict and isinstance(value, dict):
+            items = [pair for k, v in value.items() for pair in ((k, args[0]), (v, args[1]))]
+        else:
+            continue
+        bad = [x for x, t in items if not _has_type(x, t)]
+        if bad:
+            return f"{value!r} holds {bad[0]!r}, {_kind(bad[0])}"
+    return f"{value!r} is {_kind(value)}"
+
+
+def _within(value: Any, limit: Bounds | tuple[str, ...]) -> bool:
+    if value is None:
+        return True  # an optional field's null
+    if isinstance(limit, tuple):
+        return value in limit
+    if isinstance(value, dict):
+        values = [*value, *value.values()]
+    else:
+        values = value if isinstance(value, list | tuple) else [value]
+    return all(limit.admits(v) for v in values)
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+          type(None): "null"}
+_PLURALS = {int: "whole numbers", float: "numbers", str: "strings"}
+
+
+def _kind(value: Any) -> str:
+    """What a YAML reader would call ``value``'s type: ``'4' is a string``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not a finite number"
+    if isinstance(value, list | tuple):
+        return "a list" if value else "an empty list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return _KINDS.get(type(value), f"a {type(value).__name__}")
+
+
+def _describe(hint: Any, limit: Bounds | tuple[str, ...] | None) -> str:
+    """What ``hint`` (and ``limit``) allow, in words: ``a whole number >= 1, or null``."""
+    if isinstance(limit, tuple):
+        return "one of " + ", ".join(repr(c) for c in limit)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        arms = [a for a in args if a is not type(None)]
+        words = " or ".join(_describe(a, limit) for a in arms)
+        return f"{words}, or null" if len(arms) < len(args) else words
+    bound = f" {limit}" if isinstance(limit, Bounds) else ""
+    if origin is list:
+        return f"a list of {_PLURALS.get(args[0], 'items')}{bound}"
+    if origin is dict:
+        return f"a mapping of {_PLURALS.get(args[0], 'keys')} to {_PLURALS.get(args[1], 'values')}{bound}"
+    if hint is Any:
+        return "anything"
+    if dataclasses.is_dataclass(hint):
+        return "a mapping of its keys"
+    return _KINDS.get(hint, hint.__name__) + bound
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``3e-3`` and ``1e4`` are numbers, not strings
+    (YAML 1.1 wants ``3.0e-3``). Everything else resolves as before; a quoted ``"4"`` stays a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     # One or more data sources (asrkd.data.sources): JSONL manifest paths, and/or mappings
     # {lhotse: cuts.jsonl.gz} / {hf: DATASET_DIR, split: train, audio_column: audio, ...}.
     train: list[str | dict[str, Any]] = field(default_factory=list)
@@ -40,25 +223,26 @@ class DataConfig:
     # checkpoint is the one that is best with the lexicon, as it will be deployed.
     dev_lexicon: str | None = None
     tokens: str | None = None  # tokens.txt / SentencePiece .model; None: characters of train texts
-    max_batch_seconds: float = 60.0  # padded audio seconds per batch (per rank)
-    num_buckets: int = 10  # duration buckets of the batch sampler
-    num_workers: int = 1  # DataLoader worker processes
+    # padded audio seconds per batch (per rank)
+    max_batch_seconds: float = field(default=60.0, metadata=allowed(POSITIVE))
+    num_buckets: int = field(default=10, metadata=allowed(AT_LEAST_ONE))  # duration buckets of the batch sampler
+    num_workers: int = field(default=1, metadata=allowed(NON_NEGATIVE))  # DataLoader worker processes
     cache_audio: bool = True  # keep decoded, resampled audio in memory (small corpora)
     # error: refuse a manifest with an unreadable, truncated, too-short or mis-described audio
     # line before anything is written; skip: leave such lines out, count them and list them in
     # the run folder.
-    on_bad_audio: str = "error"
+    on_bad_audio: str = field(default="error", metadata=allowed(ON_BAD_AUDIO))
 
     def __post_init__(self) -> None:
-        if self.on_bad_audio not in ON_BAD_AUDIO:
-            raise ConfigError(f"on_bad_audio {self.on_bad_audio!r} is not one of {list(ON_BAD_AUDIO)}")
         if isinstance(self.train, str | dict):
             self.train = [self.train]
         if not isinstance(self.train, list):
-            raise ConfigError(f"train must be a data source or a list of them, got {self.train!r}")
+            raise ConfigError(f"train: {self.train!r} is {_kind(self.train)} "
+                              f"(allowed: a data source or a list of them)")
         self.train = [_source(s, f"train[{i}]") for i, s in enumerate(self.train)]
         if self.dev is not None:
             self.dev = _source(self.dev, "dev")
+        check_fields(self)
 
 
 def _source(value: Any, key: str) -> str | dict[str, Any]:
@@ -75,33 +259,23 @@ def _source(value: Any, key: str) -> str | dict[str, Any]:
 
 
 @dataclass
-class DynamicChunksConfig:
+class DynamicChunksConfig(_Section):
     """Dynamic chunk training (WeNet U2) of a causal (streaming) model: each batch is trained with
     a chunking drawn by `asrkd.models.streaming.draw_chunk_size` from a generator seeded with
     (run.seed, step), so one set of weights serves several chunk sizes and full context. Off: a
     causal model trains with its config's static ``chunk_size`` / ``left_chunks``."""
 
     enabled: bool = False
-    max_chunk_size: int = 25  # encoder frames; a chunk size is drawn from 1 .. max_chunk_size
-    full_context_prob: float = 0.5  # probability that a batch trains at full context
-    max_left_chunks: int | None = None  # left context drawn from 0 .. max_left_chunks; None: unlimited
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ConfigError(f"enabled must be true or false, got {self.enabled!r}")
-        if isinstance(self.max_chunk_size, bool) or not isinstance(self.max_chunk_size, int) or self.max_chunk_size < 1:
-            raise ConfigError(f"max_chunk_size must be a whole number of encoder frames >= 1, got {self.max_chunk_size!r}")
-        prob = self.full_context_prob
-        if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0 <= prob <= 1:
-            raise ConfigError(f"full_context_prob must be a probability in [0, 1], got {prob!r}")
-        left = self.max_left_chunks
-        if left is not None and (isinstance(left, bool) or not isinstance(left, int) or left < 0):
-            raise ConfigError(f"max_left_chunks must be a whole number of chunks >= 0, or null (unlimited), "
-                              f"got {left!r}")
+    # encoder frames; a chunk size is drawn from 1 .. max_chunk_size
+    max_chunk_size: int = field(default=25, metadata=allowed(AT_LEAST_ONE))
+    # probability that a batch trains at full context
+    full_context_prob: float = field(default=0.5, metadata=allowed(PROBABILITY))
+    # left context drawn from 0 .. max_left_chunks (chunks); None: unlimited
+    max_left_chunks: int | None = field(default=None, metadata=allowed(NON_NEGATIVE, null="unlimited"))
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     preset: str = "student"
     overrides: dict[str, Any] = field(default_factory=dict)
     # Start from this checkpoint's weights (and tokenizer) instead of a random init: fine-tuning,
@@ -110,86 +284,86 @@ class ModelConfig:
     # Intermediate CTC (Lee & Watanabe, ICASSP 2021): CTC also on the output of these blocks
     # (1-based, below the last), through the model's own CTC head, so no weights are added and
     # exported graphs do not change. Loss = (1 - w) * CTC + w * mean of the intermediate CTCs.
-    interctc_layers: list[int] = field(default_factory=list)
-    interctc_weight: float = 0.3
+    interctc_layers: list[int] = field(default_factory=list, metadata=allowed(AT_LEAST_ONE))
+    interctc_weight: float = field(default=0.3, metadata=allowed(Bounds(0, 1, low_open=True, high_open=True)))
     # Causal (streaming) models only, e.g. preset student-stream: see DynamicChunksConfig.
     dynamic_chunks: DynamicChunksConfig = field(default_factory=DynamicChunksConfig)
 
     def __post_init__(self) -> None:
-        layers = self.interctc_layers
-        if not isinstance(layers, list) or not all(
-                isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in layers):
-            raise ConfigError(f"interctc_layers must be a list of block numbers >= 1, got {layers!r}")
-        if len(set(layers)) != len(layers):
-            raise ConfigError(f"interctc_layers has a block twice: {layers}")
-        if not (isinstance(self.interctc_weight, int | float) and 0 < self.interctc_weight < 1):
-            raise ConfigError(f"interctc_weight must lie in (0, 1), got {self.interctc_weight!r}")
+        check_fields(self)
+        if len(set(self.interctc_layers)) != len(self.interctc_layers):
+            raise ConfigError(f"interctc_layers: {self.interctc_layers} has a block twice "
+                              "(allowed: each block once)")
 
 
 @dataclass
-class AugmentConfig:
-    speed_factors: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
-    noise_prob: float = 0.3
+class AugmentConfig(_Section):
+    speed_factors: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1], metadata=allowed(POSITIVE))
+    noise_prob: float = field(default=0.3, metadata=allowed(PROBABILITY))
     snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])
-    bandlimit_prob: float = 0.0  # low-pass wideband audio to look like 8 kHz recordings
-    bandlimit_hz: list[float] = field(default_factory=lambda: [3400.0, 4000.0])
-    gain_prob: float = 0.0  # scale the audio by a random gain (quiet recordings; last transform)
+    # low-pass wideband audio to look like 8 kHz recordings
+    bandlimit_prob: float = field(default=0.0, metadata=allowed(PROBABILITY))
+    bandlimit_hz: list[float] = field(default_factory=lambda: [3400.0, 4000.0], metadata=allowed(POSITIVE))
+    # scale the audio by a random gain (quiet recordings; last transform)
+    gain_prob: float = field(default=0.0, metadata=allowed(PROBABILITY))
     gain_db: list[float] = field(default_factory=lambda: [-25.0, 0.0])
     # noise that follows the speech envelope (breathy voice, glottal onsets); see data.BreathNoise
-    breath_prob: float = 0.0
+    breath_prob: float = field(default=0.0, metadata=allowed(PROBABILITY))
     breath_db: list[float] = field(default_factory=lambda: [-25.0, -10.0])
-    breath_hz: list[float] = field(default_factory=lambda: [1000.0, 4000.0])
+    breath_hz: list[float] = field(default_factory=lambda: [1000.0, 4000.0], metadata=allowed(POSITIVE))
     # vocal tract length perturbation: formants scaled by alpha in vtlp_alpha (features.vtlp_warp)
-    vtlp_prob: float = 0.0
-    vtlp_alpha: list[float] = field(default_factory=lambda: [0.9, 1.1])
-    freq_masks: int = 2
-    freq_width: int = 15
-    time_masks: int = 2
-    time_width: float = 0.05  # fraction of the utterance per mask
+    vtlp_prob: float = field(default=0.0, metadata=allowed(PROBABILITY))
+    vtlp_alpha: list[float] = field(default_factory=lambda: [0.9, 1.1], metadata=allowed(Bounds(0.5, 2)))
+    freq_masks: int = field(default=2, metadata=allowed(NON_NEGATIVE))
+    freq_width: int = field(default=15, metadata=allowed(NON_NEGATIVE))  # mel bands per mask, at most
+    time_masks: int = field(default=2, metadata=allowed(NON_NEGATIVE))
+    time_width: float = field(default=0.05, metadata=allowed(PROBABILITY))  # fraction of the utterance per mask
+
+    # Fields that hold a range [low, high] to draw from.
+    RANGES: ClassVar[tuple[str, ...]] = ("snr_db", "bandlimit_hz", "gain_db", "breath_db", "breath_hz", "vtlp_alpha")
 
     def __post_init__(self) -> None:
-        for name in ("noise_prob", "bandlimit_prob", "gain_prob", "breath_prob", "vtlp_prob"):
+        check_fields(self)
+        for name in self.RANGES:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise ConfigError(f"{name} must be a probability in [0, 1], got {value!r}")
-        for name in ("snr_db", "bandlimit_hz", "gain_db", "breath_db", "breath_hz", "vtlp_alpha"):
-            value = getattr(self, name)
-            if (
-                not isinstance(value, list | tuple) or len(value) != 2
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-                or value[0] > value[1]
-            ):
-                raise ConfigError(f"{name} must be a range [low, high] with low <= high, got {value!r}")
-        if not (0.5 <= self.vtlp_alpha[0] and self.vtlp_alpha[1] <= 2.0):
-            raise ConfigError(f"vtlp_alpha must lie within [0.5, 2] (a formant scale), got {self.vtlp_alpha!r}")
+            if len(value) != 2 or value[0] > value[1]:
+                raise ConfigError(f"{name}: {value!r} is not a range (allowed: [low, high] with low <= high)")
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 2e-3
-    weight_decay: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    warmup_steps: int = 200
-    schedule: str = "cosine"  # cosine | constant
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 5.0
-    max_steps: int | None = None  # if None: epochs × batches per epoch
-    epochs: int = 10
+class OptimConfig(_Section):
+    lr: float = field(default=2e-3, metadata=allowed(POSITIVE))
+    weight_decay: float = field(default=1e-3, metadata=allowed(NON_NEGATIVE))
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98], metadata=allowed(Bounds(0, 1, high_open=True)))
+    warmup_steps: int = field(default=200, metadata=allowed(NON_NEGATIVE))
+    schedule: str = field(default="cosine", metadata=allowed(("cosine", "constant")))
+    min_lr_ratio: float = field(default=0.05, metadata=allowed(PROBABILITY))  # cosine: lr at the end / lr
+    grad_clip: float = field(default=5.0, metadata=allowed(POSITIVE))  # max gradient norm
+    # None: epochs × batches per epoch (0 is refused: it used to read as None)
+    max_steps: int | None = field(default=None, metadata=allowed(AT_LEAST_ONE, null="epochs x batches per epoch"))
+    epochs: int = field(default=10, metadata=allowed(AT_LEAST_ONE))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if len(self.betas) != 2:
+            raise ConfigError(f"betas: {self.betas!r} has {len(self.betas)} values (allowed: [beta1, beta2])")
 
 
 @dataclass
-class RunConfig:
+class RunConfig(_Section):
     out_dir: str = "runs/train"
-    seed: int = 0
-    threads: int | None = None  # torch intra-op threads (None: torch default)
-    log_every: int = 10
-    checkpoint_every: int = 200  # steps; a checkpoint is also written at each epoch end
-    keep_last: int = 3
+    seed: int = field(default=0, metadata=allowed(NON_NEGATIVE))
+    # torch intra-op threads (None: torch default)
+    threads: int | None = field(default=None, metadata=allowed(AT_LEAST_ONE, null="torch's default"))
+    log_every: int = field(default=10, metadata=allowed(AT_LEAST_ONE))  # steps
+    # steps; a checkpoint is also written at each epoch end
+    checkpoint_every: int = field(default=200, metadata=allowed(AT_LEAST_ONE))
+    keep_last: int = field(default=3, metadata=allowed(AT_LEAST_ONE))  # step checkpoints kept
     progress: bool = True
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     frontend: dict[str, Any] = field(default_factory=dict)  # FrontendConfig overrides
@@ -244,7 +418,7 @@ def _read_yaml_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
         cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
         raise ConfigError(f"{path}: base files form a cycle: {cycle}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -263,15 +437,15 @@ def _read_yaml_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
     return _merge(merged, raw)
 
 
-def _check_keys(cls, d: Any, where: str) -> None:
+def _check_keys(cls, d: Any, source: str, section: str = "") -> None:
     """The unknown-key check of `_build`, on one file's part of a merged config."""
     if not isinstance(d, dict):
         return  # a wrong type is reported by _build
-    fields = _known_fields(cls, d, where)
+    fields = _known_fields(cls, d, f"{source}: {section}" if section else source)
     for name, value in d.items():
         sub = _section_of(fields[name])
         if sub is not None:
-            _check_keys(sub, value, f"{where}: {name}")
+            _check_keys(sub, value, source, f"{section}.{name}" if section else name)
 
 
 def _known_fields(cls, d: dict, where: str) -> dict:
@@ -339,25 +513,26 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _build(cls, d: Any, where: str):
+def _build(cls, d: Any, source: str, section: str = ""):
+    """The config section ``cls`` from the mapping ``d``; errors name ``source`` (the file) and
+    the ``section``'s dotted path: ``FILE: optim.lr: ...``."""
+    where = f"{source}: {section}" if section else source
     if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+        raise ConfigError(f"{where}: {d!r} is {_kind(d)} (allowed: a mapping of {cls.__name__} keys)")
     fields = _known_fields(cls, d, where)
     kwargs = {}
     for name, value in d.items():
         sub = _section_of(fields[name])
         if sub is TermWeight and isinstance(value, int | float) and not isinstance(value, bool):
-            kwargs[name] = TermWeight(value=float(value))  # `frame: 0.5` is a constant weight
-        elif sub is not None:
-            kwargs[name] = _build(sub, value or {}, f"{where}: {name}")
+            value = {"value": float(value)}  # `frame: 0.5` is a constant weight
+        if sub is not None:
+            kwargs[name] = _build(sub, value or {}, source, f"{section}.{name}" if section else name)
         else:
             kwargs[name] = value
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise ConfigError(f"{where}: {e}") from None
-        raise
+    except ConfigError as e:  # its message starts with the key: `lr: ...`
+        raise ConfigError(f"{where}.{e}" if section else f"{where}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +545,7 @@ KD_TERMS = ("ctc", "frame", "sequence", "feature", "relation")
 
 
 @dataclass
-class TermWeight:
+class TermWeight(_Section):
     """The weight of one loss term as a function of the optimiser step.
 
     ``constant``: ``value`` from step 0. ``linear`` / ``cosine``: ``initial`` until
@@ -378,21 +553,16 @@ class TermWeight:
     more steps, ``value`` afterwards. In YAML a bare number means a constant weight.
     """
 
-    value: float = 0.0
-    schedule: str = "constant"
-    initial: float = 0.0
-    start_step: int = 0
-    ramp_steps: int = 0
+    value: float = field(default=0.0, metadata=allowed(NON_NEGATIVE))
+    schedule: str = field(default="constant", metadata=allowed(WEIGHT_SCHEDULES))
+    initial: float = field(default=0.0, metadata=allowed(NON_NEGATIVE))
+    start_step: int = field(default=0, metadata=allowed(NON_NEGATIVE))
+    ramp_steps: int = field(default=0, metadata=allowed(NON_NEGATIVE))
 
     def __post_init__(self) -> None:
-        if self.schedule not in WEIGHT_SCHEDULES:
-            raise ConfigError(f"schedule {self.schedule!r} is not one of {list(WEIGHT_SCHEDULES)}")
-        if self.value < 0 or self.initial < 0:
-            raise ConfigError(f"weights must be >= 0, got value={self.value}, initial={self.initial}")
-        if self.start_step < 0 or self.ramp_steps < 0:
-            raise ConfigError("start_step and ramp_steps must be >= 0")
+        check_fields(self)
         if self.schedule != "constant" and self.ramp_steps == 0:
-            raise ConfigError(f"a {self.schedule} schedule needs ramp_steps > 0")
+            raise ConfigError(f"ramp_steps: 0 with a {self.schedule} schedule (allowed: >= 1, or schedule: constant)")
 
     def at(self, step: int) -> float:
         if self.schedule == "constant":
@@ -409,7 +579,7 @@ class TermWeight:
 
 
 @dataclass
-class KDWeights:
+class KDWeights(_Section):
     """One weight per loss term (see asrkd.losses). Ground-truth (or pseudo-label) CTC is on by default."""
 
     ctc: TermWeight = field(default_factory=lambda: TermWeight(1.0))
@@ -420,58 +590,55 @@ class KDWeights:
 
 
 @dataclass
-class PseudoLabelConfig:
+class PseudoLabelConfig(_Section):
     """Utterances without text get the teacher's best hypothesis as their CTC target."""
 
-    min_confidence: float = 0.0  # drop unlabelled utterances the teacher is less sure of (0..1)
+    # drop unlabelled utterances the teacher is less sure of
+    min_confidence: float = field(default=0.0, metadata=allowed(PROBABILITY))
     drop_empty: bool = True  # drop unlabelled utterances whose best hypothesis is empty
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ConfigError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
 
 
 @dataclass
-class KDConfig:
+class KDConfig(_Section):
     """What the distiller distils from, and how. See docs/DISTILLATION.md."""
 
     cache: str | None = None  # posterior cache folder (`asrkd cache build`)
     teacher: str | None = None  # asrkd checkpoint or Hugging Face *ForCTC folder
-    teacher_mode: str = "cache"  # cache: targets from `cache`; online: run `teacher` every step
-    top_k: int = TOP_K  # online mode: posteriors kept per frame (the cache fixes its own)
-    temperature: float = 1.0  # frame KD temperature tau (the loss is scaled by tau^2)
-    blank_mode: str = "all"  # all | downweight | nonblank | symmetric
-    blank_weight: float = 0.1  # downweight: weight of frames whose teacher argmax is blank
-    seq_temperature: float = 1.0  # sequence KD: N-best weights softmax(score / seq_temperature)
+    # cache: targets from `cache`; online: run `teacher` every step
+    teacher_mode: str = field(default="cache", metadata=allowed(("cache", "online")))
+    # online mode: posteriors kept per frame (the cache fixes its own)
+    top_k: int = field(default=TOP_K, metadata=allowed(AT_LEAST_ONE))
+    # frame KD temperature tau (the loss is scaled by tau^2)
+    temperature: float = field(default=1.0, metadata=allowed(POSITIVE))
+    blank_mode: str = field(default="all", metadata=allowed(BLANK_MODES))
+    # downweight: weight of frames whose teacher argmax is blank
+    blank_weight: float = field(default=0.1, metadata=allowed(PROBABILITY))
+    # sequence KD: N-best weights softmax(score / seq_temperature)
+    seq_temperature: float = field(default=1.0, metadata=allowed(POSITIVE))
     # Student frames by which a streaming student emits later than the full-context teacher: its
     # frame t is compared with the teacher's frame t - frame_delay (frame, feature, relation KD).
-    frame_delay: int = 0
-    layer_map: dict[int, int] = field(default_factory=dict)  # {student block: teacher layer}, 0-based
+    frame_delay: int = field(default=0, metadata=allowed(NON_NEGATIVE))
+    # {student block: teacher layer}, 0-based
+    layer_map: dict[int, int] = field(default_factory=dict, metadata=allowed(NON_NEGATIVE))
     pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     weights: KDWeights = field(default_factory=KDWeights)
 
     def __post_init__(self) -> None:
-        if self.teacher_mode not in ("cache", "online"):
-            raise ConfigError(f"teacher_mode {self.teacher_mode!r} is not one of ['cache', 'online']")
-        if self.blank_mode not in BLANK_MODES:
-            raise ConfigError(f"blank_mode {self.blank_mode!r} is not one of {list(BLANK_MODES)}")
-        if self.temperature <= 0 or self.seq_temperature <= 0:
-            raise ConfigError("temperature and seq_temperature must be > 0")
-        if not 0.0 <= self.blank_weight <= 1.0:
-            raise ConfigError(f"blank_weight must be in [0, 1], got {self.blank_weight}")
-        if self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
-        if isinstance(self.frame_delay, bool) or not isinstance(self.frame_delay, int) or self.frame_delay < 0:
-            raise ConfigError(f"frame_delay must be a whole number of student frames >= 0, got {self.frame_delay!r}")
-        try:
-            self.layer_map = {int(s): int(t) for s, t in (self.layer_map or {}).items()}
-        except (TypeError, ValueError):
-            raise ConfigError(f"layer_map must map integers to integers, got {self.layer_map!r}") from None
-        if any(s < 0 or t < 0 for s, t in self.layer_map.items()):
-            raise ConfigError(f"layer_map indices are 0-based and >= 0, got {self.layer_map}")
+        layer_map = {} if self.layer_map is None else self.layer_map
+        if isinstance(layer_map, dict) and all(_is_index(k) and _is_index(v) for k, v in layer_map.items()):
+            layer_map = {int(s): int(t) for s, t in layer_map.items()}  # YAML may quote a key: "0": 3
+        self.layer_map = layer_map
+        check_fields(self)
 
     def enabled_terms(self) -> list[str]:
         return [t for t in KD_TERMS if getattr(self.weights, t).enabled]
+
+
+def _is_index(x: Any) -> bool:
+    """An int, or a string of one (a quoted YAML mapping key)."""
+    if isinstance(x, str):
+        return x.strip().lstrip("-").isdigit()
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 _SECTIONS = {

@@ -168,13 +168,13 @@ def test_unknown_config_key_is_named_with_its_file(tmp_path):
 @pytest.mark.parametrize(
     "augment, message",
     [
-        ("gain_prob: 1.5", r"augment: gain_prob must be a probability in \[0, 1\], got 1.5"),
-        ("gain_db: [0, -30]", r"augment: gain_db must be a range \[low, high\] with low <= high"),
-        ("snr_db: [10]", r"augment: snr_db must be a range"),
-        ("breath_prob: -0.1", r"augment: breath_prob must be a probability in \[0, 1\], got -0.1"),
-        ("breath_hz: [4000, 1000]", r"augment: breath_hz must be a range \[low, high\] with low <= high"),
-        ("vtlp_prob: 2", r"augment: vtlp_prob must be a probability in \[0, 1\], got 2"),
-        ("vtlp_alpha: [0.2, 1.1]", r"augment: vtlp_alpha must lie within \[0.5, 2\] \(a formant scale\)"),
+        ("gain_prob: 1.5", r"augment.gain_prob: 1.5 is out of range \(allowed: a number in \[0, 1\]\)"),
+        ("gain_db: [0, -30]", r"augment.gain_db: \[0, -30\] is not a range \(allowed: \[low, high\] with low <= high\)"),
+        ("snr_db: [10]", r"augment.snr_db: \[10\] is not a range"),
+        ("breath_prob: -0.1", r"augment.breath_prob: -0.1 is out of range \(allowed: a number in \[0, 1\]\)"),
+        ("breath_hz: [4000, 1000]", r"augment.breath_hz: \[4000, 1000\] is not a range"),
+        ("vtlp_prob: 2", r"augment.vtlp_prob: 2 is out of range \(allowed: a number in \[0, 1\]\)"),
+        ("vtlp_alpha: [0.2, 1.1]", r"augment.vtlp_alpha: \[0.2, 1.1\] is out of range \(allowed: a list of numbers in \[0.5, 2\]\)"),
     ],
 )
 def test_bad_augmentation_values_are_named_with_their_file(tmp_path, augment, message):
@@ -411,9 +411,10 @@ def test_intermediate_ctc_mixes_the_losses_and_trains_the_lower_block(ten_utts, 
     "model, message",
     [
         ({"interctc_layers": [3]}, r"model.interctc_layers \[3\]: blocks are 1..3, and block 3 is the model's output"),
-        ({"interctc_layers": [0]}, r"interctc_layers must be a list of block numbers >= 1, got \[0\]"),
-        ({"interctc_layers": [1, 1]}, r"interctc_layers has a block twice: \[1, 1\]"),
-        ({"interctc_layers": [1], "interctc_weight": 1.0}, r"interctc_weight must lie in \(0, 1\), got 1.0"),
+        ({"interctc_layers": [0]}, r"model.interctc_layers: \[0\] is out of range \(allowed: a list of whole numbers >= 1\)"),
+        ({"interctc_layers": [1, 1]}, r"model.interctc_layers: \[1, 1\] has a block twice"),
+        ({"interctc_layers": [1], "interctc_weight": 1.0},
+         r"model.interctc_weight: 1.0 is out of range \(allowed: a number in \(0, 1\)\)"),
     ],
 )
 def test_bad_intermediate_ctc_settings_are_refused(ten_utts, tmp_path, model, message):
