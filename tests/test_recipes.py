@@ -45,3 +45,30 @@ def test_fsdd_kd_ablations_change_the_loss_only(name):
         return d
 
     assert setup(FSDD / "ablations" / f"{name}.yaml") == setup(FSDD / "student_kd.yaml")
+
+
+def test_fsdd_streaming_table_rows_differ_in_streaming_only():
+    """run_streaming.sh runs every conf/streaming config in order, and each streaming student's
+    config is its full-context twin's but for the model's streaming settings (RESULTS.md's
+    streaming table compares them at the same data, steps and front end)."""
+    conf = FSDD / "streaming"
+    text = (RECIPES / "fsdd" / "run_streaming.sh").read_text(encoding="utf-8")
+    named = re.findall(r"--config \$conf/(\S+\.yaml)", text)
+    assert named == ["student_stage1.yaml", "stream_stage1.yaml", "student_ctc.yaml", "stream_ctc.yaml",
+                     "student_kd.yaml", "stream_kd.yaml"]
+    assert sorted(named) == sorted(p.name for p in conf.glob("*.yaml"))
+
+    def setup(path: Path) -> dict:
+        d = TrainConfig.from_yaml(path).to_dict()
+        for key in ("preset", "init_from", "dynamic_chunks"):
+            d["model"].pop(key)
+        d["run"].pop("out_dir")
+        return d
+
+    for row in ("stage1", "ctc", "kd"):
+        full = TrainConfig.from_yaml(conf / f"student_{row}.yaml")
+        stream = TrainConfig.from_yaml(conf / f"stream_{row}.yaml")
+        assert (full.model.preset, stream.model.preset) == ("student", "student-stream")
+        assert stream.model.dynamic_chunks.enabled
+        assert full.frontend == stream.frontend == {"normalize": "none"}
+        assert setup(conf / f"student_{row}.yaml") == setup(conf / f"stream_{row}.yaml")
