@@ -153,7 +153,8 @@ def contract(source: ExportSource, artifacts: list[Artifact], windows_seconds: l
              root: Path, confidence: dict[str, Any] | None = None) -> dict[str, Any]:
     """``contract.json`` for ``artifacts`` exported from ``source``: its `asrkd.contract.Contract`
     (``to_dict``; the sample rate under ``audio``) plus what the bundle adds (module docstring);
-    ``confidence`` (`confidence_contract`) when the export calibrated one."""
+    ``confidence`` (`confidence_contract`) when the export calibrated one; ``streaming``
+    (`streaming_contract`) when a streaming artifact is among ``artifacts``."""
     model = source.contract.to_dict()
     frontend = source.contract.frontend
     return {
@@ -186,7 +187,24 @@ def contract(source: ExportSource, artifacts: list[Artifact], windows_seconds: l
             {**a.to_dict(root), "file": os.path.relpath(a.path, root)} for a in artifacts
         ],
         **({"confidence": confidence} if confidence is not None else {}),
+        **({"streaming": streaming_contract(source)} if any(a.format in streaming_formats() for a in artifacts)
+           else {}),
     }
+
+
+def streaming_formats() -> tuple[str, ...]:
+    """The registry's streaming formats (imported here: the registry imports this module)."""
+    from mobile_export.formats import STREAMING_FORMATS
+
+    return STREAMING_FORMATS
+
+
+def streaming_contract(source: ExportSource) -> dict[str, Any]:
+    """contract.json's ``streaming``: how to drive the streaming artifacts of ``source``
+    (`mobile_export.stream_graph.StreamGraph.streaming_contract`)."""
+    from mobile_export.stream_export import stream_graph
+
+    return stream_graph(source).streaming_contract()
 
 
 def read_contract(out_dir: Path) -> dict[str, Any]:

@@ -30,13 +30,15 @@ class Exporter(ABC):
     """One target format.
 
     Class attributes: ``name`` (the format's name in options, reports and runners), ``suffix``
-    (of the files it writes) and ``precisions`` (each precision it offers -> what that means,
-    quoted in the report).
+    (of the files it writes), ``precisions`` (each precision it offers -> what that means,
+    quoted in the report) and ``streaming`` (its artifacts take one chunk and the stream state
+    per call, mobile_export/stream_export.py; verified chunk by chunk, latency instead of RTF).
     """
 
     name: ClassVar[str]
     suffix: ClassVar[str]
     precisions: ClassVar[dict[str, str]]
+    streaming: ClassVar[bool] = False
 
     @abstractmethod
     def convert(self, source: ExportSource, out_dir: Path, precisions: Sequence[str],

@@ -7,7 +7,9 @@ as they always were: the reference's ``words`` / ``chars`` / ``per_speaker`` onc
 ``logprob_compared_utterances`` once it has run, ``eval.timing`` when speed is not (fully)
 measured, ``traceback`` after a crash and ``zip`` once the bundle is zipped; ``confidence`` and
 each artifact's ``fallback`` only when a fallback target precision is asked for; ``edge_cases``
-(the PyTorch model's) and each artifact's ``edge_cases`` only with the edge-case suite.
+(the PyTorch model's) and each artifact's ``edge_cases`` only with the edge-case suite; a
+streaming artifact's ``streaming`` (token agreement with the PyTorch streaming model, latency)
+instead of its speed fields (mobile_export/stream_export.py).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class ArtifactEntry:
     checks: dict[str, Any] | None = None
     fallback: dict[str, Any] | None = None
     edge_cases: dict[str, dict[str, Any]] | None = None
+    streaming: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -139,6 +142,8 @@ class ArtifactEntry:
             d["fallback"] = self.fallback
         if self.edge_cases is not None:
             d["edge_cases"] = self.edge_cases
+        if self.streaming is not None:
+            d["streaming"] = self.streaming
         return d
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.latency import measure_latency
 from eval.report import Transcripts, compare, transcribe
 from eval.rtf import measure_speed
 from mobile_export.bundle import Artifact
@@ -20,6 +21,7 @@ from mobile_export.options import ExportOptions
 from mobile_export.reference import EvalSet
 from mobile_export.report import ArtifactEntry, exception_text
 from mobile_export.source import ExportSource
+from mobile_export.stream_export import streaming_measures
 
 # What one (format, precision) came to: its artifact, the exception that stopped its export, or
 # why it was not exported (a precision the format does not offer).
@@ -82,8 +84,11 @@ class Verifier:
             entry.scores, rows = compare(self.reference, out, self.data.refs, self.data.utt_ids,
                                          self.data.speakers)
             o = self.options
-            entry.speed = measure_speed(exporter.name, a.path, self.data.pcms[: o.rtf_utterances],
-                                        self.data.sample_rate, o.rtf_repeats, self.threads_all, o.cold_start)
+            if exporter.streaming:
+                entry.streaming = self._streaming(runner, out)
+            else:
+                entry.speed = measure_speed(exporter.name, a.path, self.data.pcms[: o.rtf_utterances],
+                                            self.data.sample_rate, o.rtf_repeats, self.threads_all, o.cold_start)
             self.rows += [{"artifact": a.name, **r} for r in rows]
             if self.fallback is not None and all(lp is not None for lp in out.log_probs):
                 entry.fallback = self.fallback.measure(runner, out, self.data.refs, self.source.tokenizer)
@@ -96,3 +101,13 @@ class Verifier:
             entry.status, entry.gate_passed = "not_run", False
             entry.reason = f"run failed: {exception_text(e)}"
         return True
+
+    def _streaming(self, stepper, out: Transcripts) -> dict:
+        """A streaming artifact's ``streaming`` entry: its token agreement with the PyTorch
+        streaming model (the reference) and, unless speed is off (``rtf_repeats`` 0), its latency
+        on one thread over the first ``rtf_utterances`` utterances (`eval.latency`)."""
+        o = self.options
+        latency = None
+        if o.rtf_repeats:
+            latency = measure_latency(stepper, self.data.pcms[: o.rtf_utterances], self.data.sample_rate)
+        return streaming_measures(self.reference, out, self.source.contract.blank_id, latency)

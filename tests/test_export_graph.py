@@ -156,13 +156,16 @@ def test_every_format_is_an_exporter_with_a_runner(tmp_path):
     """The registry is what `asrkd export --formats` offers: each entry names its runtime's runner,
     offers only known precisions, and writes ``model.<precision><suffix>``."""
     from eval.runners import RUNNERS
+    from eval.streaming_runners import STEPPERS
     from mobile_export.formats import EXPORTERS
     from mobile_export.options import PRECISIONS, ExportOptions
 
-    assert tuple(EXPORTERS) == ("coreml", "tflite", "onnx", "executorch", "sherpa-onnx")
-    assert ExportOptions().formats == ("coreml", "tflite", "onnx", "executorch")  # sherpa-onnx on request
+    assert tuple(EXPORTERS) == ("coreml", "tflite", "onnx", "executorch", "sherpa-onnx", "onnx-stream",
+                                "tflite-stream")
+    # sherpa-onnx on request; the streaming formats by default for a streaming checkpoint only
+    assert ExportOptions().formats == ("coreml", "tflite", "onnx", "executorch")
     for name, exporter in EXPORTERS.items():
-        assert exporter.name == name and RUNNERS[name].format == name
+        assert exporter.name == name and (STEPPERS if exporter.streaming else RUNNERS)[name].format == name
         assert set(exporter.precisions) <= set(PRECISIONS) and "fp32" in exporter.precisions
         folder = tmp_path / "sherpa-onnx" if name == "sherpa-onnx" else tmp_path  # sherpa's own layout
         assert exporter.path(tmp_path, "int8") == folder / f"model.int8{exporter.suffix}"

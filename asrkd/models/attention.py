@@ -92,16 +92,21 @@ class RotarySelfAttention(nn.Module):
         )
         return self.proj(out.transpose(1, 2).flatten(2))
 
-    def forward_chunk(self, x: Tensor, cache: Tensor, offset: int | Tensor) -> tuple[Tensor, Tensor]:
+    def forward_chunk(self, x: Tensor, cache: Tensor, offset: int | Tensor,
+                      key_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One streaming chunk: x [B, C, D] whose first frame is frame ``offset`` of the utterance,
         cache [B, H, Tc, 2 * Dh] (rotated keys and values of the Tc earlier frames the chunk may read)
         -> out [B, C, D], keys and values [B, H, Tc + C, 2 * Dh] (the caller keeps what the next
         chunk may read). Every query reads every cached key and every key of its own chunk, as the
-        chunk mask lets it offline; there is no padding inside a stream."""
+        chunk mask lets it offline; there is no padding inside a stream.
+
+        ``key_mask [Tc + C]`` bool (True = readable), when given, hides cache slots that hold no
+        frame yet: a fixed-size cache (`asrkd.models.conformer.ConformerCTC.step`) is zeros at the
+        start of a stream, and a masked key gets exactly zero weight."""
         q, k, v = self._rotated_qkv(x, offset)
         kv = torch.cat([cache, torch.cat([k, v], dim=-1)], dim=2)
         k, v = kv.chunk(2, dim=-1)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if key_mask is None else key_mask[None, :])
         return self.proj(out.transpose(1, 2).flatten(2)), kv
 
     def _rotated_qkv(self, x: Tensor, offset: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -225,13 +225,14 @@ class ConformerBlock(nn.Module):
         x = x + 0.5 * self.ff2(x)
         return self.norm_out(x)
 
-    def forward_chunk(self, x: Tensor, attention: Tensor, convolution: Tensor, offset: int
-                      ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_chunk(self, x: Tensor, attention: Tensor, convolution: Tensor, offset: int | Tensor,
+                      key_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """One streaming chunk x [B, C, D] starting at encoder frame ``offset``, with this block's
         caches (`asrkd.models.streaming.EncoderState`) -> [B, C, D], keys and values of the cached
-        and new frames, the next convolution cache."""
+        and new frames, the next convolution cache. ``key_mask [Tc + C]``: the readable keys
+        (`RotarySelfAttention.forward_chunk`; None: all)."""
         x = x + 0.5 * self.ff1(x)
-        attended, attention = self.attn.forward_chunk(self.norm_attn(x), attention, offset)
+        attended, attention = self.attn.forward_chunk(self.norm_attn(x), attention, offset, key_mask)
         x = x + self.dropout_attn(attended)
         convolved, convolution = self.conv.forward_chunk(x, convolution)
         x = x + convolved
@@ -345,6 +346,66 @@ class ConformerCTC(nn.Module):
             attention.append(kv if keep is None else kv[:, :, max(0, kv.size(2) - keep):])
             convolution.append(conv_cache)
         return self.ctc_log_probs(x), EncoderState(features, attention, convolution, state.frames + x.size(1))
+
+    def fixed_state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shapes of `step`'s state tensors (one stream): ``features``, ``attention``,
+        ``convolution``, ``frames``. Needs a finite chunking (`step`)."""
+        c = self.config
+        self._check_fixed_chunking()
+        cached = c.left_chunks * c.chunk_size
+        return {
+            "features": (1, c.subsampling, c.n_mels),
+            "attention": (c.n_layers, c.n_heads, cached, 2 * (c.d_model // c.n_heads)),
+            "convolution": (c.n_layers, c.d_model, c.conv_kernel - 1),
+            "frames": (1,),
+        }
+
+    def _check_fixed_chunking(self) -> None:
+        c = self.config
+        if not c.causal or c.chunk_size == FULL_CONTEXT or c.left_chunks == FULL_CONTEXT:
+            raise ValueError(
+                f"a fixed-size stream state needs causal: true, chunk_size > 0 and left_chunks >= 0 (this "
+                f"model: causal={c.causal}, chunk_size={c.chunk_size}, left_chunks={c.left_chunks}); "
+                "train with preset student-stream, or set left_chunks to bound the attention cache"
+            )
+
+    def step(self, feats: Tensor, valid: Tensor, features: Tensor, attention: Tensor, convolution: Tensor,
+             frames: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """`forward_chunk` at the config's chunking with a fixed-size state, for export: one static
+        graph serves a stream's first chunk and every later one (no branch on the first chunk, no
+        growing cache). One stream (batch 1):
+
+        * feats ``[1, chunk_size * subsampling, n_mels]``, the chunk's feature frames, of which
+          ``valid [1]`` int are the utterance's (all but in a stream's last chunk, padded past its
+          end: the others are masked out, as `forward_chunk` on the shorter chunk leaves them out);
+        * features ``[1, subsampling, n_mels]``: as `EncoderState.features`;
+        * attention ``[n_layers, n_heads, K, 2 * head_dim]``, ``K = left_chunks * chunk_size``:
+          block i's rotated keys and values (last axis: keys then values) of the last ``K``
+          encoder frames, oldest first; the first ``K - min(frames, K)`` slots hold no frame yet
+          (zeros at the start) and are masked out;
+        * convolution ``[n_layers, d_model, conv_kernel - 1]``: as `EncoderState.convolution`;
+        * frames ``[1]`` int32: encoder frames so far (0 at the start; RoPE positions, the
+          cache's valid slots and the subsampling front's first-chunk padding derive from it).
+
+        -> log_probs ``[1, chunk_size, V]`` (the first ``ceil(valid / subsampling)`` valid) and the
+        next features, attention, convolution, frames. Equals `forward_chunk` on the same valid
+        frames (a masked key gets exactly zero weight).
+        """
+        self._check_fixed_chunking()
+        chunk, cached = self.config.chunk_size, attention.size(2)
+        x, features = self.subsampling.forward_chunk(feats, features, first=frames == 0, valid=valid)
+        # Slot j of the cache holds a frame once frames >= K - j; of the chunk's own keys, those of
+        # the utterance's frames.
+        positions = torch.arange(max(cached, chunk), device=x.device)
+        key_mask = torch.cat([positions[:cached] >= cached - frames,
+                              positions[:chunk] < self.output_lengths(valid)])
+        next_attention, next_convolution = [], []
+        for i, block in enumerate(self.blocks):
+            x, kv, conv = block.forward_chunk(x, attention[i : i + 1], convolution[i : i + 1], frames, key_mask)
+            next_attention.append(kv[:, :, chunk:])
+            next_convolution.append(conv)
+        return (self.ctc_log_probs(x), features, torch.cat(next_attention), torch.cat(next_convolution),
+                frames + chunk)
 
     def ctc_log_probs(self, hidden: Tensor) -> Tensor:
         """The CTC head on encoder states [B, T', d_model]: log_softmax over V, in float32. Also

@@ -86,18 +86,19 @@ class ConvSubsampling(nn.Module):
             freq = stage_length(freq)
         self.out = nn.Linear(channels * freq, d_model)
 
-    def forward(self, feats: Tensor, feat_lens: Tensor, left_padding: int = 0) -> tuple[Tensor, Tensor]:
+    def forward(self, feats: Tensor, feat_lens: Tensor, left_padding: int | Tensor = 0) -> tuple[Tensor, Tensor]:
         """feats [B, T, F], feat_lens [B] -> x [B, T', d_model], lens [B] (T' = subsampled T).
 
         ``left_padding`` (a multiple of ``factor``): the first frames are not part of the
-        utterance; every stage reads them as zeros (see the module docstring)."""
+        utterance; every stage reads them as zeros (see the module docstring). A 0-d int tensor
+        keeps it an input of a traced graph (`forward_chunk` with a tensor ``first``)."""
         x = feats.unsqueeze(1)  # [B, 1, T, F]
         lens = feat_lens
         for stage in self.stages:
             valid = time_mask(lens, x.size(2))
-            if left_padding:
+            if isinstance(left_padding, Tensor) or left_padding:
                 valid = valid & (torch.arange(x.size(2), device=x.device) >= left_padding)[None, :]
-                left_padding //= 2
+                left_padding = left_padding // 2
             # masked_fill rather than a multiply: NaN/inf in padding must not leak either.
             x = x.masked_fill(~valid[:, None, :, None], 0.0)
             x = stage(x)
@@ -107,11 +108,22 @@ class ConvSubsampling(nn.Module):
         x = x.transpose(1, 2).flatten(2)
         return self.out(x), lens
 
-    def forward_chunk(self, feats: Tensor, cache: Tensor, first: bool) -> tuple[Tensor, Tensor]:
+    def forward_chunk(self, feats: Tensor, cache: Tensor, first: bool | Tensor,
+                      valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One streaming chunk: feats [B, n, F] (n a multiple of ``factor``, except in the last
         chunk), cache [B, factor, F] (the previous chunk's last frames; zeros and ``first`` for a
-        stream's first chunk) -> x [B, ceil(n / factor), d_model], the next cache."""
+        stream's first chunk) -> x [B, ceil(n / factor), d_model], the next cache. ``first`` may
+        be a 0-d bool tensor (one traced graph for the first chunk and every later one).
+        ``valid [B]`` int: only the first ``valid`` frames of ``feats`` are the utterance's (a
+        fixed-size last chunk padded past its end); its outputs from ``ceil(valid / factor)`` on
+        are unspecified. None: all ``n``."""
         x = torch.cat([cache, feats], dim=1)
         lens = torch.full((x.size(0),), x.size(1), dtype=torch.long, device=x.device)
-        out, _ = self(x, lens, left_padding=self.factor if first else 0)
+        if valid is not None:
+            lens = torch.minimum(lens, valid.to(torch.long) + self.factor)
+        if isinstance(first, Tensor):
+            left_padding = first.to(torch.int32) * self.factor
+        else:
+            left_padding = self.factor if first else 0
+        out, _ = self(x, lens, left_padding=left_padding)
         return out[:, 1:], x[:, x.size(1) - self.factor :]
