@@ -137,20 +137,29 @@ def _add_lexicon_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from asrkd.data.manifest import ManifestError
     from asrkd.inference import evaluate_checkpoint
+    from asrkd.metrics import oov_summary
 
     lexicon = _read_lexicon(args)
     result = evaluate_checkpoint(args.checkpoint, args.manifest, json_out=args.json, beam=args.beam,
                                  lexicon=lexicon, chunk_size=args.chunk_size, left_chunks=args.left_chunks)
     for item in result["skipped_utterances"]:  # unreadable audio: named, left out of the score
         print(_printable(f"asrkd eval: skipped {item['utt_id']}: {item['reason']}"), file=sys.stderr)
+    for item in result["skipped_references"]:  # empty references: named, left out of the score
+        print(_printable(f"asrkd eval: skipped {item['utt_id']}: {item['reason']}"), file=sys.stderr)
+    if result["oov_references"]:
+        print(_printable(f"asrkd eval: warning: {oov_summary(result['oov_references'])}"), file=sys.stderr)
+    if result["wer"] is None:
+        raise ManifestError(f"{args.manifest}: no utterance has a reference text to score against "
+                            "(give each line its 'text'; `asrkd transcribe` transcribes without one)")
     if lexicon is not None:
         print(f"decoding restricted to the {len(lexicon)} words of {args.lexicon} (beam {result['beam']})")
     if "chunk_size" in result:  # a streaming checkpoint: which chunking was scored
         print(f"chunk_size {result['chunk_size']} encoder frames, left_chunks {result['left_chunks']} "
               "(-1: full context / unlimited)")
     print(f"WER {100 * result['wer']:.2f} %  CER {100 * result['cer']:.2f} %  "
-          f"({result['utterances']} utterances)")
+          f"({result['scored_utterances']} utterances)")
     for spk, r in result.get("per_speaker", {}).items():
         print(f"  {spk}: WER {100 * r['wer']:.2f} %  CER {100 * r['cer']:.2f} %  ({r['utterances']} utts)")
     if result.get("chunk_size", -1) > 0:  # a chunked streaming run: its latency (PyTorch, one thread)
@@ -162,8 +171,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if result["skipped"]:
         print(f"asrkd eval: {result['skipped']} of {result['skipped'] + result['utterances']} utterance(s) "
               "skipped (unreadable audio, not scored)", file=sys.stderr)
-        return 2
-    return 0
+    if result["skipped_references"]:
+        print(f"asrkd eval: {len(result['skipped_references'])} of {result['utterances']} readable utterance(s) "
+              "not scored (empty reference)", file=sys.stderr)
+    return 2 if result["skipped"] or result["skipped_references"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -171,7 +171,7 @@ def evaluate(
     kept = [i for i in range(len(utts)) if i not in skipped]
     hyps = [results[i].text for i in kept]
     refs = [normalize_text(utts[i].text or "") for i in kept]
-    out = score(refs, hyps, [utts[i].speaker for i in kept])
+    out = score(refs, hyps, [utts[i].speaker for i in kept], vocabulary=tokenizer, utt_ids=[utts[i].utt_id for i in kept])
     out.update(hyps=hyps, refs=refs, confidences=[results[i].confidence for i in kept])
     if skip_unreadable:
         out["skipped"] = [{"index": i, "utt_id": utts[i].utt_id, "audio_filepath": utts[i].audio_filepath,

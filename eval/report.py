@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from asrkd.decoding import greedy_decode
-from asrkd.metrics import score, utterance_wer
+from asrkd.metrics import Vocabulary, score, utterance_wer
 
 DEFINITIONS = {
     "wer": "corpus word error rate, fraction (0.05 = 5 %), greedy CTC, normalised text",
@@ -106,9 +106,11 @@ def transcribe(runner, pcms: Sequence[np.ndarray], tokenizer) -> Transcripts:
 @dataclass
 class Scores:
     """How one runner's transcripts score: against the references (``wer``, ``cer`` and their
-    counts ``words``, ``chars``, as `asrkd.metrics.ErrorRate` dicts; ``per_speaker``) and against
-    the PyTorch reference (``agreement``, ``max_abs_logprob_diff`` over the
-    ``logprob_compared_utterances`` that both ran in one piece; ``chunked_utterances``)."""
+    counts ``words``, ``chars``, as `asrkd.metrics.ErrorRate` dicts; ``per_speaker``; the
+    ``skipped_references`` left out and the ``oov_references`` scored with characters the model
+    has no token for, as `asrkd.metrics.score` lists them) and against the PyTorch reference
+    (``agreement``, ``max_abs_logprob_diff`` over the ``logprob_compared_utterances`` that both
+    ran in one piece; ``chunked_utterances``)."""
 
     wer: float | None
     cer: float | None
@@ -119,12 +121,16 @@ class Scores:
     logprob_compared_utterances: int
     chunked_utterances: int
     per_speaker: dict | None
+    skipped_references: list[dict] = field(default_factory=list)
+    oov_references: list[dict] = field(default_factory=list)
 
 
 def compare(reference: Transcripts, candidate: Transcripts, refs: Sequence[str],
-            utt_ids: Sequence[str], speakers: Sequence[str | None] | None = None) -> tuple[Scores, list[dict]]:
-    """Scores of ``candidate`` (and its agreement with ``reference``): (summary, per-utterance rows)."""
-    scores = score(list(refs), candidate.texts, speakers)
+            utt_ids: Sequence[str], speakers: Sequence[str | None] | None = None,
+            vocabulary: Vocabulary | None = None) -> tuple[Scores, list[dict]]:
+    """Scores of ``candidate`` (and its agreement with ``reference``): (summary, per-utterance
+    rows). ``vocabulary``: the model's tokenizer, to list the references it cannot spell."""
+    scores = score(list(refs), candidate.texts, speakers, vocabulary=vocabulary, utt_ids=utt_ids)
     rows, diffs, same = [], [], 0
     for i, (ref_lp, lp) in enumerate(zip(reference.log_probs, candidate.log_probs, strict=True)):
         agrees = candidate.texts[i] == reference.texts[i]
@@ -149,6 +155,8 @@ def compare(reference: Transcripts, candidate: Transcripts, refs: Sequence[str],
         logprob_compared_utterances=len(diffs),
         chunked_utterances=sum(c > 1 for c in candidate.chunks),
         per_speaker=scores.get("per_speaker"),
+        skipped_references=scores["skipped_references"],
+        oov_references=scores.get("oov_references", []),
     )
     return summary, rows
 
