@@ -12,7 +12,7 @@ from pathlib import Path
 
 from asrkd.config import TrainConfig
 from asrkd.demo.plan import DemoError, DemoPlan
-from asrkd.demo.stages import PIPELINE, STAGES
+from asrkd.demo.stages import pipeline
 from asrkd.fileio import write_json
 from eval.rtf import all_threads
 
@@ -99,23 +99,24 @@ class Demo:
         t_all = time.perf_counter()
         outputs: dict[str, dict] = {}
         redone: set[str] = set()
-        for i, stage in enumerate(PIPELINE, 1):
+        stages = pipeline(self.plan)
+        for i, stage in enumerate(stages, 1):
             name = stage.name
             stale = name == "report" or any(d in redone for d in stage.reads)
             record = None if stale else self.done(name)
             if record is not None:
-                self.log(f"[{i}/{len(STAGES)}] {name}: done earlier ({record['seconds']:.0f} s), reusing "
+                self.log(f"[{i}/{len(stages)}] {name}: done earlier ({record['seconds']:.0f} s), reusing "
                          f"{self.stage_file(name)}")
                 outputs[name] = record["outputs"]
                 self.stage_seconds[name] = record["seconds"]
                 continue
-            self.log(f"[{i}/{len(STAGES)}] {name}: {stage.text}")
+            self.log(f"[{i}/{len(stages)}] {name}: {stage.text}")
             redone.add(name)
             t0 = time.perf_counter()
             outputs[name] = stage.run(self, outputs)
             seconds = time.perf_counter() - t0
             self.stage_seconds[name] = seconds
-            self.log(f"[{i}/{len(STAGES)}] {name}: finished in {seconds:.0f} s")
+            self.log(f"[{i}/{len(stages)}] {name}: finished in {seconds:.0f} s")
             if name != "report":
                 write_json(self.stage_file(name), {"plan": self.plan.fingerprint(), "seconds": seconds,
                                                    "outputs": outputs[name]})

@@ -4,6 +4,8 @@
     recipes/demo/<plan>/teacher.yaml, student_ctc.yaml, student_kd.yaml
                                       the plan's stages: ``base: ../<stage>.yaml`` plus its sizes
                                       and schedule (``asrkd train --config`` replays one)
+    recipes/demo/<plan>/student_stream.yaml
+                                      optional: a streaming student too (`STREAMING_STAGE`)
     recipes/demo/<plan>/plan.yaml     the synthetic corpus and the export settings
 
 The stage files are `TrainConfig` files like any other. Their paths name the plan's default
@@ -26,6 +28,8 @@ from asrkd.errors import AsrkdError
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
 TRAINING_STAGES = ("teacher", "student_kd", "student_ctc")
+# A plan with this stage file also distils a streaming student and reports its latency.
+STREAMING_STAGE = "student_stream"
 SPLITS = ("train", "dev", "test")
 # Fields the demo sets for the folder it runs in (and the cores it has), whatever a stage file
 # says: they are left out of the plan's fingerprint, which must not depend on where the folder is.
@@ -50,9 +54,10 @@ class SynthSplit:
 class DemoPlan:
     """Sizes and settings of one demo run, read from ``recipes/demo/<name>/`` (`from_folder`).
 
-    ``stages`` holds the `TrainConfig` of each training stage as its file states it; the demo
-    copies it and sets `PLACED_FIELDS` for its folder (`Demo.train_config`). ``export`` holds the
-    keyword arguments of ``mobile_export.export.ExportOptions``.
+    ``stages`` holds the `TrainConfig` of each training stage as its file states it (`STREAMING_STAGE`
+    too if the folder has its file: `streaming`); the demo copies it and sets `PLACED_FIELDS` for
+    its folder (`Demo.train_config`). ``export`` holds the keyword arguments of
+    ``mobile_export.export.ExportOptions``.
     """
 
     name: str
@@ -89,7 +94,8 @@ class DemoPlan:
             keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
             raise DemoError(f"{path}: expected the keys {list(_PLAN_KEYS)}, got {keys}")
         stages = {}
-        for stage in TRAINING_STAGES:
+        optional = [STREAMING_STAGE] if (folder / f"{STREAMING_STAGE}.yaml").is_file() else []
+        for stage in (*TRAINING_STAGES, *optional):
             try:
                 stages[stage] = TrainConfig.from_yaml(folder / f"{stage}.yaml")
             except ConfigError as e:
@@ -105,9 +111,15 @@ class DemoPlan:
         return plan
 
     @property
+    def streaming(self) -> bool:
+        """Whether the plan distils a streaming student (its folder has `STREAMING_STAGE`'s file)."""
+        return STREAMING_STAGE in self.stages
+
+    @property
     def cache_layers(self) -> tuple[int, ...]:
-        """The teacher layers the cache keeps: those the KD student's ``kd.layer_map`` reads."""
-        return tuple(sorted(set(self.stages["student_kd"].kd.layer_map.values())))
+        """The teacher layers the cache keeps: those the KD students' ``kd.layer_map`` read."""
+        students = [s for s in ("student_kd", STREAMING_STAGE) if s in self.stages]
+        return tuple(sorted({layer for s in students for layer in self.stages[s].kd.layer_map.values()}))
 
     def export_options(self):
         """``mobile_export.export.ExportOptions`` of the export stage."""

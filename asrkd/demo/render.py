@@ -15,6 +15,11 @@ def _rtf(x) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def _ms(spread) -> str:
+    """A latency `eval.latency.Spread` dict as "median (p95)" milliseconds; "-" for none."""
+    return "-" if spread is None else f"{1000 * spread['median']:.0f} ({1000 * spread['p95']:.0f})"
+
+
 MODEL_LABELS = {"teacher": "teacher", "student_kd": "student + KD", "student_ctc": "student, CTC only"}
 
 
@@ -33,7 +38,49 @@ def summary_table(report: dict) -> list[str]:
         label = f"{a['format']} {a['precision']}" + ("" if a["status"] == "ok" else f" ({a['status']})")
         lines.append(f"{label:<26} {'':>8} {_pct(a['wer']):>7} {_pct(a['cer']):>7} "
                      f"{_rtf(a['rtf_1thread']):>9} {size:>7}")
+    for label, m in _streaming_rows(report):
+        latency = m["latency"]
+        lines.append(f"{label:<26} {_params(m):>8} {_pct(m['wer']):>7} {_pct(m['cer']):>7} "
+                     f"{_rtf(m['rtf_1thread']):>9} {'':>7}  first partial {_ms(latency['first_partial'])} ms, "
+                     f"final {_ms(latency['final'])} ms (median (p95))")
     return lines
+
+
+def _params(m: dict) -> str:
+    return f"{m['params'] / 1e6:.2f}M" if m.get("params") else ""
+
+
+def _streaming_rows(report: dict) -> list[tuple[str, dict]]:
+    """(label, figures) of the streaming student in PyTorch, when the plan has one."""
+    m = report.get("student_stream")
+    if m is None:
+        return []
+    return [(f"streaming student {1000 * m['latency']['chunk_seconds']:.0f} ms", m)]
+
+
+def _streaming_section(report: dict) -> list[str]:
+    """REPORT.md's streaming table: WER while streaming and the latency an app would see."""
+    rows = _streaming_rows(report)
+    if not rows:
+        return []
+    m = report["student_stream"]
+    lines = ["## Streaming student", "",
+             f"The KD student's recipe with the preset `student-stream` (causal convolution, attention in "
+             f"chunks of {m['chunk_size']} encoder frames with {m['left_chunks']} chunks of left context) and "
+             "a raw log-mel front end, distilled from the same cache. It emits text while the audio "
+             "arrives; WER is that of the text it emits. Latency on one thread, audio arriving in real "
+             "time (eval/latency.py): first partial = from the speech onset to the first token, final = "
+             "from the end of the audio to the final text, median (p95) over the test set.", "",
+             "| model | chunk ms | test WER % | first partial ms | final ms | compute per chunk ms | RTF (1 thread) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, m in rows:
+        latency = m["latency"]
+        compute = latency["chunk_compute"]
+        no_token = f" ({latency['no_token']} of {latency['utterances']} without a token)" if latency["no_token"] else ""
+        lines.append(f"| {label} (PyTorch) | {1000 * latency['chunk_seconds']:.0f} | {_pct(m['wer'])} | "
+                     f"{_ms(latency['first_partial'])}{no_token} | {_ms(latency['final'])} | "
+                     f"{1000 * compute['median']:.1f} | {_rtf(m['rtf_1thread'])} |")
+    return [*lines, ""]
 
 
 def render_demo_markdown(report: dict) -> str:
@@ -98,6 +145,7 @@ def render_demo_markdown(report: dict) -> str:
               "![artifact sizes](plots/sizes.png)", ""]
     if report["export"].get("edge_cases"):
         lines += _edge_case_section(report["export"])
+    lines += _streaming_section(report)
     lines += ["## Training", "",
               "![training curves](plots/training.png)", "",
               "| stage | seconds |", "|---|---:|"]

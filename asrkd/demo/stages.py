@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asrkd.demo.plan import DemoError
+from asrkd.demo.plan import STREAMING_STAGE, DemoError
 from asrkd.demo.render import render_demo_markdown, summary_table
 from asrkd.fileio import atomic_write_text, write_json
 
 if TYPE_CHECKING:
     from asrkd.demo.engine import Demo
+    from asrkd.demo.plan import DemoPlan
 
 
 def data(demo: Demo, _outputs: dict) -> dict:
@@ -129,6 +130,13 @@ def student_ctc(demo: Demo, _outputs: dict) -> dict:
     return {"checkpoint": str(best), "run_dir": cfg.run.out_dir}
 
 
+def student_stream(demo: Demo, outputs: dict) -> dict:
+    """Distil the streaming student from the cache (plans with a student_stream.yaml)."""
+    from asrkd.distill import Distiller
+
+    return _fit(Distiller, demo.train_config(STREAMING_STAGE, outputs=outputs), STREAMING_STAGE)
+
+
 def _fit(trainer_class, cfg, run: str) -> dict:
     best = trainer_class(cfg, resume=True).fit()
     if best is None:
@@ -158,9 +166,14 @@ def report(demo: Demo, outputs: dict) -> dict:
     for name in ("teacher", "student_kd", "student_ctc"):
         models[name] = _measured(demo, name, outputs[name]["checkpoint"])
         models[name]["run_dir"] = outputs[name]["run_dir"]
+    if STREAMING_STAGE in outputs:
+        models[STREAMING_STAGE] = _measured(demo, STREAMING_STAGE, outputs[STREAMING_STAGE]["checkpoint"],
+                                            _measure_streaming)
+        models[STREAMING_STAGE]["run_dir"] = outputs[STREAMING_STAGE]["run_dir"]
     demo_report = {
         "demo": {"plan": demo.plan.to_dict(), "out": str(demo.out),
-                 "stage_seconds": {s: round(demo.stage_seconds.get(s, 0.0), 1) for s in STAGES},
+                 "stage_seconds": {s.name: round(demo.stage_seconds.get(s.name, 0.0), 1)
+                                   for s in pipeline(demo.plan)},
                  "data": outputs["data"]["splits"], "cache": outputs["cache"]["summary"],
                  "test_manifest": str(demo.manifests["test"]),
                  "real_manifest": str(demo.real_manifest) if demo.real_manifest else None},
@@ -178,8 +191,8 @@ def report(demo: Demo, outputs: dict) -> dict:
     return {"report": str(demo.out / "report.json")}
 
 
-def _measured(demo: Demo, name: str, checkpoint: str) -> dict:
-    """`_measure_model`'s figures, kept in ``stages/measure_<name>.json`` and reused while the
+def _measured(demo: Demo, name: str, checkpoint: str, measure: Callable[[Demo, str], dict] | None = None) -> dict:
+    """``measure``'s figures (default `_measure_model`'s), kept in ``stages/measure_<name>.json`` and reused while the
     checkpoint's weights, the plan and the real manifest are unchanged. The report is rendered
     on every run; re-timing the models each time would let a rerun on a busy machine replace
     the figures of the run that trained them (and disagree with the export's own timings)."""
@@ -196,7 +209,7 @@ def _measured(demo: Demo, name: str, checkpoint: str) -> dict:
             demo.log(f"  {name}: measured earlier, reusing {path}")
             return record["figures"]
     demo.log(f"  measuring {name}")
-    figures = _measure_model(demo, checkpoint)
+    figures = (measure or _measure_model)(demo, checkpoint)
     write_json(path, {"key": key, "figures": figures})
     return figures
 
@@ -240,6 +253,25 @@ def _measure_model(demo: Demo, checkpoint: str) -> dict:
         real = score(demo.real_manifest)
         m["wer_real"], m["cer_real"] = real["wer"], real["cer"]
     return m
+
+
+def _measure_streaming(demo: Demo, checkpoint: str) -> dict:
+    """The streaming student in PyTorch on the test split: WER/CER at its config's chunking (the
+    text it emits while streaming), params, and its latency on one thread, audio arriving in real
+    time (`eval.latency.checkpoint_latency`); ``rtf_1thread`` is the latency run's median RTF."""
+    from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
+    from asrkd.data import read_manifest
+    from asrkd.inference import evaluate
+    from asrkd.models.conformer import count_parameters
+    from eval.latency import checkpoint_latency
+
+    loaded = load_checkpoint(resolve_checkpoint(checkpoint))
+    test = evaluate(loaded.model, loaded.frontend, loaded.tokenizer, read_manifest(demo.manifests["test"]))
+    chunking = loaded.model.chunking(None, None)
+    latency = checkpoint_latency(checkpoint, demo.manifests["test"])
+    return {"checkpoint": checkpoint, "params": count_parameters(loaded.model), "wer": test["wer"],
+            "cer": test["cer"], "chunk_size": chunking.chunk_size, "left_chunks": chunking.left_chunks,
+            "rtf_1thread": latency.rtf.median, "latency": latency.to_dict()}
 
 
 @contextlib.contextmanager
@@ -310,3 +342,14 @@ PIPELINE: tuple[Stage, ...] = (
           "measuring WER and speed, writing report.json, REPORT.md and plots", report),
 )
 STAGES = tuple(s.name for s in PIPELINE)
+# Before the report, in a plan with a streaming student (`DemoPlan.streaming`).
+STREAMING: tuple[Stage, ...] = (
+    Stage(STREAMING_STAGE, ("cache",), "distilling the streaming student (student-stream, raw log-mel) "
+          "from the cache", student_stream),
+)
+
+
+def pipeline(plan: DemoPlan) -> tuple[Stage, ...]:
+    """The stages ``plan`` runs, in order: `PIPELINE`, with `STREAMING` before the report if it
+    has a streaming student."""
+    return (*PIPELINE[:-1], *(STREAMING if plan.streaming else ()), PIPELINE[-1])
