@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from asrkd.contract import SAMPLE_RATE
+from asrkd.errors import AsrkdError
 from asrkd.text import TOKENS_FILENAME, WORD_SEP
 
 FORMATS = ("torch", "onnx", "tflite", "executorch", "coreml", "sherpa-onnx")
@@ -53,6 +54,11 @@ SHERPA_REQUIRED_METADATA = ("vocab_size", "subsampling_factor", "normalize_type"
 
 class RunnerUnavailable(RuntimeError):
     """The runtime cannot execute here (e.g. Core ML on Linux); the message says why."""
+
+
+class ArtifactError(AsrkdError, OSError):
+    """An artifact that is missing, or that its runtime cannot load (truncated, another format);
+    the message names the file. An ``OSError``: like a file that cannot be read."""
 
 
 class Runner(ABC):
@@ -355,7 +361,21 @@ RUNNERS: dict[str, type[Runner]] = {
 
 
 def open_runner(fmt: str, path: str | Path, threads: int = 1) -> Runner:
-    """Load the artifact (or, for ``torch``, the checkpoint) at ``path`` with ``threads`` threads."""
+    """Load the artifact (or, for ``torch``, the checkpoint) at ``path`` with ``threads`` threads.
+
+    Raises:
+        ArtifactError: the file is missing, or the runtime cannot load it (its own error, e.g.
+            onnxruntime's InvalidProtobuf, is chained).
+        RunnerUnavailable, ImportError: the runtime cannot run here.
+    """
     if fmt not in RUNNERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
-    return RUNNERS[fmt].load(path, threads)
+    if fmt != "torch" and not Path(path).exists():
+        raise ArtifactError(f"{path}: no such {fmt} artifact; export it again (asrkd export) or restore the file")
+    try:
+        return RUNNERS[fmt].load(path, threads)
+    except (RunnerUnavailable, ImportError, AsrkdError):
+        raise
+    except Exception as e:  # each runtime has its own error types for a file it cannot read
+        raise ArtifactError(f"{path}: {fmt} cannot load it ({type(e).__name__}: {e}); the file is damaged or "
+                            f"not an asrkd {fmt} artifact: export it again (asrkd export)") from e
