@@ -66,6 +66,7 @@ from asrkd.decoding import prefix_beam_search, utterance_confidence
 from asrkd.errors import AsrkdError
 from asrkd.fileio import atomic_write_text
 from asrkd.progress import progress as progress_bar
+from asrkd.text import vocabulary_sha256
 
 FORMAT = "asrkd-posterior-cache"
 VERSION = 1
@@ -602,6 +603,7 @@ class PosteriorCache:
         self.hidden_layers: list[int] = info["request"]["settings"]["hidden_layers"]
         self.hidden_sizes = {int(k): v for k, v in info["hidden_sizes"].items()}
         self.teacher: dict = info["request"]["teacher"]
+        self.teacher_checked = False  # set by `check` when it compared the cache with a teacher
         self._index: dict[str, list[int]] = info["index"]
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
         self._meta: dict[int, dict] = {}
@@ -630,12 +632,22 @@ class PosteriorCache:
         """Raise `StaleCacheError` unless every utterance is in the cache with the same path,
         duration, offset and text (and, given ``teacher``, the teacher is the one it was built with)."""
         changes = diff_teacher(self.teacher, teacher.describe()) if teacher is not None else []
+        self.teacher_checked = teacher is not None
         new = {u.utt_id: entry_of(u) for u in utts}
         _, old = _read_entries(self.folder)
         changes += diff_entries(old, new, missing_ok=True)
         if changes:
             raise StaleCacheError(self.folder, changes, "rebuild it: asrkd cache build --teacher ... --manifest ... "
                                                         f"--out {self.folder} --force")
+
+    def teacher_identity(self) -> str:
+        """Which teacher built the cache, in words: its kind, weights and vocabulary hashes (the
+        parts of ``request.json``'s teacher that a person can compare)."""
+        t = self.teacher
+        parts = [f"weights sha256 {str(t['weights'])[:12]}"] if t.get("weights") else []
+        if self.has_posteriors:
+            parts.append(f"{len(self.vocabulary)} tokens, vocabulary sha256 {vocabulary_sha256(self.vocabulary)[:12]}")
+        return f"a {t.get('kind', 'unknown')} teacher" + (f" ({', '.join(parts)})" if parts else "")
 
     def _shard(self, shard: int) -> dict[str, np.ndarray]:
         if shard not in self._arrays:

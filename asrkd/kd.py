@@ -32,6 +32,7 @@ from asrkd.errors import AsrkdError
 from asrkd.features import FrontendConfig
 from asrkd.losses import (
     CTCLoss,
+    FrameRateError,
     ModelOutput,
     TrainingLoss,
     VocabularyMap,
@@ -48,7 +49,7 @@ from asrkd.losses import (
     sequence_kd_loss,
 )
 from asrkd.teacher_targets import TargetSource
-from asrkd.text import BLANK
+from asrkd.text import BLANK, vocabulary_sha256
 
 __all__ = ["FRAME_TERMS", "KDLoss", "KDSettingError"]
 
@@ -78,8 +79,9 @@ class KDLoss(TrainingLoss):
     the ctc term (default: `CTCLoss` without intermediate CTC).
 
     Raises `KDSettingError` for inconsistent arguments, `VocabularyMismatchError` when frame KD
-    is asked across vocabularies that cannot be matched, `FrameRateError` when the frame rates
-    do not line up.
+    is asked across vocabularies that cannot be matched or share too few symbols
+    (`MIN_SHARED_SYMBOLS`: a foreign vocabulary, even of the same size), `FrameRateError` when
+    the frame rates do not line up; both name the target source (a cache names its teacher).
 
     >>> kd = KDLoss(CachedTargets("runs/kd_cache"), model, tokenizer,
     ...             weights={"ctc": 1.0, "frame": 1.0}, temperature=2.0)      # doctest: +SKIP
@@ -118,6 +120,8 @@ class KDLoss(TrainingLoss):
         except VocabularyMismatchError:
             if "frame" in self.terms:
                 raise
+        if self.vmap is not None and "frame" in self.terms:
+            _check_shared_symbols(targets, tokenizer, self.vmap)
         blank = targets.blank_id
         if self.vmap is not None and targets.vocabulary[blank] != BLANK:
             raise VocabularyMismatchError(f"{targets}: the teacher's blank (id {blank}) is "
@@ -129,7 +133,10 @@ class KDLoss(TrainingLoss):
                                  "posterior cache (built at the teacher's rate) or a student front end at the "
                                  "teacher's rate")
         student_shift = student.output_frame_shift
-        self.ratio = frame_ratio(targets.frame_shift, student_shift) if set(FRAME_TERMS) & set(self.terms) else 1
+        try:
+            self.ratio = frame_ratio(targets.frame_shift, student_shift) if set(FRAME_TERMS) & set(self.terms) else 1
+        except FrameRateError as e:  # say which teacher (which cache) the frames came from
+            raise FrameRateError(f"{targets}: {e}") from None
         self.projections = self._projections(model)
 
     def _projections(self, model: nn.Module) -> nn.ModuleDict:
@@ -221,6 +228,35 @@ class KDLoss(TrainingLoss):
             targets = map_targets(targets, self.vmap)
             vocab_size = self.vmap.student_size
         return align_to_student(pool_frames(targets, self.ratio, vocab_size), student_lens, max_t)
+
+
+# Frame KD across two vocabularies maps the teacher's symbols onto the student's by name. When
+# the student has less than this share of its symbols in the teacher's vocabulary, the vocabulary
+# is foreign (another language, another tokenizer of the same size): most of the teacher's mass
+# would land in the residual and the student would learn to emit nothing it can spell.
+MIN_SHARED_SYMBOLS = 0.5
+
+
+def _check_shared_symbols(targets: TargetSource, tokenizer, vmap: VocabularyMap) -> None:
+    """Refuse frame KD between a teacher and a student whose vocabularies share too few symbols,
+    naming both (`MIN_SHARED_SYMBOLS`)."""
+    student = [t for t in tokenizer.tokens if t != BLANK]
+    missing = set(vmap.uncovered_student)
+    shared = sum(t not in missing for t in student)
+    if vmap.identity or shared >= MIN_SHARED_SYMBOLS * len(student):
+        return
+    raise VocabularyMismatchError(
+        f"{targets}: the teacher's vocabulary ({_vocabulary_words(targets.vocabulary)}) and the student's "
+        f"({_vocabulary_words(tokenizer.tokens)}) share only {shared} of the student's {len(student)} symbols: "
+        "frame KD would teach the student nothing it can spell. Train the student on the teacher's tokens "
+        "(data.tokens), use a cache or teacher built for this student's vocabulary, or set kd.weights.frame: 0"
+    )
+
+
+def _vocabulary_words(tokens) -> str:
+    """A vocabulary in an error message: size, hash and a few symbols."""
+    examples = ", ".join(repr(t) for t in [t for t in tokens if t != BLANK][:6])
+    return f"{len(tokens)} tokens, sha256 {vocabulary_sha256(tokens)[:12]}, e.g. {examples}"
 
 
 def _as_weights(weights: KDWeights | Mapping[str, float | TermWeight] | None) -> KDWeights:

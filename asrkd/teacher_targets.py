@@ -103,7 +103,10 @@ class CachedTargets(TargetSource):
         self._nbest: dict[str, list[tuple[list[int], float]]] = {}
 
     def __str__(self) -> str:
-        return f"cache {self.cache.folder}"
+        """The cache and the teacher that built it (said once per run: when no teacher was given
+        to check the cache with, this is the only word on where its targets came from)."""
+        checked = "" if self.cache.teacher_checked else "; not checked against a teacher (kd.teacher unset)"
+        return f"cache {self.cache.folder} (built by {self.cache.teacher_identity()}{checked})"
 
     def hidden_size(self, layer: int) -> int:
         sizes = self.cache.hidden_sizes

@@ -113,6 +113,12 @@ class TokenizerFileError(AsrkdError, ValueError):
     """A `tokens.txt` or tokenizer dict is malformed; the message names file:line."""
 
 
+def vocabulary_sha256(tokens: Sequence[str]) -> str:
+    """sha256 of a vocabulary's canonical `tokens.txt` (a character tokenizer's `fingerprint`):
+    equal iff the symbols and their ids are; what errors name a vocabulary by."""
+    return _sha256(_tokens_txt(tokens).encode("utf-8"))
+
+
 def _tokens_txt(tokens: Sequence[str]) -> str:
     return "".join(f"{sym} {i}\n" for i, sym in enumerate(tokens))
 
@@ -305,7 +311,7 @@ class CharTokenizer(_CTCVocabulary):
 
     def fingerprint(self) -> str:
         """sha256 of the canonical `tokens.txt`: equal iff the vocabularies are identical."""
-        return _sha256(self.tokens_txt().encode("utf-8"))
+        return vocabulary_sha256(self.tokens)
 
     def to_dict(self) -> dict[str, Any]:
         """What a checkpoint's config.json stores under ``tokenizer`` (the vocabulary itself)."""
