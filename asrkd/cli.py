@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from asrkd.contract import NBEST, NBEST_BEAM, TOP_K
 from asrkd.errors import AsrkdError
+
+
+def _positive(kind: type) -> Callable[[str], int | float]:
+    """An argparse ``type`` that reads ``kind`` (int or float) and refuses values <= 0."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # what argparse names in its own messages
+    return parse
+
+
+def _output_file(text: str) -> Path:
+    """An argparse ``type`` for a file the command writes: refuses an existing folder."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give the name of a file to write")
+    return Path(text)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -222,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_manifest_check)
     p = msub.add_parser("filter", help="write a subset of a manifest, e.g. to hold out speakers")
     p.add_argument("manifest")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, type=_output_file)
     p.add_argument("--speaker", action="append", help="keep only this speaker (repeatable)")
     p.add_argument("--exclude-speaker", action="append", help="drop this speaker (repeatable)")
     p.set_defaults(func=_cmd_manifest_filter)
@@ -234,15 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")
     p.add_argument("checkpoint", help="checkpoint folder or run folder")
     p.add_argument("audio", nargs="+")
-    p.add_argument("--beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
+    p.add_argument("--beam", type=_positive(int), default=1, help="CTC prefix beam width (1: greedy)")
     _add_lexicon_argument(p)
     p.set_defaults(func=_cmd_transcribe)
 
     p = sub.add_parser("eval", help="WER/CER of a checkpoint on a manifest")
     p.add_argument("checkpoint", help="checkpoint folder or run folder")
     p.add_argument("--manifest", required=True)
-    p.add_argument("--json", type=Path, help="write the result here (+ per-utterance JSONL beside it)")
-    p.add_argument("--beam", type=int, default=1, help="CTC prefix beam width (1: greedy)")
+    p.add_argument("--json", type=_output_file, help="write the result here (+ per-utterance JSONL beside it)")
+    p.add_argument("--beam", type=_positive(int), default=1, help="CTC prefix beam width (1: greedy)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="streaming checkpoint: encoder frames per attention chunk, -1 for full context "
                         "(default: the checkpoint's, its streaming WER)")
@@ -303,16 +329,17 @@ def _add_distill_commands(sub) -> None:
                    "(docs/TEACHERS.md)")
     p.add_argument("--manifest", action="append", required=True, help="JSONL manifest (repeatable)")
     p.add_argument("--out", required=True, help="cache folder")
-    p.add_argument("--top-k", type=int, default=TOP_K, help=f"posteriors kept per frame (default {TOP_K})")
-    p.add_argument("--nbest", type=int, default=NBEST, help=f"hypotheses kept per utterance (default {NBEST})")
-    p.add_argument("--beam", type=int, default=NBEST_BEAM,
+    p.add_argument("--top-k", type=_positive(int), default=TOP_K, help=f"posteriors kept per frame (default {TOP_K})")
+    p.add_argument("--nbest", type=_positive(int), default=NBEST,
+                   help=f"hypotheses kept per utterance (default {NBEST})")
+    p.add_argument("--beam", type=_positive(int), default=NBEST_BEAM,
                    help=f"prefix beam width for the N-best (default {NBEST_BEAM})")
     p.add_argument("--hidden-layers", type=int, nargs="*", default=[],
                    help="also cache these teacher layers' hidden states (0-based), for feature/relation KD")
-    p.add_argument("--shard-size", type=int, default=256, help="utterances per shard (default 256)")
-    p.add_argument("--max-batch-seconds", type=float, default=60.0, help="padded audio per teacher batch")
+    p.add_argument("--shard-size", type=_positive(int), default=256, help="utterances per shard (default 256)")
+    p.add_argument("--max-batch-seconds", type=_positive(float), default=60.0, help="padded audio per teacher batch")
     p.add_argument("--device", default="cpu", help="where the teacher runs (cpu, cuda)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--threads", type=_positive(int), default=None, help="torch intra-op threads")
     p.add_argument("--force", action="store_true", help="rebuild a cache built from other data or another teacher")
     p.set_defaults(func=_cmd_cache_build)
 
@@ -570,11 +597,30 @@ def _command_name(args: argparse.Namespace) -> str:
     return f"{args.command} {sub}" if sub else args.command
 
 
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Within it, asrkd's own warnings (e.g. `asrkd.audio.TruncatedAudioWarning`) show as one
+    line, ``asrkd <command>: warning: <message>``, instead of Python's file:line and source line."""
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if not category.__module__.startswith("asrkd"):
+            return show(message, category, filename, lineno, file, line)
+        print(_printable(f"asrkd {command}: warning: {message}"), file=sys.stderr if file is None else file)
+
+    warnings.showwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("ASRKD_DEBUG", "") not in ("", "0")
     try:
-        code = args.func(args)
+        with contextlib.nullcontext() if debug else _one_line_warnings(_command_name(args)):
+            code = args.func(args)
         sys.stdout.flush()
         return code
     except AsrkdError as e:  # the user's input is at fault, and the message says where and what to do
