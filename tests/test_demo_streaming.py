@@ -18,9 +18,11 @@ from asrkd.demo.plan import RECIPES, STREAMING_STAGE
 from asrkd.demo.stages import (
     PIPELINE,
     STREAMING,
+    STREAMING_ARTIFACT,
     _measure_streaming,
     _measured,
     pipeline,
+    stream_export,
     student_stream,
 )
 from asrkd.teacher import CheckpointTeacher
@@ -55,14 +57,17 @@ def test_the_smoke_plan_has_no_streaming_student():
     assert not plan.streaming and pipeline(plan) == PIPELINE
 
 
-def test_streaming_stage_trains_and_measures_latency(corpus, teacher_ckpt, tmp_path):  # noqa: F811
-    """The stage on the smoke plan with a streaming student: 6 utterances, a random teacher."""
+def test_streaming_stages_train_export_and_measure_latency(corpus, teacher_ckpt, tmp_path):  # noqa: F811
+    """The stages on the smoke plan with a streaming student (two blocks, for a quicker export):
+    6 utterances, a random teacher."""
+    pytest.importorskip("onnxruntime")
     plan_dir = tmp_path / "recipes" / "smoke"
     shutil.copytree(RECIPES / "smoke", plan_dir)
     for name in ("teacher.yaml", "student_ctc.yaml", "student_kd.yaml", "student_stream.yaml"):
         shutil.copy(RECIPES / name, plan_dir.parent / name)
-    (plan_dir / "student_stream.yaml").write_text("base: ../student_stream.yaml\noptim: {epochs: 1, warmup_steps: 5}\n"
-                                                  "kd: {layer_map: {1: 0, 3: 1}}\n")
+    (plan_dir / "student_stream.yaml").write_text(
+        "base: ../student_stream.yaml\nmodel: {overrides: {n_layers: 2}}\noptim: {epochs: 1, warmup_steps: 5}\n"
+        "kd: {layer_map: {1: 0}}\n")
     demo = Demo(tmp_path / "demo", DemoPlan.from_folder(plan_dir), threads=1, log=lambda m: None)
     assert demo.plan.streaming and demo.plan.cache_layers == (0, 1)
     for split in ("train", "dev", "test"):
@@ -75,8 +80,14 @@ def test_streaming_stage_trains_and_measures_latency(corpus, teacher_ckpt, tmp_p
     assert Path(trained["checkpoint"]).is_dir()
     config = json.loads((Path(trained["checkpoint"]) / "config.json").read_text())
     assert config["model"]["causal"] and config["frontend"]["normalize"] == "none"
-    figures = _measured(demo, STREAMING_STAGE, trained["checkpoint"], _measure_streaming)
-    latency = figures["latency"]
+    outputs[STREAMING_STAGE] = trained
+    exported = stream_export(demo, outputs)
+    bundle = Path(exported["bundle"])
+    assert json.loads((bundle / "contract.json").read_text())["streaming"]["chunk_frames"] == 8
+    figures = _measured(demo, STREAMING_STAGE, trained["checkpoint"], lambda d, c: _measure_streaming(d, c, bundle))
+    artifact, latency = figures["artifact"], figures["latency"]
+    assert (artifact["format"], artifact["precision"], artifact["status"]) == (*STREAMING_ARTIFACT, "ok")
+    assert figures["latency_of"] == " ".join(STREAMING_ARTIFACT)
     assert latency["utterances"] == 6 and latency["chunk_samples"] == 8 * 4 * 160
     assert latency["final"]["median"] > 0 and figures["rtf_1thread"] == latency["rtf"]["median"]
     assert (figures["chunk_size"], figures["left_chunks"]) == (8, 8) and 0 <= figures["wer"]
@@ -89,10 +100,22 @@ def test_report_rows_of_the_streaming_student(tmp_path):
     latency = {"chunk_seconds": 0.32, "utterances": 4, "no_token": 1,
                "first_partial": {"median": 0.3514, "p95": 0.52}, "final": {"median": 0.012, "p95": 0.02},
                "chunk_compute": {"median": 0.0031, "p95": 0.006}, "rtf": {"median": 0.02, "p95": 0.03}}
-    report[STREAMING_STAGE] = {"checkpoint": "s", "params": 750_000, "wer": 0.2, "cer": 0.1,
-                               "chunk_size": 8, "left_chunks": 8, "rtf_1thread": 0.02, "latency": latency}
+    artifact = {"format": "onnx-stream", "precision": "int8", "status": "ok", "reason": None, "wer": 0.21,
+                "cer": 0.11, "agreement": 0.99, "size_bytes": 2_040_000}
+    report[STREAMING_STAGE] = {"checkpoint": "s", "params": 750_000, "wer": 0.2, "cer": 0.1, "chunk_size": 8,
+                               "left_chunks": 8, "artifact": artifact, "rtf_1thread": 0.02, "latency": latency,
+                               "latency_of": "onnx-stream int8"}
     md = render_demo_markdown(report)
     assert "## Streaming student" in md
-    assert "| streaming student 320 ms (PyTorch) | 320 | 20.0 | 351 (520) (1 of 4 without a token) | 12 (20) | 3.1 | 0.0200 |" in md
+    assert "| streaming student 320 ms (PyTorch) | reference | 20.0 | - | - | - | - | - |" in md
+    assert ("| onnx-stream int8 | ok | 21.0 | 351 (520) (1 of 4 without a token) | 12 (20) | 3.1 | 0.0200 | 2.04 |"
+            in md)
     table = summary_table(report)
-    assert table[-1].startswith("streaming student 320 ms") and "first partial 351 (520) ms" in table[-1]
+    assert table[-2].startswith("streaming student 320 ms") and "first partial" not in table[-2]
+    assert table[-1].startswith("onnx-stream int8") and "first partial 351 (520) ms" in table[-1]
+    # an artifact that did not run: the latency is the PyTorch model's, on its row
+    report[STREAMING_STAGE].update(artifact={**artifact, "status": "failed", "wer": None, "size_bytes": None},
+                                   latency_of="pytorch")
+    md = render_demo_markdown(report)
+    assert "| streaming student 320 ms (PyTorch) | reference | 20.0 | 351 (520) (1 of 4 without a token) |" in md
+    assert "| onnx-stream int8 (failed) | failed | - | - | - | - | - | - |" in md

@@ -23,9 +23,11 @@ written; ``force`` redoes everything):
    no-KD baseline;
 6. ``export``: the KD student to Core ML, TFLite, ONNX and ExecuTorch at the plan's precisions,
    each artifact run in its own runtime on the test split (mobile_export.export);
-7. ``student_stream``, only in a plan with a ``student_stream.yaml`` (quick and default): the
-   streaming student (preset ``student-stream``, raw log-mel front end) distilled from the same
-   cache, reported with its streaming WER and its first-partial and final latency (eval/latency.py);
+7. ``student_stream`` and ``stream_export``, only in a plan with a ``student_stream.yaml`` (quick
+   and default): the streaming student (preset ``student-stream``, raw log-mel front end)
+   distilled from the same cache, exported as an int8 streaming ONNX artifact (``bundle_stream/``)
+   and run chunk by chunk on the test split; the report gives its streaming WER and the artifact's
+   first-partial and final latency on one thread (eval/latency.py);
 8. ``report``: WER, CER and one-thread RTF of teacher and both students on the test split (and on
    ``real_manifest``, if given), ``report.json``, ``REPORT.md`` and PNG plots (eval/plots.py).
    It runs every time; each model's figures are measured once per set of weights and kept in
@@ -34,7 +36,8 @@ written; ``force`` redoes everything):
 ``report.json`` keeps ``{"teacher": M, "student_kd": M, "student_ctc": M, "export": <the export
 report>}``, each ``M = {"checkpoint", "params", "wer", "cer", "rtf_1thread"}`` (+ ``"wer_real"``
 and ``"cer_real"`` with a real-speech manifest), and with a streaming student ``"student_stream":
-M`` + ``"chunk_size"``, ``"left_chunks"`` and ``"latency"`` (`eval.latency.LatencyStats.to_dict`).
+M`` + ``"chunk_size"``, ``"left_chunks"``, ``"artifact"`` (its export report entry), ``"latency"``
+(`eval.latency.LatencyStats.to_dict`) and ``"latency_of"`` (the runtime measured).
 
 Plans: ``default`` (about 25 minutes on 2 CPU cores) trains long enough for the teacher to be
 clearly better than the student and for KD to show; ``quick`` (about 6 minutes) runs every

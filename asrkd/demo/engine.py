@@ -18,8 +18,8 @@ from eval.rtf import all_threads
 
 DEMO_FILE = "demo.json"
 # What --force deletes: everything the stages write into the folder.
-_OUTPUTS = ("data", "stages", "runs", "cache", "bundle", "plots", "logs", DEMO_FILE, "report.json",
-            "REPORT.md")
+_OUTPUTS = ("data", "stages", "runs", "cache", "bundle", "bundle_stream", "plots", "logs", DEMO_FILE,
+            "report.json", "REPORT.md")
 
 
 class Demo:

@@ -38,24 +38,34 @@ def summary_table(report: dict) -> list[str]:
         label = f"{a['format']} {a['precision']}" + ("" if a["status"] == "ok" else f" ({a['status']})")
         lines.append(f"{label:<26} {'':>8} {_pct(a['wer']):>7} {_pct(a['cer']):>7} "
                      f"{_rtf(a['rtf_1thread']):>9} {size:>7}")
-    for label, m in _streaming_rows(report):
-        latency = m["latency"]
-        lines.append(f"{label:<26} {_params(m):>8} {_pct(m['wer']):>7} {_pct(m['cer']):>7} "
-                     f"{_rtf(m['rtf_1thread']):>9} {'':>7}  first partial {_ms(latency['first_partial'])} ms, "
-                     f"final {_ms(latency['final'])} ms (median (p95))")
+    for r in _streaming_rows(report):
+        latency = r["latency"]
+        lines.append(f"{r['label']:<26} {r['params']:>8} {_pct(r['wer']):>7} {_pct(r['cer']):>7} "
+                     f"{_rtf(r['rtf']):>9} {r['size']:>7}"
+                     + ("" if latency is None else f"  first partial {_ms(latency['first_partial'])} ms, "
+                        f"final {_ms(latency['final'])} ms (median (p95))"))
     return lines
 
 
-def _params(m: dict) -> str:
-    return f"{m['params'] / 1e6:.2f}M" if m.get("params") else ""
-
-
-def _streaming_rows(report: dict) -> list[tuple[str, dict]]:
-    """(label, figures) of the streaming student in PyTorch, when the plan has one."""
+def _streaming_rows(report: dict) -> list[dict]:
+    """The streaming student's rows, when the plan has one: the PyTorch model, then its artifact;
+    the latency (and RTF) on the row it was measured on (``latency_of``)."""
     m = report.get("student_stream")
     if m is None:
         return []
-    return [(f"streaming student {1000 * m['latency']['chunk_seconds']:.0f} ms", m)]
+    chunk = f"{1000 * m['latency']['chunk_seconds']:.0f} ms"
+    rows = [{"label": f"streaming student {chunk}", "runtime": "pytorch", "params": f"{m['params'] / 1e6:.2f}M",
+             "wer": m["wer"], "cer": m["cer"], "size": "", "status": "reference"}]
+    a = m.get("artifact")
+    if a is not None:
+        size = "-" if a["size_bytes"] is None else f"{a['size_bytes'] / 1e6:.2f}"
+        rows.append({"label": f"{a['format']} {a['precision']}" + ("" if a["status"] == "ok" else f" ({a['status']})"),
+                     "runtime": f"{a['format']} {a['precision']}", "params": "", "wer": a["wer"], "cer": a["cer"],
+                     "size": size, "status": a["status"]})
+    for r in rows:
+        measured = r["runtime"] == m["latency_of"]
+        r["latency"], r["rtf"] = (m["latency"], m["rtf_1thread"]) if measured else (None, None)
+    return rows
 
 
 def _streaming_section(report: dict) -> list[str]:
@@ -66,20 +76,27 @@ def _streaming_section(report: dict) -> list[str]:
     m = report["student_stream"]
     lines = ["## Streaming student", "",
              f"The KD student's recipe with the preset `student-stream` (causal convolution, attention in "
-             f"chunks of {m['chunk_size']} encoder frames with {m['left_chunks']} chunks of left context) and "
-             "a raw log-mel front end, distilled from the same cache. It emits text while the audio "
-             "arrives; WER is that of the text it emits. Latency on one thread, audio arriving in real "
-             "time (eval/latency.py): first partial = from the speech onset to the first token, final = "
-             "from the end of the audio to the final text, median (p95) over the test set.", "",
-             "| model | chunk ms | test WER % | first partial ms | final ms | compute per chunk ms | RTF (1 thread) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for label, m in rows:
-        latency = m["latency"]
-        compute = latency["chunk_compute"]
-        no_token = f" ({latency['no_token']} of {latency['utterances']} without a token)" if latency["no_token"] else ""
-        lines.append(f"| {label} (PyTorch) | {1000 * latency['chunk_seconds']:.0f} | {_pct(m['wer'])} | "
-                     f"{_ms(latency['first_partial'])}{no_token} | {_ms(latency['final'])} | "
-                     f"{1000 * compute['median']:.1f} | {_rtf(m['rtf_1thread'])} |")
+             f"chunks of {m['chunk_size']} encoder frames, {1000 * m['latency']['chunk_seconds']:.0f} ms, with "
+             f"{m['left_chunks']} chunks of left context) and a raw log-mel front end, distilled from the same "
+             "cache, then exported with its state and run chunk by chunk as an app would (bundle_stream/, "
+             "its contract.json says how). It emits text while the audio arrives; WER is that of the text "
+             "it emits. Latency on one thread, audio arriving in real time (eval/latency.py): first "
+             "partial = from the speech onset to the first token, final = from the end of the audio to "
+             "the final text, median (p95) over the test set.", "",
+             "| model | status | test WER % | first partial ms | final ms | compute per chunk ms | RTF (1 thread) | size MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        latency = r["latency"]
+        if latency is None:
+            first = final = compute = "-"
+        else:
+            no_token = latency["no_token"]
+            first = _ms(latency["first_partial"]) + (f" ({no_token} of {latency['utterances']} without a token)"
+                                                     if no_token else "")
+            final, compute = _ms(latency["final"]), f"{1000 * latency['chunk_compute']['median']:.1f}"
+        label = r["label"] + (" (PyTorch)" if r["runtime"] == "pytorch" else "")
+        lines.append(f"| {label} | {r['status']} | {_pct(r['wer'])} | {first} | {final} | {compute} | "
+                     f"{_rtf(r['rtf'])} | {r['size'] or '-'} |")
     return [*lines, ""]
 
 

@@ -21,6 +21,10 @@ from asrkd.demo.plan import STREAMING_STAGE, DemoError
 from asrkd.demo.render import render_demo_markdown, summary_table
 from asrkd.fileio import atomic_write_text, write_json
 
+# The streaming student's artifact whose WER and latency the report gives: int8, as an app ships
+# it; one format only, to keep the demo's added time small.
+STREAMING_ARTIFACT = ("onnx-stream", "int8")
+
 if TYPE_CHECKING:
     from asrkd.demo.engine import Demo
     from asrkd.demo.plan import DemoPlan
@@ -146,14 +150,31 @@ def _fit(trainer_class, cfg, run: str) -> dict:
 
 def export(demo: Demo, outputs: dict) -> dict:
     """The KD student to every format and precision of the plan, each artifact run in its runtime."""
+    return _export(demo, outputs["student_kd"]["checkpoint"], "bundle", "export", demo.plan.export_options())
+
+
+def stream_export(demo: Demo, outputs: dict) -> dict:
+    """The streaming student as `STREAMING_ARTIFACT`, run chunk by chunk in its runtime on the test
+    split (WER, agreement with the PyTorch streaming model) and gated like the export stage's."""
+    from mobile_export.options import ExportOptions
+
+    fmt, precision = STREAMING_ARTIFACT
+    options = ExportOptions(formats=(fmt,), precisions=(precision,), rtf_repeats=0, cold_start=False,
+                            max_wer_increase=demo.plan.export_options().max_wer_increase)
+    return _export(demo, outputs[STREAMING_STAGE]["checkpoint"], "bundle_stream", "export_stream", options)
+
+
+def _export(demo: Demo, checkpoint: str, folder: str, log_name: str, options) -> dict:
+    """``mobile_export.export.export_bundle`` of ``checkpoint`` into ``OUT/<folder>``, verified on
+    the test split, the converters' output in ``OUT/logs/<log_name>.log``."""
     from mobile_export.export import export_bundle
 
-    bundle = demo.out / "bundle"
-    log_file = demo.out / "logs" / "export.log"
+    bundle = demo.out / folder
+    log_file = demo.out / "logs" / f"{log_name}.log"
     demo.log(f"  converter output: {log_file}")
     with _output_to(log_file) as show:
-        report = export_bundle(outputs["student_kd"]["checkpoint"], bundle, demo.manifests["test"],
-                               demo.plan.export_options(), log=lambda m: show(demo.log, "  " + m))
+        report = export_bundle(checkpoint, bundle, demo.manifests["test"], options,
+                               log=lambda m: show(demo.log, "  " + m))
     return {"bundle": str(bundle), "gate_passed": report["gate"]["passed"]}
 
 
@@ -167,8 +188,9 @@ def report(demo: Demo, outputs: dict) -> dict:
         models[name] = _measured(demo, name, outputs[name]["checkpoint"])
         models[name]["run_dir"] = outputs[name]["run_dir"]
     if STREAMING_STAGE in outputs:
+        bundle = Path(outputs["stream_export"]["bundle"])
         models[STREAMING_STAGE] = _measured(demo, STREAMING_STAGE, outputs[STREAMING_STAGE]["checkpoint"],
-                                            _measure_streaming)
+                                            lambda d, c: _measure_streaming(d, c, bundle))
         models[STREAMING_STAGE]["run_dir"] = outputs[STREAMING_STAGE]["run_dir"]
     demo_report = {
         "demo": {"plan": demo.plan.to_dict(), "out": str(demo.out),
@@ -255,23 +277,37 @@ def _measure_model(demo: Demo, checkpoint: str) -> dict:
     return m
 
 
-def _measure_streaming(demo: Demo, checkpoint: str) -> dict:
-    """The streaming student in PyTorch on the test split: WER/CER at its config's chunking (the
-    text it emits while streaming), params, and its latency on one thread, audio arriving in real
-    time (`eval.latency.checkpoint_latency`); ``rtf_1thread`` is the latency run's median RTF."""
+def _measure_streaming(demo: Demo, checkpoint: str, bundle: Path) -> dict:
+    """The streaming student on the test split: the PyTorch streaming model's WER/CER at its
+    config's chunking (the export's reference: the text it emits while streaming), params, and
+    the `STREAMING_ARTIFACT` of ``bundle`` (its export report entry) with its latency on one
+    thread, audio arriving in real time (`eval.latency`), driven from the bundle's contract.json
+    as an app would. If the artifact did not run, the latency is the PyTorch model's instead
+    (``latency_of`` says which); ``rtf_1thread`` is the latency run's median RTF."""
     from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
-    from asrkd.data import read_manifest
-    from asrkd.inference import evaluate
     from asrkd.models.conformer import count_parameters
-    from eval.latency import checkpoint_latency
+    from eval.latency import checkpoint_latency, manifest_waves, measure_latency
+    from eval.streaming_runners import open_stepper
 
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
-    test = evaluate(loaded.model, loaded.frontend, loaded.tokenizer, read_manifest(demo.manifests["test"]))
     chunking = loaded.model.chunking(None, None)
-    latency = checkpoint_latency(checkpoint, demo.manifests["test"])
-    return {"checkpoint": checkpoint, "params": count_parameters(loaded.model), "wer": test["wer"],
-            "cer": test["cer"], "chunk_size": chunking.chunk_size, "left_chunks": chunking.left_chunks,
-            "rtf_1thread": latency.rtf.median, "latency": latency.to_dict()}
+    export = json.loads((bundle / "report.json").read_text(encoding="utf-8"))
+    fmt, precision = STREAMING_ARTIFACT
+    entry = next(a for a in export["artifacts"] if (a["format"], a["precision"]) == STREAMING_ARTIFACT)
+    artifact = {k: entry.get(k) for k in ("format", "precision", "status", "reason", "wer", "cer", "agreement",
+                                          "size_bytes")}
+    if entry["status"] == "ok":
+        stepper = open_stepper(bundle, fmt, precision, threads=1)
+        rate = stepper.contract.sample_rate
+        latency = measure_latency(stepper, manifest_waves(demo.manifests["test"], rate), rate)
+        latency_of = f"{fmt} {precision}"
+    else:
+        latency = checkpoint_latency(checkpoint, demo.manifests["test"])
+        latency_of = "pytorch"
+    return {"checkpoint": checkpoint, "params": count_parameters(loaded.model),
+            "wer": export["reference"]["wer"], "cer": export["reference"]["cer"],
+            "chunk_size": chunking.chunk_size, "left_chunks": chunking.left_chunks, "artifact": artifact,
+            "rtf_1thread": latency.rtf.median, "latency": latency.to_dict(), "latency_of": latency_of}
 
 
 @contextlib.contextmanager
@@ -346,6 +382,9 @@ STAGES = tuple(s.name for s in PIPELINE)
 STREAMING: tuple[Stage, ...] = (
     Stage(STREAMING_STAGE, ("cache",), "distilling the streaming student (student-stream, raw log-mel) "
           "from the cache", student_stream),
+    Stage("stream_export", (STREAMING_STAGE,),
+          "exporting the streaming student (int8 ONNX, chunk by chunk), running it on the test split",
+          stream_export),
 )
 
 
