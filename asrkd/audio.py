@@ -8,7 +8,9 @@ The default rate is the project's, `asrkd.contract.SAMPLE_RATE` (re-exported her
 from __future__ import annotations
 
 import os
+import struct
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +20,26 @@ import soxr
 from asrkd.contract import SAMPLE_RATE
 from asrkd.errors import AsrkdError
 
-__all__ = ["SAMPLE_RATE", "AudioError", "audio_duration", "load_audio", "resample", "write_wav"]
+__all__ = [
+    "SAMPLE_RATE",
+    "AudioError",
+    "TruncatedAudioWarning",
+    "audio_duration",
+    "load_audio",
+    "resample",
+    "wav_truncation",
+    "write_wav",
+]
 
 PathLike = str | os.PathLike
 
 
 class AudioError(AsrkdError, ValueError):
     """An audio file that cannot be used; the message names the file and the fault."""
+
+
+class TruncatedAudioWarning(UserWarning):
+    """`load_audio` read a WAV file that holds less audio than its header declares."""
 
 
 def load_audio(
@@ -45,6 +60,9 @@ def load_audio(
     Raises:
         AudioError: missing, unreadable or corrupt file, no samples, NaN/inf samples, or
             ``offset`` at or beyond the end of the file.
+
+    Warns:
+        TruncatedAudioWarning: a WAV file cut short (`wav_truncation`); what it holds is read.
     """
     if offset < 0:
         raise ValueError(f"offset must be >= 0 seconds, got {offset}")
@@ -71,6 +89,9 @@ def load_audio(
             raise AudioError(f"{path}: cannot decode audio: {e}") from e
     if frames.shape[0] == 0:
         raise AudioError(f"{path}: no samples in the requested segment")
+    truncation = wav_truncation(path)
+    if truncation is not None:
+        warnings.warn(f"{path}: {truncation}", TruncatedAudioWarning, stacklevel=2)
     wav = frames.mean(axis=1, dtype=np.float32)
     bad = ~np.isfinite(wav)
     if bad.any():
@@ -123,6 +144,39 @@ def audio_duration(path: PathLike) -> float:
     path = Path(path)
     with _open(path) as f:
         return f.frames / f.samplerate
+
+
+def wav_truncation(path: PathLike) -> str | None:
+    """Why a WAV file is cut short, or None: its header declares more sample data than the file
+    holds (a copy or download that stopped early). Reads the RIFF chunk headers only.
+
+    libsndfile quietly reads what is there, so the length it reports is the shorter one and a
+    transcript of the whole clip would be scored against part of it. None for a whole WAV, for
+    other formats, and for a header whose data size is a placeholder (0 or 0xFFFFFFFF, as
+    streaming writers leave it).
+    """
+    try:
+        with open(os.fsencode(path), "rb") as f:
+            riff = f.read(12)
+            if riff[:4] not in (b"RIFF", b"RIFX") or riff[8:12] != b"WAVE":
+                return None
+            endian = "<" if riff[:4] == b"RIFF" else ">"  # RIFX is RIFF big-endian
+            block_align = 0
+            while len(header := f.read(8)) == 8:
+                chunk, size = header[:4], struct.unpack(endian + "I", header[4:])[0]
+                if chunk == b"data":
+                    held = os.fstat(f.fileno()).st_size - f.tell()
+                    if size in (0, 0xFFFFFFFF) or size <= held or not block_align:
+                        return None
+                    return (f"truncated: the header declares {size // block_align} sample frames, the "
+                            f"file holds {held // block_align} ({held} of {size} data bytes)")
+                body = f.read(size) if chunk == b"fmt " else b""
+                if len(body) >= 14:  # WAVEFORMATEX: format, channels, rate, bytes/s, block align
+                    block_align = struct.unpack(endian + "H", body[12:14])[0]
+                f.seek(size - len(body) + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+    except OSError:
+        return None
+    return None
 
 
 def _open(path: Path) -> sf.SoundFile:

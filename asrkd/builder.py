@@ -3,7 +3,8 @@
 What each config section becomes::
 
     data      -> utterances of each source (manifests, Lhotse, HF datasets; + pseudo-labels),
-                 tokenizer, BucketedLoader, DevSet
+                 checked first (asrkd.data.preflight; data.on_bad_audio refuses or skips bad
+                 audio lines), tokenizer, BucketedLoader, DevSet
     frontend  -> LogMel                     model  -> ConformerCTC (+ init_from weights),
                                                       a causal model's DynamicChunks
     augment   -> waveform transforms (AudioDataset) and FeatureAugment (VTLP, SpecAugment)
@@ -26,12 +27,14 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 
 from asrkd.cache import PosteriorCache
 from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
 from asrkd.config import ConfigError, OptimConfig, TrainConfig
+from asrkd.contract import Contract
 from asrkd.data import (
     AddNoise,
     AudioDataset,
@@ -43,7 +46,16 @@ from asrkd.data import (
     SpecAugment,
     SpeedPerturb,
     Utterance,
-    read_source,
+)
+from asrkd.data.check import ctc_shortfall
+from asrkd.data.preflight import (
+    SKIPPED_FILE,
+    BadItem,
+    CheckedSource,
+    SkipLog,
+    preflight,
+    refuse,
+    summary,
 )
 from asrkd.decoding import Lexicon, LexiconError
 from asrkd.features import FrontendConfig, LogMel
@@ -62,7 +74,7 @@ from asrkd.pseudo_labels import (
 from asrkd.streaming import frontend_streaming_problems
 from asrkd.teacher import Teacher, load_teacher
 from asrkd.teacher_targets import CachedTargets, OnlineTargets, TargetSource
-from asrkd.text import CharTokenizer, Tokenizer, load_tokenizer
+from asrkd.text import CharTokenizer, Tokenizer, load_tokenizer, normalize_text
 
 __all__ = ["TrainingParts", "build_training", "lr_factor"]
 
@@ -119,23 +131,35 @@ def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher 
         _validate_kd(config, teacher)
     torch.manual_seed(config.run.seed)
 
-    utts = [u for source in config.data.train for u in read_source(source)]
+    checked = _checked_sources(config, is_main)  # refuses bad audio lines (data.on_bad_audio: error) before any write
+    utts = [u for c in checked.train for u in c.utterances]
     source, tokenizer, drops = None, None, []
     if distill:
         source = _target_source(config, utts, teacher)
         if any(u.text is None for u in utts):
             utts, tokenizer, drops = _pseudo_labelled(config, utts, source)
-            if is_main:
-                write_drops(config.run.out_dir, drops)
             if not utts:
+                if is_main:
+                    write_drops(config.run.out_dir, drops)
                 raise ConfigError(f"every unlabelled utterance was dropped; see "
                                   f"{config.run.out_dir}/{PSEUDO_LABEL_DROPS}")
-    dev_utts = read_source(config.data.dev) if config.data.dev else []
+    dev_utts = checked.dev.utterances if checked.dev else []
     dev_lexicon = _dev_lexicon(config)
     tokenizer = tokenizer or _tokenizer(config, utts)
     frontend = LogMel(FrontendConfig.from_dict(config.frontend))
-    model = ConformerCTC(build_preset(config.model.preset, vocab_size=tokenizer.vocab_size,
-                                      n_mels=frontend.config.n_mels, **config.model.overrides))
+    model_config = build_preset(config.model.preset, vocab_size=tokenizer.vocab_size,
+                                n_mels=frontend.config.n_mels, **config.model.overrides)
+    short = checked.too_short_for_ctc(utts, tokenizer, Contract.from_parts(frontend.config, model_config).output_frame_rate)
+    if not distill:
+        utts = checked.set_aside(utts, short)
+    elif short and is_main and "ctc" in config.kd.enabled_terms():  # the KD terms still learn from them
+        print(f"{len(short)} training utterance(s) too short for CTC on their text, e.g. {short[0].where}: "
+              f"{short[0].reason.split(';')[0]}; their ctc term is 0, the distillation terms train on them")
+    if is_main:
+        if drops:
+            write_drops(config.run.out_dir, drops)
+        checked.report(config.run.out_dir)
+    model = ConformerCTC(model_config)
     chunks = _dynamic_chunks(config, model, frontend.config)
     sampler = BucketingBatchSampler(
         [u.duration for u in utts], max_batch_seconds=config.data.max_batch_seconds,
@@ -167,7 +191,8 @@ def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher 
     optimizer = torch.optim.AdamW([*model.parameters(), *loss.parameters()], lr=o.lr, betas=tuple(o.betas),
                                   weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, optim=o, max_steps=max_steps))
-    data = BucketedLoader(dataset, sampler, num_workers=config.data.num_workers, seed=config.run.seed)
+    data = BucketedLoader(dataset, sampler, num_workers=config.data.num_workers, seed=config.run.seed,
+                          skip_log=checked.log)
     dev = DevSet(dev_utts, dev_lexicon, config.data.max_batch_seconds) if dev_utts else None
     return TrainingParts(config, utts, tokenizer, frontend, model, data, augment, loss, optimizer, scheduler,
                          max_steps, dev, chunks)
@@ -197,6 +222,23 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"optim.schedule: {c.optim.schedule!r} is not one of 'cosine', 'constant'")
     if c.data.max_batch_seconds <= 0:
         raise ConfigError("data.max_batch_seconds must be > 0")
+    _check_out_dir(Path(c.run.out_dir))
+
+
+# What a run writes into run.out_dir: a folder holding one of them is an earlier run's.
+_RUN_FILES = ("config.yaml", "tokens.txt", "train_log.csv", "checkpoints", "tb", SKIPPED_FILE, PSEUDO_LABEL_DROPS)
+
+
+def _check_out_dir(out: Path) -> None:
+    """run.out_dir must be a new or empty folder, or an earlier run's (resumed, or written over
+    file by file): never a file, nor a folder of someone's other files."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"run.out_dir: {out} is a file; give a folder for the run")
+    if out.is_dir() and not any((out / name).exists() for name in _RUN_FILES):
+        others = sorted(p.name for p in out.iterdir())
+        if others:
+            raise ConfigError(f"run.out_dir: {out} is not an asrkd run folder but holds {others[:3]}"
+                              f"{' ...' if len(others) > 3 else ''}; give a new folder (or an earlier run's)")
 
 
 def _validate_kd(c: TrainConfig, teacher: Teacher | None) -> None:
@@ -226,6 +268,75 @@ def _validate_kd(c: TrainConfig, teacher: Teacher | None) -> None:
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
+
+
+# How to go on past bad audio lines, said by every refusal of them.
+_SKIP_INSTEAD = "set data.on_bad_audio: skip to leave them out, count them and list them in the run folder"
+
+
+@dataclass
+class _CheckedData:
+    """The pre-flight of data.train and data.dev (`asrkd.data.preflight`), and where their bad
+    lines go: ``log`` None refuses them (``data.on_bad_audio: error``), else it lists them
+    (``skip``; rank 0 writes it to the run folder)."""
+
+    train: list[CheckedSource]
+    dev: CheckedSource | None
+    log: SkipLog | None
+
+    def too_short_for_ctc(self, utts: list[Utterance], tokenizer: Tokenizer, ctc_frame_rate: float) -> list[BadItem]:
+        """Those of ``utts`` too short for CTC on their text at the model's ``ctc_frame_rate``
+        (output frames per second): their CTC loss is zero (``zero_infinity``), unnoticed."""
+        bad, places = [], self.places
+        for u in utts:
+            text = normalize_text(u.text) if u.text else ""
+            if not text or tokenizer.unknown_characters(text, normalize=False):  # unknown: AudioDataset names them
+                continue
+            why = ctc_shortfall(text, u.duration, tokenizer, ctc_frame_rate)
+            if why is not None:
+                manifest, line = places.get(u.utt_id, ("", 0))
+                bad.append(BadItem(manifest, line, u.audio_filepath, u.utt_id, "ctc_infeasible", why))
+        return bad
+
+    def set_aside(self, utts: list[Utterance], bad: list[BadItem]) -> list[Utterance]:
+        """``utts`` without ``bad`` (`too_short_for_ctc`): refused (``error``), else left out and listed."""
+        if self.log is None:
+            refuse(bad, _SKIP_INSTEAD)
+            return utts
+        self.log.before += bad
+        ids = {b.utt_id for b in bad}
+        return [u for u in utts if u.utt_id not in ids]
+
+    @property
+    def places(self) -> dict[str, tuple[str, int]]:
+        """utt_id -> (manifest, line) of every training utterance kept by the pre-flight."""
+        return {u.utt_id: (c.source, line) for c in self.train for u, line in zip(c.utterances, c.lines, strict=True)}
+
+    def report(self, out_dir: str) -> None:
+        """Under ``skip``: write the run's ``skipped.jsonl`` and say how many lines were left out."""
+        if self.log is None:
+            return
+        self.log.write()
+        if self.log.before:
+            print(f"data.on_bad_audio: skip: left out {summary(self.log.before)}; listed in {self.log.path}")
+
+
+def _checked_sources(config: TrainConfig, is_main: bool) -> _CheckedData:
+    """Read data.train and data.dev with the pre-flight's audio checks; refuse their bad lines
+    (``data.on_bad_audio: error``, before anything is written) or set them aside (``skip``)."""
+    train = [preflight(source) for source in config.data.train]
+    dev = preflight(config.data.dev) if config.data.dev else None
+    bad = [b for c in (*train, dev) if c is not None for b in c.bad]
+    if config.data.on_bad_audio == "error":
+        refuse(bad, _SKIP_INSTEAD)
+        return _CheckedData(train, dev, None)
+    checked = _CheckedData(train, dev, None)
+    path = Path(config.run.out_dir) / SKIPPED_FILE if is_main else None
+    checked.log = SkipLog(path, checked.places, bad)
+    if not any(c.utterances for c in train):
+        checked.report(config.run.out_dir)
+        raise ConfigError(f"data.train: every line was left out as bad audio; see {path}")
+    return checked
 
 
 def _tokenizer(config: TrainConfig, utts: list[Utterance]):

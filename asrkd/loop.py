@@ -153,7 +153,8 @@ class TrainingLoop:
     """Trains ``model`` on ``data`` with ``loss`` until ``max_steps``; see the module docstring.
 
     ``data``: any iterable of `asrkd.data.collate` batches (wavs [B, N], wav_lens [B], targets
-    [B, U] padded with -1 or None, target_lens [B], utt_ids); one pass is an epoch. With
+    [B, U] padded with -1 or None, target_lens [B], utt_ids; None for a batch whose every
+    utterance was left out, which takes a place in the epoch but no step); one pass is an epoch. With
     ``set_epoch``, ``__len__``, ``state_dict(position)`` and ``load_state_dict`` (as
     `asrkd.loader.BucketedLoader` has) each epoch gets its own batches and a resume continues at
     the exact batch; a plain iterable is re-read from its start and the batches already trained
@@ -216,6 +217,9 @@ class TrainingLoop:
         while pos.step < self.max_steps:
             exhausted = True
             for batch in self._epoch_batches():
+                if batch is None:  # its every utterance was left out (unreadable audio, data.on_bad_audio: skip)
+                    pos.batch_in_epoch += 1
+                    continue
                 loss, terms, grad_norm = self.train_step(batch)
                 audio_seconds += float(batch["wav_lens"].sum()) / sample_rate
                 speed = audio_seconds * self.world_size / (time.perf_counter() - t0)

@@ -464,3 +464,17 @@ def test_the_loop_takes_its_parts_and_a_plain_iterable_resumes_mid_epoch(ten_utt
     resumed.fit()
     got = {int(r["step"]): r["loss"] for r in read_log(tmp_path / "killed") if "loss" in r}
     assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_run_out_dir_is_a_new_folder_or_an_earlier_run(ten_utts, tmp_path):
+    # Checked before anything is written: a file, or a folder of the user's own files, is refused.
+    (tmp_path / "notes.txt").write_text("mine")
+    for out, message in ((tmp_path / "notes.txt", "is a file"), (tmp_path, "is not an asrkd run folder but holds")):
+        with pytest.raises(ConfigError, match=f"run.out_dir: {out} {message}"):
+            Trainer(TrainConfig.from_dict(tiny_config(ten_utts, out)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    (tmp_path / "run").mkdir()  # an empty folder, or an earlier run's (here: with its config.yaml)
+    Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "run")))
+    (tmp_path / "run" / "config.yaml").write_text("{}")
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "run")))

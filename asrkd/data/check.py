@@ -1,9 +1,10 @@
 """`check_manifest`: every problem of every line of a manifest, audio headers included.
 
 Unlike `read_manifest`, which stops at the first malformed line, this reports all of them, plus
-what only the audio and the tokenizer can tell (missing or unreadable files, wrong durations,
-characters outside the vocabulary, transcripts too long for CTC). `asrkd manifest check` prints
-its result.
+what only the audio and the tokenizer can tell (missing, unreadable or truncated files, wrong
+durations, characters outside the vocabulary, transcripts too long for CTC). `asrkd manifest
+check` prints its result; the commands that consume a manifest run the audio checks through
+`asrkd.data.preflight`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from asrkd.audio import AudioError, audio_duration
+from asrkd.audio import AudioError, audio_duration, wav_truncation
 from asrkd.data.manifest import (
     ManifestError,
     Utterance,
@@ -51,6 +52,7 @@ def check_manifest(
     """Validate every line of a manifest and return all problems found (empty list = clean).
 
     Kinds: `malformed_json`, `missing_field`, `bad_field`, `missing_audio`, `unreadable_audio`,
+    `truncated_audio` (a WAV holding less than its header declares: `asrkd.audio.wav_truncation`),
     `duration_mismatch` (|duration - (audio length - offset)| > tolerance, for a file that one
     line uses), `segment_past_end` (offset + duration beyond the audio, for a file that several
     lines cut into segments), `empty_text` (nothing left after `normalize_text`), `oov`
@@ -111,12 +113,12 @@ def check_utterances(
     for _, _, u in parsed:
         uses[u.audio_filepath] = uses.get(u.audio_filepath, 0) + 1
     labelled = sum(u.text is not None for _, _, u in parsed)
-    lengths: dict[str, float | tuple[str, str]] = {}
+    headers: dict[str, _Header | tuple[str, str]] = {}
     first_id: dict[str, int] = {}
     first_entry: dict[tuple[str, float, float], int] = {}
     for lineno, name, u in parsed:
         line_problems = _check_utterance(
-            u, uses, lengths, tokenizer, duration_tolerance, ctc_frame_rate, segments
+            u, uses, headers, tokenizer, duration_tolerance, ctc_frame_rate, segments
         )
         if u.text is None and labelled:
             line_problems.append(
@@ -150,11 +152,19 @@ def check_utterances(
     return problems
 
 
-def _audio_length(u: Utterance) -> float | tuple[str, str]:
-    """The audio's length in seconds from its header, or the (kind, message) of why not."""
+@dataclass(frozen=True)
+class _Header:
+    """What a file's header says: its length in seconds, and why it is cut short (or None)."""
+
+    length: float
+    truncation: str | None
+
+
+def _audio_header(u: Utterance) -> _Header | tuple[str, str]:
+    """The audio's header (`_Header`), or the (kind, message) of why it cannot be read."""
     if u.audio is not None:
         try:
-            return u.audio.length()
+            return _Header(u.audio.length(), None)
         except AudioError as e:
             return ("unreadable_audio", f"{e}; re-encode it as WAV/FLAC or remove the item")
     if not os.path.isfile(u.audio_filepath):
@@ -163,15 +173,27 @@ def _audio_length(u: Utterance) -> float | tuple[str, str]:
             f"{u.audio_filepath} does not exist; fix the path or restore the file",
         )
     try:
-        return audio_duration(u.audio_filepath)
+        return _Header(audio_duration(u.audio_filepath), wav_truncation(u.audio_filepath))
     except AudioError as e:
         return ("unreadable_audio", f"{e}; re-encode it as WAV/FLAC or remove the line")
+
+
+def ctc_shortfall(text: str, duration: float, tokenizer: Tokenizer, ctc_frame_rate: float) -> str | None:
+    """Why ``duration`` seconds are too short for CTC on normalised ``text``, or None: CTC needs
+    `ctc_min_frames` output frames, the audio gives ``floor(duration * ctc_frame_rate)``, and an
+    utterance short of them adds nothing to the loss (``zero_infinity``) without saying so."""
+    need = ctc_min_frames(tokenizer.encode(text, normalize=False))
+    have = math.floor(duration * ctc_frame_rate)
+    if need <= have:
+        return None
+    return (f"{need} CTC frames needed for the text, {duration:.3f} s gives {have} at "
+            f"{ctc_frame_rate} frames/s; remove the line or fix its audio or text")
 
 
 def _check_utterance(
     u: Utterance,
     uses: dict[str, int],
-    lengths: dict[str, float | tuple[str, str]],
+    headers: dict[str, _Header | tuple[str, str]],
     tokenizer: Tokenizer | None,
     tolerance: float,
     ctc_frame_rate: float | None,
@@ -179,29 +201,13 @@ def _check_utterance(
 ) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     audio = u.audio_filepath
-    if audio not in lengths:
-        lengths[audio] = _audio_length(u)
-    length = lengths[audio]
-    if isinstance(length, tuple):
-        found.append(length)
-    elif uses[audio] == 1 and not segments:
-        expected = length - u.offset
-        if abs(u.duration - expected) > tolerance:
-            found.append(
-                (
-                    "duration_mismatch",
-                    f"duration {u.duration:.3f} s but the audio is {length:.3f} s"
-                    + (f" (minus offset {u.offset:.3f} s = {expected:.3f} s)" if u.offset else "")
-                    + f", off by {u.duration - expected:+.3f} s (tolerance {tolerance} s); set duration to {expected:.4f}",
-                )
-            )
-    elif u.offset + u.duration > length + tolerance:
-        found.append(
-            (
-                "segment_past_end",
-                f"segment {u.offset:.3f}-{u.offset + u.duration:.3f} s ends after the audio ({length:.3f} s)",
-            )
-        )
+    if audio not in headers:
+        headers[audio] = _audio_header(u)
+    header = headers[audio]
+    if isinstance(header, tuple):
+        found.append(header)
+    else:
+        found.extend(_header_problems(u, header, uses[audio] == 1 and not segments, tolerance))
 
     if u.text is not None:
         norm = normalize_text(u.text)
@@ -223,13 +229,36 @@ def _check_utterance(
                     )
                 )
             elif ctc_frame_rate is not None:
-                need = ctc_min_frames(tokenizer.encode(norm, normalize=False))
-                have = math.floor(u.duration * ctc_frame_rate)
-                if need > have:
-                    found.append(
-                        (
-                            "ctc_infeasible",
-                            f"{need} CTC frames needed for the text, {u.duration:.3f} s gives {have} at {ctc_frame_rate} frames/s",
-                        )
-                    )
+                shortfall = ctc_shortfall(norm, u.duration, tokenizer, ctc_frame_rate)
+                if shortfall is not None:
+                    found.append(("ctc_infeasible", shortfall))
+    return found
+
+
+def _header_problems(u: Utterance, header: _Header, whole_file: bool, tolerance: float) -> list[tuple[str, str]]:
+    """`truncated_audio`, and `duration_mismatch` for a line that is the ``whole_file`` (the only
+    line of its audio, not a segment) or else `segment_past_end`."""
+    found = []
+    if header.truncation is not None:
+        found.append(
+            ("truncated_audio", f"{u.audio_filepath}: {header.truncation}; copy the file again or remove the line")
+        )
+    if whole_file:
+        expected = header.length - u.offset
+        if abs(u.duration - expected) > tolerance:
+            found.append(
+                (
+                    "duration_mismatch",
+                    f"duration {u.duration:.3f} s but the audio is {header.length:.3f} s"
+                    + (f" (minus offset {u.offset:.3f} s = {expected:.3f} s)" if u.offset else "")
+                    + f", off by {u.duration - expected:+.3f} s (tolerance {tolerance} s); set duration to {expected:.4f}",
+                )
+            )
+    elif u.offset + u.duration > header.length + tolerance:
+        found.append(
+            (
+                "segment_past_end",
+                f"segment {u.offset:.3f}-{u.offset + u.duration:.3f} s ends after the audio ({header.length:.3f} s)",
+            )
+        )
     return found

@@ -206,6 +206,13 @@ def read_manifest(
         from asrkd.data.sources import read_source  # the sources read manifests: import late
 
         return read_source(path)
+    return [u for _, u in read_numbered_manifest(path, audio_root)]
+
+
+def read_numbered_manifest(
+    path: str | os.PathLike, audio_root: str | os.PathLike | None = None
+) -> list[tuple[int, Utterance]]:
+    """`read_manifest` of a manifest file, each utterance with its 1-based line number."""
     path = Path(path)
     lines = _read_lines(path)
     base = _audio_root(path, lines, audio_root)
@@ -214,7 +221,7 @@ def read_manifest(
         if not raw.strip():
             continue
         try:
-            utts.append(_parse_line(raw, lineno, base))
+            utts.append((lineno, _parse_line(raw, lineno, base)))
         except _LineError as e:
             raise ManifestError(
                 f"{path}:{lineno}: {e.message} (run `asrkd manifest check {path}` to list every problem)"

@@ -33,7 +33,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from asrkd.data.check import Problem, check_manifest, check_utterances
-from asrkd.data.manifest import ManifestError, Utterance, is_source_spec, read_manifest
+from asrkd.data.manifest import (
+    ManifestError,
+    Utterance,
+    is_source_spec,
+    read_numbered_manifest,
+)
 from asrkd.errors import AsrkdError
 from asrkd.text import Tokenizer
 
@@ -186,9 +191,17 @@ def iter_source(source: Any) -> Iterator[Utterance]:
             `asrkd manifest check SOURCE` to list them all), or the source cannot be read.
         SourceError: ``source`` names no source.
     """
+    for _, _, utterance in iter_numbered(source):
+        yield utterance
+
+
+def iter_numbered(source: Any) -> Iterator[tuple[int, str, Utterance]]:
+    """`iter_source` with each utterance's place: (line of a manifest or 1-based item number,
+    item name or "" for a manifest line, utterance); raises as `iter_source` does."""
     src = _as_source(source)
     if src.kind == "manifest":
-        yield from read_manifest(src.location)
+        for lineno, utterance in read_numbered_manifest(src.location):
+            yield lineno, "", utterance
         return
     for item in src.items():
         if item.problem is not None:
@@ -196,7 +209,7 @@ def iter_source(source: Any) -> Iterator[Utterance]:
                 f"{src}: {item.name}: {item.problem[1]} (run `asrkd manifest check {src}` to list "
                 "every problem)"
             )
-        yield item.utterance
+        yield item.number, item.name, item.utterance
 
 
 def read_source(source: Any) -> list[Utterance]:
