@@ -372,6 +372,10 @@ class TrainConfig(_Section):
     run: RunConfig = field(default_factory=RunConfig)
     kd: KDConfig = field(default_factory=lambda: KDConfig())  # read by the distiller only
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+        _check_frontend_and_model(self.frontend, self.model)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -397,6 +401,30 @@ class TrainConfig(_Section):
         self.data.train = [_absolute_source(s, base, "data.train") for s in self.data.train]
         if self.data.dev is not None:
             self.data.dev = _absolute_source(self.data.dev, base, "data.dev")
+
+
+def _check_frontend_and_model(frontend: dict[str, Any], model: ModelConfig) -> None:
+    """``frontend`` and ``model.preset`` / ``model.overrides`` checked by the classes that read
+    them (`asrkd.features.FrontendConfig`, `asrkd.models.conformer.build_preset`), at load rather
+    than when the run is built; the vocabulary size is not known yet, so any valid one stands in."""
+    from asrkd.features import FrontendConfig  # torch-heavy: import late
+    from asrkd.models.conformer import PRESETS, build_preset
+
+    try:
+        n_mels = FrontendConfig.from_dict(frontend).n_mels
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"frontend: {e}") from None
+    if model.preset not in PRESETS:
+        raise ConfigError(f"model.preset: {model.preset!r} is not allowed (allowed: one of "
+                          f"{', '.join(repr(p) for p in sorted(PRESETS))})")
+    fixed = sorted({"vocab_size", "n_mels"} & set(model.overrides))
+    if fixed:
+        raise ConfigError(f"model.overrides: {fixed} cannot be overridden (allowed: other ConformerConfig "
+                          "fields; the vocabulary size comes from the tokenizer, n_mels from frontend.n_mels)")
+    try:
+        build_preset(model.preset, vocab_size=2, n_mels=n_mels, **model.overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.overrides: {e}") from None
 
 
 # Fields that hold paths, as (section, key): resolved against the folder of the YAML that sets them.

@@ -63,6 +63,10 @@ def test_yaml_1_2_floats_without_a_dot_are_numbers(tmp_path):
     ("model: {dynamic_chunks: {max_chunk_size: 0}}", r"model\.dynamic_chunks\.max_chunk_size: 0 is out of range"),
     ("model: {dynamic_chunks: {foo: 1}}", r"model\.dynamic_chunks: unknown key\(s\) \['foo'\]"),
     ("optim: 4", r"optim: 4 is a whole number \(allowed: a mapping of OptimConfig keys\)"),
+    ("model: {preset: student-nope}", r"model\.preset: 'student-nope' is not allowed \(allowed: one of 'student', "),
+    ("model: {overrides: {n_layers: 0}}", r"model\.overrides: invalid ConformerConfig: n_layers=0 must be >= 1"),
+    ("model: {overrides: {vocab_size: 5}}", r"model\.overrides: \['vocab_size'\] cannot be overridden"),
+    ("frontend: {hop_lenght: 160}", r"frontend: unknown FrontendConfig field\(s\) \['hop_lenght'\]"),
 ])
 def test_a_bad_value_is_named_with_its_file_and_key_and_what_is_allowed(tmp_path, text, message):
     with pytest.raises(ConfigError, match=rf"^{tmp_path / 'train.yaml'}: {message}"):
