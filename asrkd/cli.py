@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from asrkd.config import ON_BAD_AUDIO
 from asrkd.contract import NBEST, NBEST_BEAM, TOP_K
 from asrkd.errors import AsrkdError
 
@@ -164,10 +165,17 @@ def _add_lexicon_argument(p: argparse.ArgumentParser) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from asrkd.data.manifest import ManifestError
+    from asrkd.data.preflight import UNREADABLE, check_inputs
     from asrkd.inference import evaluate_checkpoint
     from asrkd.metrics import oov_summary
 
     lexicon = _read_lexicon(args)
+    # The pre-flight: unreadable audio is skipped and counted below; audio that does not match its
+    # line (a truncated WAV, a duration unlike the file's) is named here and scored as the line says.
+    mismatched = [b for b in check_inputs([args.manifest], args.on_bad_audio, "pass --on-bad-audio skip to "
+                                          "score the rest") if b.kind not in UNREADABLE]
+    for b in mismatched:
+        print(_printable(f"asrkd eval: warning: {b.where}: {b.reason}"), file=sys.stderr)
     result = evaluate_checkpoint(args.checkpoint, args.manifest, json_out=args.json, beam=args.beam,
                                  lexicon=lexicon, chunk_size=args.chunk_size, left_chunks=args.left_chunks)
     for item in result["skipped_utterances"]:  # unreadable audio: named, left out of the score
@@ -200,7 +208,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if result["skipped_references"]:
         print(f"asrkd eval: {len(result['skipped_references'])} of {result['utterances']} readable utterance(s) "
               "not scored (empty reference)", file=sys.stderr)
-    return 2 if result["skipped"] or result["skipped_references"] else 0
+    if mismatched:
+        print(f"asrkd eval: {len(mismatched)} utterance(s) scored from audio that does not match its manifest "
+              "line (see the warnings)", file=sys.stderr)
+    return 2 if result["skipped"] or result["skipped_references"] or mismatched else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the checkpoint's, its streaming WER)")
     p.add_argument("--left-chunks", type=int, default=None,
                    help="streaming checkpoint: chunks of left context, -1 unlimited (default: the checkpoint's)")
+    p.add_argument("--on-bad-audio", choices=ON_BAD_AUDIO, default="skip",
+                   help="lines whose audio is missing, unreadable, truncated or unlike their duration: skip "
+                   "(default) names each, scores what can be read and exits 2; error refuses the manifest")
     _add_lexicon_argument(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -289,8 +303,10 @@ def _cmd_cache_build(args: argparse.Namespace) -> int:
     import torch
 
     from asrkd.cache import build_cache
+    from asrkd.data.preflight import check_inputs
     from asrkd.teacher import load_teacher
 
+    check_inputs(args.manifest)  # bad audio lines: refused before the cache folder is touched
     if args.threads:
         torch.set_num_threads(args.threads)
     # A stale or foreign folder is a CacheError: main prints what changed and what to do (status 2).
@@ -385,6 +401,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
                                   {k: v for k, v in given.items() if v is not None}, str(e))
         print(f"asrkd export: error: {e}\n(report: {path})", file=sys.stderr)
         return 2
+    from asrkd.data.preflight import check_inputs
+
+    check_inputs([args.eval_manifest], limit=args.max_utterances)  # bad audio lines: refused before any write
     try:
         report = export_bundle(args.checkpoint, args.out, args.eval_manifest, options,
                                verify_only=args.verify_only,

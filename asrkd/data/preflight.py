@@ -36,6 +36,7 @@ __all__ = [
     "SKIPPED_FILE",
     "BadItem",
     "CheckedSource",
+    "UNREADABLE",
     "SkipLog",
     "check_inputs",
     "preflight",
@@ -53,6 +54,7 @@ BAD_AUDIO = (
     "segment_past_end",
     "ctc_infeasible",
 )
+UNREADABLE = ("missing_audio", "unreadable_audio")  # of BAD_AUDIO, the kinds no reader can load
 SKIPPED_FILE = "skipped.jsonl"  # in a run folder: one `BadItem` per line
 
 
