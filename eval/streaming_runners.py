@@ -1,5 +1,5 @@
-"""Streaming artifacts (``onnx-stream``, ``tflite-stream``) driven chunk by chunk in their own
-runtimes, as an app would: from the bundle's ``contract.json`` alone.
+"""Streaming artifacts (``onnx-stream``, ``tflite-stream``, ``coreml-stream`` on macOS) driven chunk
+by chunk in their own runtimes, as an app would: from the bundle's ``contract.json`` alone.
 
     stepper = open_stepper("bundle/", "onnx-stream", "int8", threads=1)   # or StreamStepper subclasses
     stepper.reset()
@@ -192,7 +192,35 @@ class TFLiteStreamStepper(StreamStepper):
                 "outputs": spec(self.runner.get_output_details())}
 
 
-STEPPERS: dict[str, type[StreamStepper]] = {s.format: s for s in (OnnxStreamStepper, TFLiteStreamStepper)}
+class CoreMLStreamStepper(StreamStepper):
+    """A ``coreml-stream`` artifact through coremltools' ``predict`` (**macOS only**; Core ML picks
+    its own compute units and threads, ``threads`` is ignored)."""
+
+    format = "coreml-stream"
+
+    def __init__(self, path, contract, threads: int = 1):
+        import coremltools as ct
+
+        self.model = ct.models.MLModel(str(path))
+        super().__init__(path, contract, threads)
+
+    def _call(self, feeds):
+        return self.model.predict(feeds)
+
+    def io_specs(self):
+        from coremltools.proto import FeatureTypes_pb2 as ft
+
+        def spec(features):
+            names = ft.ArrayFeatureType.ArrayDataType
+            return {f.name: (list(f.type.multiArrayType.shape),
+                             names.Name(f.type.multiArrayType.dataType).lower()) for f in features}
+        description = self.model.get_spec().description
+        return {"inputs": spec(description.input), "outputs": spec(description.output)}
+
+
+STEPPERS: dict[str, type[StreamStepper]] = {
+    s.format: s for s in (OnnxStreamStepper, TFLiteStreamStepper, CoreMLStreamStepper)
+}
 
 
 def open_stepper(folder: str | Path, fmt: str, precision: str, threads: int = 1) -> StreamStepper:

@@ -76,7 +76,8 @@ class CoreMLCheckError(RuntimeError):
     """A saved .mlpackage does not have the inputs, outputs or metadata it was exported with."""
 
 
-def _target(name: str):
+def deployment_target(name: str):
+    """The ``coremltools.target`` called ``name`` (e.g. ``iOS17``)."""
     import coremltools as ct
 
     try:
@@ -107,7 +108,8 @@ def _input_types(graph: ExportGraph, windows: list[float], shapes: str):
     ]
 
 
-def _is_frontend(op) -> bool:
+def is_frontend_op(op) -> bool:
+    """Whether a converted MIL op belongs to the front end (its TorchScript module scope)."""
     from coremltools.converters.mil.mil.scope import ScopeSource
 
     names = op.scopes.get(ScopeSource.TORCHSCRIPT_MODULE_NAME, [])
@@ -143,7 +145,7 @@ def convert(graph: ExportGraph, windows: list[float], precision: str = "fp16", *
     compute = (
         ct.precision.FLOAT32
         if precision == "fp32"
-        else ct.transform.FP16ComputePrecision(op_selector=lambda op: not _is_frontend(op))
+        else ct.transform.FP16ComputePrecision(op_selector=lambda op: not is_frontend_op(op))
     )
     return ct.convert(
         traced,
@@ -151,7 +153,7 @@ def convert(graph: ExportGraph, windows: list[float], precision: str = "fp16", *
         outputs=[ct.TensorType(name=n, dtype=_OUTPUT_DTYPES[n]) for n in graph.output_names],
         convert_to="mlprogram",
         compute_precision=compute,
-        minimum_deployment_target=_target(minimum_deployment_target),
+        minimum_deployment_target=deployment_target(minimum_deployment_target),
     )
 
 
@@ -159,7 +161,7 @@ def trace(graph: ExportGraph, windows: list[float]) -> torch.jit.ScriptModule:
     example = graph.example_inputs(graph.input_length(max(windows)))
     with torch.no_grad():
         # Traced directly (ExportGraph returns a flat tuple of tensors), so module scopes start
-        # at "frontend" / "model", which _is_frontend relies on.
+        # at "frontend" / "model", which is_frontend_op relies on.
         return torch.jit.trace(graph.eval(), example, check_trace=False)
 
 
@@ -167,7 +169,7 @@ def frontend_constants(mlmodel) -> list[str]:
     """Names of the const ops (DFT basis, mel filterbank) of the front end in a converted model."""
     names = []
     for op in mlmodel._mil_program.functions["main"].operations:
-        if op.op_type == "const" and _is_frontend(op):
+        if op.op_type == "const" and is_frontend_op(op):
             names.append(op.name)
     return names
 
@@ -211,7 +213,8 @@ def describe(mlmodel, source: ExportSource, windows: list[float], precision: str
 
 
 # ------------------------------------------------------------------------ checks (no predict)
-def _array_shape(feature) -> dict[str, Any]:
+def array_shape(feature) -> dict[str, Any]:
+    """A model description feature's dtype and shape (and its enumerated shapes or range)."""
     arr = feature.type.multiArrayType
     from coremltools.proto import FeatureTypes_pb2 as ft
 
@@ -225,7 +228,7 @@ def _array_shape(feature) -> dict[str, Any]:
     return info
 
 
-def _weights_summary(spec) -> dict[str, Any]:
+def weights_summary(spec) -> dict[str, Any]:
     """Counts and elements of weight constants by storage type, from the program spec."""
     from coremltools.proto import MIL_pb2
 
@@ -259,8 +262,8 @@ def check_package(path: Path, graph: ExportGraph, windows: list[float], shapes: 
     import coremltools as ct
 
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-    found_in = {f.name: _array_shape(f) for f in spec.description.input}
-    found_out = {f.name: _array_shape(f) for f in spec.description.output}
+    found_in = {f.name: array_shape(f) for f in spec.description.input}
+    found_out = {f.name: array_shape(f) for f in spec.description.output}
     problems = []
     if list(found_in) != list(graph.input_names):
         problems.append(f"inputs are {list(found_in)}, expected {list(graph.input_names)}")
@@ -284,7 +287,7 @@ def check_package(path: Path, graph: ExportGraph, windows: list[float], shapes: 
     missing = [k for k in metadata_keys() if k not in meta]
     if missing:
         problems.append(f"metadata keys missing: {missing}")
-    summary = _weights_summary(spec)
+    summary = weights_summary(spec)
     kinds = summary["weight_tensors"]
     expect = {"int8": "int8", "pal6": "palettized", "pal4": "palettized"}.get(precision)
     if expect and not kinds.get(expect):
@@ -365,11 +368,16 @@ class CoreMLExporter(Exporter):
                              "enumerated" if artifact.windows_seconds else "range", artifact.precision)
 
     def cannot_run(self, checks: dict[str, Any] | None) -> str | None:
-        """Core ML executes only on macOS (coremltools' predict needs the Core ML framework)."""
-        if sys.platform == "darwin":
-            return None
-        c = checks or {}
-        return (f"not run: needs macOS (Core ML predict); on {sys.platform} the saved program was "
-                f"loaded and checked instead: inputs {list(c.get('inputs', {}))}, outputs "
-                f"{list(c.get('outputs', {}))}, {sum(c.get('mil_operations', {}).values())} MIL "
-                f"operations, weights {c.get('weight_tensors')}, asrkd metadata present")
+        return cannot_run_here(checks)
+
+
+def cannot_run_here(checks: dict[str, Any] | None) -> str | None:
+    """Core ML executes only on macOS (coremltools' predict needs the Core ML framework): None
+    there, else the reason, quoting what ``checks`` (`check_package`'s) found instead."""
+    if sys.platform == "darwin":
+        return None
+    c = checks or {}
+    return (f"not run: needs macOS (Core ML predict); on {sys.platform} the saved program was "
+            f"loaded and checked instead: inputs {list(c.get('inputs', {}))}, outputs "
+            f"{list(c.get('outputs', {}))}, {sum(c.get('mil_operations', {}).values())} MIL "
+            f"operations, weights {c.get('weight_tensors')}, asrkd metadata present")

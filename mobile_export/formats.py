@@ -14,13 +14,14 @@ from mobile_export.exporter import Exporter
 from mobile_export.onnx import OnnxExporter
 from mobile_export.sherpa_onnx import SherpaOnnxExporter
 from mobile_export.source import ExportSource
+from mobile_export.stream_coreml import CoreMLStreamExporter
 from mobile_export.stream_export import OnnxStreamExporter, TFLiteStreamExporter
 from mobile_export.stream_graph import is_streaming
 from mobile_export.tflite import TFLiteExporter
 
 EXPORTERS: dict[str, Exporter] = {
     e.name: e for e in (CoreMLExporter(), TFLiteExporter(), OnnxExporter(), ExecuTorchExporter(),
-                        SherpaOnnxExporter(), OnnxStreamExporter(), TFLiteStreamExporter())
+                        SherpaOnnxExporter(), CoreMLStreamExporter(), TFLiteStreamExporter(), OnnxStreamExporter())
 }
 FORMATS = tuple(EXPORTERS)
 # What `asrkd export` makes unless --formats says otherwise: the formats whose artifact holds the

@@ -1,8 +1,10 @@
-"""Streaming artifacts: the chunk step (mobile_export/stream_graph.py) as ONNX and TFLite files.
+"""Streaming artifacts: the chunk step (mobile_export/stream_graph.py) as ONNX, TFLite and Core ML files.
 
     onnx-stream    model.<precision>.stream.onnx     onnxruntime; fp32, int8 (dynamic, as ``onnx``)
     tflite-stream  model.<precision>.stream.tflite   LiteRT, one signature ``chunk``; fp32, int8
                                                       (dynamic range, as ``tflite``)
+    coreml-stream  model.<precision>.stream.mlpackage  Core ML from the same graph; fp16, fp32,
+                                                      int8 (checked on Linux: mobile_export/stream_coreml.py)
 
 Each takes ``pcm [1, chunk_samples]``, ``feature_frames [1]`` and the state tensors, and returns
 ``log_probs [1, chunk_size, V]`` and the next state, all by name, with fixed shapes (contract.json
@@ -95,10 +97,19 @@ def export_tflite(graph: StreamGraph, path: Path) -> Path:
 
 
 class StreamExporter(Exporter):
-    """What the streaming formats share: the graph, fp32 once and int8 derived from it, and
-    runners that drive the artifact chunk by chunk from the bundle's contract.json."""
+    """What the streaming formats share: runners that drive the artifact chunk by chunk from the
+    bundle's contract.json (eval/streaming_runners.py)."""
 
     streaming = True
+
+    def open_runner(self, path: str | Path, threads: int = 1) -> StreamStepper:
+        """The artifact driven chunk by chunk, as its bundle's contract.json says."""
+        return STEPPERS[self.name].load(path, threads)
+
+
+class DerivedStreamExporter(StreamExporter):
+    """A streaming format whose fp32 file is exported once and int8 derived from the file."""
+
     precisions = PRECISIONS
 
     @abstractmethod
@@ -123,12 +134,8 @@ class StreamExporter(Exporter):
 
         return convert_via_fp32(self, out_dir, precisions, lambda path: self.export_fp32(graph, path), derive)
 
-    def open_runner(self, path: str | Path, threads: int = 1) -> StreamStepper:
-        """The artifact driven chunk by chunk, as its bundle's contract.json says."""
-        return STEPPERS[self.name].load(path, threads)
 
-
-class OnnxStreamExporter(StreamExporter):
+class OnnxStreamExporter(DerivedStreamExporter):
     """``onnx-stream``: onnxruntime, fp32 and int8."""
 
     name = "onnx-stream"
@@ -141,7 +148,7 @@ class OnnxStreamExporter(StreamExporter):
         quantize_int8(fp32_path, path)
 
 
-class TFLiteStreamExporter(StreamExporter):
+class TFLiteStreamExporter(DerivedStreamExporter):
     """``tflite-stream``: LiteRT, fp32 and int8 (dynamic range)."""
 
     name = "tflite-stream"

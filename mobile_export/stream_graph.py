@@ -153,7 +153,7 @@ class StreamGraph(nn.Module):
         the utterance's: chunk_feature_frames but in the last call) and the state (`state_shapes`)
         -> log_probs [1, chunk_size, V] and the next state."""
         buffer = torch.cat([samples, pcm], dim=1)
-        lengths = torch.full((1,), buffer.size(1), dtype=torch.long, device=buffer.device)
+        lengths = torch.full((1,), self.overlap_samples + self.chunk_samples, dtype=torch.long, device=pcm.device)
         feats, _ = self.frontend(buffer, lengths)  # [1, chunk_size x subsampling, n_mels]
         feats = feats.to(self.model.ctc_head.weight.dtype)
         log_probs, features, attention, convolution, frames = self.model.step(

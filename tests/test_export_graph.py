@@ -160,8 +160,8 @@ def test_every_format_is_an_exporter_with_a_runner(tmp_path):
     from mobile_export.formats import EXPORTERS
     from mobile_export.options import PRECISIONS, ExportOptions
 
-    assert tuple(EXPORTERS) == ("coreml", "tflite", "onnx", "executorch", "sherpa-onnx", "onnx-stream",
-                                "tflite-stream")
+    assert tuple(EXPORTERS) == ("coreml", "tflite", "onnx", "executorch", "sherpa-onnx", "coreml-stream",
+                                "tflite-stream", "onnx-stream")
     # sherpa-onnx on request; the streaming formats by default for a streaming checkpoint only
     assert ExportOptions().formats == ("coreml", "tflite", "onnx", "executorch")
     for name, exporter in EXPORTERS.items():

@@ -26,6 +26,15 @@ from mobile_export.stream_graph import StreamGraph, TorchStreamStepper
 SMALL = dict(d_model=32, n_layers=2, subsampling_channels=16, chunk_size=4, left_chunks=2)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is several times faster than many on a shared, busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _parts(**overrides):
     tok = CharTokenizer.default_english()
     torch.manual_seed(0)
@@ -133,6 +142,23 @@ def test_onnx_stream_export_matches_pytorch_and_its_contract(tmp_path):
 def test_tflite_stream_export_matches_pytorch_and_its_contract(tmp_path):
     report = _export(tmp_path, ("tflite-stream",), rtf_utterances=3, rtf_repeats=1, cold_start=False)
     _check_bundle(tmp_path / "bundle", "tflite-stream", report)
+
+
+@pytest.mark.slow
+def test_coreml_stream_program_has_the_contracts_tensors(tmp_path):
+    """On Linux the Core ML programs are converted and checked (not run): their inputs and
+    outputs are contract.json's, int8 holds int8 weights."""
+    from mobile_export.formats import EXPORTERS
+
+    frontend, model, tok = _parts()
+    made = EXPORTERS["coreml-stream"].convert(ExportSource.of((frontend, model, tok)), tmp_path,
+                                              ["fp32", "int8"], ExportOptions())
+    spec = StreamGraph(frontend, model).streaming_contract()
+    for precision, artifact in made.items():
+        assert {n: t["shape"] for n, t in artifact.checks["inputs"].items()} == {
+            n: t["shape"] for n, t in spec["inputs"].items()}, precision
+        assert list(artifact.checks["outputs"]) == list(spec["outputs"])
+    assert made["int8"].checks["weight_tensors"].get("int8")
 
 
 def test_a_streaming_format_asked_for_a_non_streaming_checkpoint_fails_with_the_reason(tmp_path):

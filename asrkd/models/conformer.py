@@ -392,7 +392,8 @@ class ConformerCTC(nn.Module):
         frames (a masked key gets exactly zero weight).
         """
         self._check_fixed_chunking()
-        chunk, cached = self.config.chunk_size, attention.size(2)
+        # Sizes from the config, not read from tensors: a traced graph keeps them constants.
+        chunk, cached = self.config.chunk_size, self.config.left_chunks * self.config.chunk_size
         x, features = self.subsampling.forward_chunk(feats, features, first=frames == 0, valid=valid)
         # Slot j of the cache holds a frame once frames >= K - j; of the chunk's own keys, those of
         # the utterance's frames.

@@ -62,7 +62,9 @@ class ConvolutionModule(nn.Module):
         depthwise inputs of the frames before the chunk) -> out [B, C, D], the next cache."""
         x = F.glu(self.pointwise_in(self.norm_in(x)), dim=-1).transpose(1, 2)
         x = torch.cat([cache, x], dim=2)
-        return self._output(self.depthwise(x)), x[:, :, x.size(2) - self.cache_frames :]
+        # A negative start (no size read from x) keeps a traced graph free of size arithmetic.
+        cache = x[:, :, -self.cache_frames :] if self.cache_frames else x[:, :, :0]
+        return self._output(self.depthwise(x)), cache
 
     def _output(self, x: Tensor) -> Tensor:
         """The depthwise convolution's output [B, D, T] -> norm, SiLU, pointwise -> [B, T, D]."""

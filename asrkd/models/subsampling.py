@@ -114,16 +114,17 @@ class ConvSubsampling(nn.Module):
         chunk), cache [B, factor, F] (the previous chunk's last frames; zeros and ``first`` for a
         stream's first chunk) -> x [B, ceil(n / factor), d_model], the next cache. ``first`` may
         be a 0-d bool tensor (one traced graph for the first chunk and every later one).
-        ``valid [B]`` int: only the first ``valid`` frames of ``feats`` are the utterance's (a
+        ``valid [B]`` int: only the first ``valid <= n`` frames of ``feats`` are the utterance's (a
         fixed-size last chunk padded past its end); its outputs from ``ceil(valid / factor)`` on
         are unspecified. None: all ``n``."""
         x = torch.cat([cache, feats], dim=1)
-        lens = torch.full((x.size(0),), x.size(1), dtype=torch.long, device=x.device)
-        if valid is not None:
-            lens = torch.minimum(lens, valid.to(torch.long) + self.factor)
+        if valid is None:
+            lens = torch.full((x.size(0),), x.size(1), dtype=torch.long, device=x.device)
+        else:  # no size read from x: a traced graph keeps the length an input
+            lens = valid.to(torch.long) + self.factor
         if isinstance(first, Tensor):
             left_padding = first.to(torch.int32) * self.factor
         else:
             left_padding = self.factor if first else 0
         out, _ = self(x, lens, left_padding=left_padding)
-        return out[:, 1:], x[:, x.size(1) - self.factor :]
+        return out[:, 1:], x[:, -self.factor :]
