@@ -18,190 +18,27 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
+from asrkd.config_values import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Bounds,
+    ConfigError,
+    Section,
+    allowed,
+    check_fields,
+    kind_of,
+)
 from asrkd.contract import TOP_K
-from asrkd.errors import AsrkdError
-
-
-class ConfigError(AsrkdError, ValueError):
-    """A configuration file or dict has a missing, unknown or invalid field."""
-
 
 ON_BAD_AUDIO = ("error", "skip")  # data.on_bad_audio: what training does with a bad audio line
-
-
-# ---------------------------------------------------------------------------------------------
-# Field checks: each section's fields are checked against their type and ``allowed`` metadata
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """The numbers a field allows (each element, for a list): ``low``..``high``, each end inclusive
-    unless ``low_open`` / ``high_open``; None: unbounded on that side."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def admits(self, x: float) -> bool:
-        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
-        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
-        return above and below
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        if self.low is None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-
-
-POSITIVE = Bounds(0, low_open=True)
-NON_NEGATIVE = Bounds(0)
-AT_LEAST_ONE = Bounds(1)
-PROBABILITY = Bounds(0, 1)
-
-
-def allowed(what: Bounds | tuple[str, ...], null: str = "") -> dict[str, Any]:
-    """Field metadata: the values a field allows beyond its type, e.g.
-    ``lr: float = field(default=2e-3, metadata=allowed(POSITIVE))``; ``null``: what an optional
-    field's null means, for the error message."""
-    return {"allowed": what, "null": null}
-
-
-class _Section:
-    """Base of the config sections: `__post_init__` checks every field (`check_fields`)."""
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-
-def check_fields(section: Any) -> None:
-    """Check each field of the dataclass ``section`` against its type and ``allowed`` metadata.
-
-    Raises ConfigError ``key: what is wrong (allowed: ...)``; `_build` puts the file and the
-    section in front. A float field takes an int (YAML ``lr: 1``); no field takes a bool for a
-    number, or a string for a number (a quoted ``"4"`` is a mistake to point at, not to guess)."""
-    hints = _type_hints(type(section))
-    for f in dataclasses.fields(section):
-        value, hint, limit = getattr(section, f.name), hints[f.name], f.metadata.get("allowed")
-        if not _has_type(value, hint):
-            wrong = _type_mistake(value, hint)
-        elif limit is not None and not _within(value, limit):
-            wrong = f"{value!r} is not allowed" if isinstance(limit, tuple) else f"{value!r} is out of range"
-        else:
-            continue
-        null = f.metadata.get("null")
-        raise ConfigError(f"{f.name}: {wrong} (allowed: {_describe(hint, limit)}{f': {null}' if null else ''})")
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _type_hints(cls: type) -> dict[str, Any]:
-    """``cls``'s field types, evaluated (this module's annotations are strings)."""
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
-def _has_type(value: Any, hint: Any) -> bool:
-    """Whether ``value`` is of the annotated type ``hint`` (unions, lists, dicts, sections)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, arm) for arm in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if origin is list:
-        return isinstance(value, list | tuple) and all(_has_type(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(_has_type(k, args[0]) and _has_type(v, args[1])
-                                               for k, v in value.items())
-    return isinstance(value, hint)
-
-
-def _type_mistake(value: Any, hint: Any) -> str:
-    """Why ``value`` is not a ``hint``: its kind, or for a list or mapping, the first item that is
-    of the wrong kind (``[0.9, 'x'] holds 'x', a string``)."""
-    arms = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for arm in arms:
-        origin, args = typing.get_origin(arm), typing.get_args(arm)
-        if origin is list and isinstance(value, list | tuple):
-            items = [(v, args[0]) for v in value]
-        elif origin is dict and isinstance(value, dict):
-            items = [pair for k, v in value.items() for pair in ((k, args[0]), (v, args[1]))]
-        else:
-            continue
-        bad = [x for x, t in items if not _has_type(x, t)]
-        if bad:
-            return f"{value!r} holds {bad[0]!r}, {_kind(bad[0])}"
-    return f"{value!r} is {_kind(value)}"
-
-
-def _within(value: Any, limit: Bounds | tuple[str, ...]) -> bool:
-    if value is None:
-        return True  # an optional field's null
-    if isinstance(limit, tuple):
-        return value in limit
-    if isinstance(value, dict):
-        values = [*value, *value.values()]
-    else:
-        values = value if isinstance(value, list | tuple) else [value]
-    return all(limit.admits(v) for v in values)
-
-
-_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
-          type(None): "null"}
-_PLURALS = {int: "whole numbers", float: "numbers", str: "strings"}
-
-
-def _kind(value: Any) -> str:
-    """What a YAML reader would call ``value``'s type: ``'4' is a string``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "not a finite number"
-    if isinstance(value, list | tuple):
-        return "a list" if value else "an empty list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return _KINDS.get(type(value), f"a {type(value).__name__}")
-
-
-def _describe(hint: Any, limit: Bounds | tuple[str, ...] | None) -> str:
-    """What ``hint`` (and ``limit``) allow, in words: ``a whole number >= 1, or null``."""
-    if isinstance(limit, tuple):
-        return "one of " + ", ".join(repr(c) for c in limit)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        arms = [a for a in args if a is not type(None)]
-        words = " or ".join(_describe(a, limit) for a in arms)
-        return f"{words}, or null" if len(arms) < len(args) else words
-    bound = f" {limit}" if isinstance(limit, Bounds) else ""
-    if origin is list:
-        return f"a list of {_PLURALS.get(args[0], 'items')}{bound}"
-    if origin is dict:
-        return f"a mapping of {_PLURALS.get(args[0], 'keys')} to {_PLURALS.get(args[1], 'values')}{bound}"
-    if hint is Any:
-        return "anything"
-    if dataclasses.is_dataclass(hint):
-        return "a mapping of its keys"
-    return _KINDS.get(hint, hint.__name__) + bound
 
 
 class _Loader(yaml.SafeLoader):
@@ -214,7 +51,7 @@ _Loader.add_implicit_resolver(
 
 
 @dataclass
-class DataConfig(_Section):
+class DataConfig(Section):
     # One or more data sources (asrkd.data.sources): JSONL manifest paths, and/or mappings
     # {lhotse: cuts.jsonl.gz} / {hf: DATASET_DIR, split: train, audio_column: audio, ...}.
     train: list[str | dict[str, Any]] = field(default_factory=list)
@@ -237,7 +74,7 @@ class DataConfig(_Section):
         if isinstance(self.train, str | dict):
             self.train = [self.train]
         if not isinstance(self.train, list):
-            raise ConfigError(f"train: {self.train!r} is {_kind(self.train)} "
+            raise ConfigError(f"train: {self.train!r} is {kind_of(self.train)} "
                               f"(allowed: a data source or a list of them)")
         self.train = [_source(s, f"train[{i}]") for i, s in enumerate(self.train)]
         if self.dev is not None:
@@ -259,7 +96,7 @@ def _source(value: Any, key: str) -> str | dict[str, Any]:
 
 
 @dataclass
-class DynamicChunksConfig(_Section):
+class DynamicChunksConfig(Section):
     """Dynamic chunk training (WeNet U2) of a causal (streaming) model: each batch is trained with
     a chunking drawn by `asrkd.models.streaming.draw_chunk_size` from a generator seeded with
     (run.seed, step), so one set of weights serves several chunk sizes and full context. Off: a
@@ -275,7 +112,7 @@ class DynamicChunksConfig(_Section):
 
 
 @dataclass
-class ModelConfig(_Section):
+class ModelConfig(Section):
     preset: str = "student"
     overrides: dict[str, Any] = field(default_factory=dict)
     # Start from this checkpoint's weights (and tokenizer) instead of a random init: fine-tuning,
@@ -297,7 +134,7 @@ class ModelConfig(_Section):
 
 
 @dataclass
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     speed_factors: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1], metadata=allowed(POSITIVE))
     noise_prob: float = field(default=0.3, metadata=allowed(PROBABILITY))
     snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])
@@ -331,7 +168,7 @@ class AugmentConfig(_Section):
 
 
 @dataclass
-class OptimConfig(_Section):
+class OptimConfig(Section):
     lr: float = field(default=2e-3, metadata=allowed(POSITIVE))
     weight_decay: float = field(default=1e-3, metadata=allowed(NON_NEGATIVE))
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98], metadata=allowed(Bounds(0, 1, high_open=True)))
@@ -350,7 +187,7 @@ class OptimConfig(_Section):
 
 
 @dataclass
-class RunConfig(_Section):
+class RunConfig(Section):
     out_dir: str = "runs/train"
     seed: int = field(default=0, metadata=allowed(NON_NEGATIVE))
     # torch intra-op threads (None: torch default)
@@ -363,7 +200,7 @@ class RunConfig(_Section):
 
 
 @dataclass
-class TrainConfig(_Section):
+class TrainConfig(Section):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     frontend: dict[str, Any] = field(default_factory=dict)  # FrontendConfig overrides
@@ -546,7 +383,7 @@ def _build(cls, d: Any, source: str, section: str = ""):
     the ``section``'s dotted path: ``FILE: optim.lr: ...``."""
     where = f"{source}: {section}" if section else source
     if not isinstance(d, dict):
-        raise ConfigError(f"{where}: {d!r} is {_kind(d)} (allowed: a mapping of {cls.__name__} keys)")
+        raise ConfigError(f"{where}: {d!r} is {kind_of(d)} (allowed: a mapping of {cls.__name__} keys)")
     fields = _known_fields(cls, d, where)
     kwargs = {}
     for name, value in d.items():
@@ -573,7 +410,7 @@ KD_TERMS = ("ctc", "frame", "sequence", "feature", "relation")
 
 
 @dataclass
-class TermWeight(_Section):
+class TermWeight(Section):
     """The weight of one loss term as a function of the optimiser step.
 
     ``constant``: ``value`` from step 0. ``linear`` / ``cosine``: ``initial`` until
@@ -607,7 +444,7 @@ class TermWeight(_Section):
 
 
 @dataclass
-class KDWeights(_Section):
+class KDWeights(Section):
     """One weight per loss term (see asrkd.losses). Ground-truth (or pseudo-label) CTC is on by default."""
 
     ctc: TermWeight = field(default_factory=lambda: TermWeight(1.0))
@@ -618,7 +455,7 @@ class KDWeights(_Section):
 
 
 @dataclass
-class PseudoLabelConfig(_Section):
+class PseudoLabelConfig(Section):
     """Utterances without text get the teacher's best hypothesis as their CTC target."""
 
     # drop unlabelled utterances the teacher is less sure of
@@ -627,7 +464,7 @@ class PseudoLabelConfig(_Section):
 
 
 @dataclass
-class KDConfig(_Section):
+class KDConfig(Section):
     """What the distiller distils from, and how. See docs/DISTILLATION.md."""
 
     cache: str | None = None  # posterior cache folder (`asrkd cache build`)
