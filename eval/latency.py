@@ -69,8 +69,9 @@ class ChunkStepper(Protocol):
     """A streaming recogniser fed one chunk of PCM at a time (one utterance, one thread).
 
     ``chunk_samples``: samples per `step` call. ``step(pcm)`` takes float32 mono PCM ``[n]``,
-    ``n == chunk_samples`` except for the utterance's last piece, which may be shorter (a runtime
-    with a fixed-length input keeps it and processes it in `finish`), and returns the token ids
+    ``n == chunk_samples`` (``+ lookahead_samples`` in the first call) except for the utterance's
+    last piece, which may be shorter (a runtime with a fixed-length input keeps it and processes
+    it in `finish`), and returns the token ids
     this call emitted that no earlier call did: greedy CTC, collapsed across chunks (`CtcCollapse`),
     so the concatenation of every call's return value is the utterance's hypothesis. ``finish()``
     ends the utterance (flushes the front end and the last chunk) and returns the last new ids;
@@ -125,7 +126,7 @@ class TranscriberStepper:
     def __init__(self, transcriber: StreamingTranscriber):
         if transcriber.chunk_samples is None:
             raise StreamingError("a full-context StreamingTranscriber (chunk_size -1) emits nothing before "
-                             "finalize(); latency is measured on a chunked one")
+                                 "finalize(); latency is measured on a chunked one")
         self.transcriber = transcriber
         self.chunk_samples = transcriber.chunk_samples
         frontend = transcriber.frontend
@@ -134,15 +135,18 @@ class TranscriberStepper:
         self._frames = 0
 
     def reset(self) -> None:
+        """A new utterance."""
         self.transcriber.reset()
         self.collapse.reset()
         self._frames = 0
 
     def step(self, pcm: np.ndarray) -> list[int]:
+        """``accept_waveform(pcm)`` -> the token ids of the chunks it decoded."""
         self.transcriber.accept_waveform(pcm)
         return self._new_tokens()
 
     def finish(self) -> list[int]:
+        """``finalize()`` -> the token ids of the last chunk."""
         self.transcriber.finalize()
         return self._new_tokens()
 
