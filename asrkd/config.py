@@ -383,7 +383,8 @@ def _build(cls, d: Any, source: str, section: str = ""):
     the ``section``'s dotted path: ``FILE: optim.lr: ...``."""
     where = f"{source}: {section}" if section else source
     if not isinstance(d, dict):
-        raise ConfigError(f"{where}: {d!r} is {kind_of(d)} (allowed: a mapping of {cls.__name__} keys)")
+        weight = "a number >= 0 (a constant weight) or " if cls is TermWeight else ""
+        raise ConfigError(f"{where}: {d!r} is {kind_of(d)} (allowed: {weight}a mapping of {cls.__name__} keys)")
     fields = _known_fields(cls, d, where)
     kwargs = {}
     for name, value in d.items():

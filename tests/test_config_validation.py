@@ -58,6 +58,7 @@ def test_yaml_1_2_floats_without_a_dot_are_numbers(tmp_path):
     ("kd: {temperature: 0}", r"kd\.temperature: 0 is out of range \(allowed: a number > 0\)"),
     ("kd: {blank_weight: 2}", r"kd\.blank_weight: 2 is out of range \(allowed: a number in \[0, 1\]\)"),
     ("kd: {layer_map: {a: 1}}", r"kd\.layer_map: \{'a': 1\} holds 'a', a string \(allowed: a mapping of whole numbers"),
+    ("kd: {weights: {frame: true}}", r"kd\.weights\.frame: True is true or false \(allowed: a number >= 0 \(a constant "),
     ("kd: {weights: {frame: -0.5}}", r"kd\.weights\.frame\.value: -0\.5 is out of range \(allowed: a number >= 0\)"),
     ("kd: {pseudo_label: {min_confidence: 1.1}}", r"kd\.pseudo_label\.min_confidence: 1\.1 is out of range"),
     ("model: {dynamic_chunks: {max_chunk_size: 0}}", r"model\.dynamic_chunks\.max_chunk_size: 0 is out of range"),
