@@ -48,6 +48,7 @@ from asrkd.data import (
     Utterance,
 )
 from asrkd.data.check import ctc_shortfall
+from asrkd.data.manifest import ManifestError
 from asrkd.data.preflight import (
     SKIPPED_FILE,
     BadItem,
@@ -133,6 +134,8 @@ def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher 
 
     checked = _checked_sources(config, is_main)  # refuses bad audio lines (data.on_bad_audio: error) before any write
     utts = [u for c in checked.train for u in c.utterances]
+    if not distill:
+        _check_labelled(utts, checked.places)
     source, tokenizer, drops = None, None, []
     if distill:
         source = _target_source(config, utts, teacher)
@@ -337,6 +340,18 @@ def _checked_sources(config: TrainConfig, is_main: bool) -> _CheckedData:
         checked.report(config.run.out_dir)
         raise ConfigError(f"data.train: every line was left out as bad audio; see {path}")
     return checked
+
+
+def _check_labelled(utts: list[Utterance], places: dict[str, tuple[str, int]]) -> None:
+    """Plain CTC training needs every transcript: name the first line without one."""
+    unlabelled = [u for u in utts if u.text is None]
+    if unlabelled:
+        manifest, line = places.get(unlabelled[0].utt_id, ("data.train", 0))
+        raise ManifestError(
+            f"{manifest}:{line}: no 'text' ({len(unlabelled)} of {len(utts)} line(s) have none); `asrkd train` "
+            "needs a transcript on every line: add them, or use `asrkd distill` with a teacher's cache, which "
+            "gives unlabelled lines pseudo-labels"
+        )
 
 
 def _tokenizer(config: TrainConfig, utts: list[Utterance]):

@@ -21,7 +21,7 @@ import asrkd.loop as loop_module
 from asrkd.checkpoint import list_step_checkpoints, load_checkpoint
 from asrkd.cli import main as cli_main
 from asrkd.config import ConfigError, TrainConfig
-from asrkd.data import read_manifest
+from asrkd.data import ManifestError, read_manifest
 from asrkd.inference import Transcriber, evaluate
 from asrkd.loop import FeatureAugment
 from asrkd.synth import synthesize_corpus
@@ -478,3 +478,14 @@ def test_run_out_dir_is_a_new_folder_or_an_earlier_run(ten_utts, tmp_path):
     (tmp_path / "run" / "config.yaml").write_text("{}")
     (tmp_path / "run" / "notes.txt").write_text("mine")
     Trainer(TrainConfig.from_dict(tiny_config(ten_utts, tmp_path / "run")))
+
+
+def test_plain_training_names_a_line_without_text_before_starting(ten_utts, tmp_path):
+    lines = ten_utts.read_text().splitlines()
+    unlabelled = json.loads(lines[3])
+    del unlabelled["text"]
+    manifest = ten_utts.with_name("one_unlabelled.jsonl")  # beside the audio its relative paths name
+    manifest.write_text("\n".join([*lines[:3], json.dumps(unlabelled), *lines[4:]]) + "\n")
+    with pytest.raises(ManifestError, match=rf"^{manifest}:4: no 'text' \(1 of 10 line\(s\) have none\)"):
+        Trainer(TrainConfig.from_dict(tiny_config(manifest, tmp_path / "run")))
+    assert not (tmp_path / "run").exists()

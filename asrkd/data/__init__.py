@@ -41,7 +41,7 @@ from asrkd.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from asrkd.data.sampler import BucketingBatchSampler
+from asrkd.data.sampler import BucketingBatchSampler, ResumeError
 from asrkd.data.sources import (
     DataSource,
     SourceError,
@@ -63,6 +63,7 @@ __all__ = [
     "Gain",
     "ManifestError",
     "Problem",
+    "ResumeError",
     "SourceError",
     "SourceItem",
     "SpecAugment",

@@ -11,7 +11,7 @@ import torch
 from asrkd.audio import load_audio
 from asrkd.contract import SAMPLE_RATE
 from asrkd.data.augment import Transform
-from asrkd.data.manifest import Utterance
+from asrkd.data.manifest import ManifestError, Utterance
 from asrkd.text import Tokenizer, UnknownCharactersError
 
 
@@ -61,7 +61,7 @@ class AudioDataset(torch.utils.data.Dataset):
                 except UnknownCharactersError as e:
                     bad.append(f"{u.utt_id} {e.characters}")
             if bad:
-                raise ValueError(
+                raise ManifestError(
                     f"{len(bad)} utterance(s) have characters outside the vocabulary, e.g. "
                     f"{'; '.join(bad[:5])}; run `asrkd manifest check --tokens ...` to list them all"
                 )

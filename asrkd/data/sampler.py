@@ -10,6 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from asrkd.errors import AsrkdError
+
+
+class ResumeError(AsrkdError, ValueError):
+    """A saved sampler position that this sampler cannot continue: other data or settings."""
+
 
 class BucketingBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of similar-length utterances under a padded-duration budget; resumable; DDP-aware.
@@ -165,14 +171,16 @@ class BucketingBatchSampler(torch.utils.data.Sampler[list[int]]):
             "durations_sha256",
         ):
             if key in state and state[key] != mine[key]:
-                raise ValueError(
+                raise ResumeError(
                     f"cannot resume: sampler {key} is {mine[key]!r} but the saved state has "
-                    f"{state[key]!r}; resuming needs the same data and sampler settings"
+                    f"{state[key]!r}; resuming needs the same data and sampler settings (use the run's "
+                    "own config.yaml, or start a new run folder)"
                 )
         self.set_epoch(state["epoch"])
         position = int(state["position"])
         if not 0 <= position <= len(self._rank_batches()):
-            raise ValueError(
-                f"saved position {position} is outside epoch {self.epoch}'s {len(self)} batches"
+            raise ResumeError(
+                f"cannot resume: saved position {position} is outside epoch {self.epoch}'s {len(self)} "
+                "batches; resuming needs the same data and sampler settings"
             )
         self._resume_at = self._yielded = position
