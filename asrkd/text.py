@@ -340,7 +340,8 @@ def _check_fingerprint(tok: CharTokenizer | BPETokenizer, d: dict[str, Any]) -> 
     if want is not None and want != tok.fingerprint():
         raise TokenizerFileError(
             f"tokenizer fingerprint mismatch: dict says {want[:12]}…, content hashes to "
-            f"{tok.fingerprint()[:12]}…; the embedded vocabulary was edited or corrupted"
+            f"{tok.fingerprint()[:12]}…; the embedded vocabulary was edited or corrupted, and the model's "
+            "outputs would be read with the wrong symbols (restore the original tokenizer or checkpoint)"
         )
 
 
