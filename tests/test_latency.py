@@ -7,14 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_streaming import transcriber_parts  # noqa: F401
 
 from asrkd.checkpoint import save_checkpoint
 from asrkd.cli import main as cli_main
 from asrkd.decoding import greedy_decode
-from asrkd.features import FrontendConfig, LogMel
-from asrkd.models.conformer import ConformerCTC, build_preset
-from asrkd.streaming import StreamingError, StreamingTranscriber, streamable_frontend
-from asrkd.text import CharTokenizer
+from asrkd.streaming import StreamingError, StreamingTranscriber
 from eval.latency import (
     ChunkStepper,
     CtcCollapse,
@@ -145,12 +143,9 @@ def test_ctc_collapse_across_chunks_equals_greedy_decoding_of_all_frames():
 
 
 @pytest.fixture(scope="module")
-def stream_parts():
-    tokenizer = CharTokenizer.default_english()
-    torch.manual_seed(0)
-    model = ConformerCTC(build_preset("student-stream", vocab_size=tokenizer.vocab_size)).eval()
-    frontend = LogMel(streamable_frontend(FrontendConfig())).eval()
-    wav = 0.1 * torch.randn(16000 + 2123, generator=torch.Generator().manual_seed(3))
+def stream_parts(transcriber_parts):  # noqa: F811
+    """test_streaming's random student-stream, front end and tokenizer, the wave as numpy."""
+    model, frontend, tokenizer, wav = transcriber_parts
     return model, frontend, tokenizer, wav.numpy()
 
 
