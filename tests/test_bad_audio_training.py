@@ -109,3 +109,21 @@ def test_audio_that_goes_bad_after_the_preflight_is_skipped_and_listed(tmp_path,
         trainer.fit()
     assert str(e.value).startswith(f"{wavs['b']}: unreadable or corrupt audio")
     assert "Traceback" not in str(e.value) and "data.on_bad_audio: skip" in str(e.value)
+
+
+def test_a_resumed_run_still_lists_what_its_first_part_skipped(tmp_path):
+    manifest, wavs = _corpus(tmp_path)
+    config = _config(manifest, tmp_path / "run", "skip")
+    config.run.checkpoint_every = 1
+    trainer = Trainer(config)
+    good = wavs["b"].read_bytes()
+    wavs["b"].write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio")
+    trainer.fit()
+    wavs["b"].write_bytes(good)  # restored before the resume: the record of the skip stays
+    config.optim.max_steps = 5
+    Trainer(config, resume=True).fit()
+    items = [json.loads(line) for line in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
+    assert [(i["utt_id"], i["kind"]) for i in items] == [
+        ("missing", "missing_audio"), ("cut", "duration_mismatch"), ("short", "ctc_infeasible"),
+        ("ok2", "unreadable_audio"),
+    ]
