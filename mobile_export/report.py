@@ -120,8 +120,14 @@ class ArtifactEntry:
         if self.status == "not_run":
             return f"not_run ({self.reason})"
         rtf = self.speed.rtf_1thread
-        return (f"{self.status}: WER {100 * self.wer:.2f} %, agreement {100 * self.scores.agreement:.1f} %"
-                + ("" if rtf is None else f", RTF {rtf:.4f}"))
+        line = f"{self.status}: WER {100 * self.wer:.2f} %, agreement {100 * self.scores.agreement:.1f} %"
+        latency = (self.streaming or {}).get("latency")
+        if latency is not None:  # a streaming artifact: latency on one thread instead of the RTF
+            first, tokens = latency["first_partial"], self.streaming["token_agreement"]
+            return (line + ("" if tokens is None else f", token agreement {100 * tokens:.2f} %")
+                    + ("" if first is None else f", first partial {1000 * first['median']:.0f} ms median")
+                    + f", RTF {latency['rtf']['median']:.4f}")
+        return line + ("" if rtf is None else f", RTF {rtf:.4f}")
 
     def to_dict(self) -> dict[str, Any]:
         s = self.scores

@@ -15,6 +15,7 @@ from asrkd.features import FrontendConfig, LogMel
 from asrkd.models.conformer import ConformerCTC, build_preset
 from asrkd.streaming import StreamingError, StreamingTranscriber
 from asrkd.text import CharTokenizer
+from eval.latency import ChunkStepper
 from eval.streaming_runners import STEPPERS, open_stepper
 from mobile_export.export import ExportOptions, export_model
 from mobile_export.formats import DEFAULT_FORMATS, STREAMING_FORMATS, formats_for
@@ -71,6 +72,7 @@ def test_steps_in_the_latency_protocol_give_the_transcribers_tokens():
     emit the greedy tokens of the whole utterance."""
     frontend, model, tok = _parts()
     stepper = TorchStreamStepper(StreamGraph(frontend, model))
+    assert isinstance(stepper, ChunkStepper)
     wav = _wave(5 * stepper.chunk_samples + 1234, seed=1)
     transcriber = StreamingTranscriber(model, frontend, tok)
     transcriber.accept_waveform(wav)
