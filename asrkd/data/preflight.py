@@ -106,12 +106,13 @@ def preflight(source: Any, duration_tolerance: float = 0.1, limit: int | None = 
         ManifestError: a malformed line, the source cannot be read (as `read_source`), or it
             holds no utterance.
     """
-    parsed = [(number, name, u) for number, name, u in iter_numbered(source)][:limit]
-    name = str(_as_source(source))
+    src = _as_source(source)
+    name = str(src)
+    parsed = list(iter_numbered(src))[:limit]
     if not parsed:
         raise ManifestError(f"{name}: no utterances; a manifest has one JSON object per line")
-    problems = check_utterances(parsed, [], duration_tolerance=duration_tolerance,
-                                segments=_as_source(source).kind == "lhotse")
+    # Lhotse cuts are segments of their recordings: their ends are checked, not their lengths.
+    problems = check_utterances(parsed, [], duration_tolerance=duration_tolerance, segments=src.kind == "lhotse")
     reasons: dict[int, tuple[str, str]] = {}
     for p in problems:
         if p.kind in BAD_AUDIO and p.line not in reasons:
