@@ -13,7 +13,8 @@
 #   1 student stage 1 (200 steps)             5 student, KD from Whisper        (needs the cache)
 #   2 streaming student stage 1 (200 steps)   6 streaming student, KD from Whisper (needs the cache)
 #   3 student, CTC only                       7 WER and latency on yweweler (runs/fsdd/streaming/eval/)
-#   4 streaming student, CTC only
+#   4 streaming student, CTC only             8 the streaming KD student's int8 ONNX/TFLite streaming
+#                                               artifacts at 320 ms and 120 ms chunks, gated on yweweler
 # Needs runs/data/ (run.sh stage 1) and, for stages 5-6, the Whisper cache of the training audio
 # in runs/fsdd/whisper_cache (N-best and encoder states, `--hidden-layers 0`; docs/TEACHERS.md).
 # Outputs: runs/fsdd/streaming/. Set ASRKD / PYTHON to run other executables.
@@ -21,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 from_stage=1
-stop_stage=7
+stop_stage=8
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) from_stage=$2; shift 2 ;;
@@ -56,7 +57,8 @@ need_cache() {
   run "$@"
 }
 # Stage 7: greedy and lexicon WER and the latency of each model; the streaming students at
-# 320 ms (8 encoder frames, 8 chunks of left context) and 640 ms (16 frames, 4 chunks: the same 2.56 s).
+# 320 ms (8 encoder frames, 8 chunks of left context), 640 ms (16 frames, 4 chunks: the same 2.56 s)
+# and 120 ms (3 frames, 21 chunks: 2.52 s).
 evaluate() {
   mkdir -p $exp/eval
   for model in student_ctc student_kd; do
@@ -65,13 +67,23 @@ evaluate() {
     run $PYTHON $recipe/local/offline_latency.py $exp/$model --manifest $dev --json $exp/eval/${model}_latency.json
   done
   for model in stream_ctc stream_kd; do
-    for chunking in "8 8" "16 4"; do
+    for chunking in "8 8" "16 4" "3 21"; do
       set -- $chunking
       run $ASRKD eval $exp/$model --manifest $dev --chunk-size $1 --left-chunks $2 --json $exp/eval/${model}_c$1.json
       run $ASRKD eval $exp/$model --manifest $dev --chunk-size $1 --left-chunks $2 --lexicon $recipe/digits.words \
         --json $exp/eval/${model}_c$1_lexicon.json
     done
   done
+}
+# Stage 8: `asrkd export` makes the streaming artifacts at the checkpoint's chunking: 320 ms as
+# trained, and a copy of the same weights configured for 120 ms chunks (3 frames, 21 chunks = 2.52 s
+# of left context; local/rechunk.py), the chunk that brings the first partial under 200 ms.
+# Latency over all 100 utterances (--rtf-utterances), one thread.
+export_stream() {
+  local options="--formats onnx-stream,tflite-stream --quantize int8 --eval-manifest $dev --threads 1 --rtf-utterances 100 --rtf-repeats 1"
+  run $ASRKD export $exp/stream_kd $options --out $exp/export_stream_kd
+  run $PYTHON $recipe/local/rechunk.py $exp/stream_kd $exp/stream_kd_c3 --chunk-size 3 --left-chunks 21
+  run $ASRKD export $exp/stream_kd_c3 $options --out $exp/export_stream_kd_c3
 }
 
 stage 1 "student stage 1, raw log-mel front end" \
@@ -88,3 +100,5 @@ stage 6 "streaming student, CTC + sequence and feature KD from the Whisper cache
   need_cache $ASRKD distill --config $conf/stream_kd.yaml --resume
 stage 7 "WER and latency on yweweler (runs/fsdd/streaming/eval/)" \
   evaluate
+stage 8 "the streaming KD student's int8 streaming artifacts, 320 ms (its config) and 120 ms chunks" \
+  export_stream
