@@ -121,7 +121,8 @@ def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher 
 
     ``distill``: train with `KDLoss` from the ``kd`` section (else `CTCLoss`). ``teacher``: an
     already built teacher for ``kd.teacher_mode: online`` (else ``kd.teacher`` is loaded); with a
-    cache it is only used to check the cache's fingerprint. Raises `ConfigError` naming the key.
+    cache it is only used to check the cache's fingerprint. Raises `ConfigError` naming the key,
+    `ManifestError` naming the FILE:LINE of a bad training or dev line (``data.on_bad_audio``).
     """
     rank, world_size = init_distributed()
     is_main = rank == 0
@@ -161,7 +162,7 @@ def build_training(config: TrainConfig, distill: bool = False, teacher: Teacher 
     if is_main:
         if drops:
             write_drops(config.run.out_dir, drops)
-        checked.report(config.run.out_dir)
+        checked.report()
     model = ConformerCTC(model_config)
     chunks = _dynamic_chunks(config, model, frontend.config)
     sampler = BucketingBatchSampler(
@@ -308,14 +309,18 @@ class _CheckedData:
             return utts
         self.log.before += bad
         ids = {b.utt_id for b in bad}
-        return [u for u in utts if u.utt_id not in ids]
+        kept = [u for u in utts if u.utt_id not in ids]
+        if not kept:
+            self.report()
+            raise ConfigError(f"data.train: every line was left out as bad audio; see {self.log.path}")
+        return kept
 
     @property
     def places(self) -> dict[str, tuple[str, int]]:
         """utt_id -> (manifest, line) of every training utterance kept by the pre-flight."""
         return {u.utt_id: (c.source, line) for c in self.train for u, line in zip(c.utterances, c.lines, strict=True)}
 
-    def report(self, out_dir: str) -> None:
+    def report(self) -> None:
         """Under ``skip``: write the run's ``skipped.jsonl`` and say how many lines were left out."""
         if self.log is None:
             return
@@ -337,7 +342,7 @@ def _checked_sources(config: TrainConfig, is_main: bool) -> _CheckedData:
     path = Path(config.run.out_dir) / SKIPPED_FILE if is_main else None
     checked.log = SkipLog(path, checked.places, bad)
     if not any(c.utterances for c in train):
-        checked.report(config.run.out_dir)
+        checked.report()
         raise ConfigError(f"data.train: every line was left out as bad audio; see {path}")
     return checked
 
