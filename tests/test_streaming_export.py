@@ -163,6 +163,15 @@ def test_coreml_stream_program_has_the_contracts_tensors(tmp_path):
     assert made["int8"].checks["weight_tensors"].get("int8")
 
 
+@pytest.mark.slow
+def test_the_full_context_coreml_program_of_a_streaming_model_converts(tmp_path):
+    """The chunk mask of the whole-utterance graph converts too (coremltools has no aten::__or__)."""
+    from mobile_export.formats import EXPORTERS
+
+    made = EXPORTERS["coreml"].convert(ExportSource.of(_parts()), tmp_path, ["fp32"], ExportOptions(windows=(2.0,)))
+    assert made["fp32"].checks["weight_tensors"].get("float32"), made["fp32"]
+
+
 def test_a_streaming_format_asked_for_a_non_streaming_checkpoint_fails_with_the_reason(tmp_path):
     tok = CharTokenizer.default_english()
     full = (LogMel(FrontendConfig()), ConformerCTC(build_preset("student-xs", vocab_size=tok.vocab_size)), tok)

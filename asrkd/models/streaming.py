@@ -50,7 +50,8 @@ def padded_chunk_mask(valid: Tensor, chunk_size: int, left_chunks: int = FULL_CO
     and the key-padding mask. Padded query rows read their whole chunk window (padding included)
     instead of the valid keys only, so that no row is empty; their outputs are unspecified anyway."""
     chunks = chunk_attention_mask(valid.size(1), chunk_size, left_chunks, valid.device)
-    return chunks[None] & (valid[:, None, :] | ~valid[:, :, None])
+    # logical_or, not `|`: coremltools converts no aten::__or__ (the Core ML export of a chunked model).
+    return chunks[None] & torch.logical_or(valid[:, None, :], ~valid[:, :, None])
 
 
 @dataclass(frozen=True)
