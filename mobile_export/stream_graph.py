@@ -125,21 +125,16 @@ class StreamGraph(nn.Module):
         """Every state tensor's shape, in input order."""
         return {"samples": (1, self.overlap_samples), **self.model.fixed_state_shapes()}
 
-    def initial_state(self, pcm: np.ndarray | Tensor | None = None) -> dict[str, Tensor]:
-        """The state before a stream's first call; ``pcm``: the utterance (its first
-        ``lookahead_samples`` samples go into ``samples``; zeros if it is shorter)."""
-        state = {n: torch.zeros(s, dtype=getattr(torch, STATE_DTYPES[n]))
-                 for n, s in self.state_shapes().items()}
-        if pcm is not None and self.lookahead_samples:
-            head = torch.as_tensor(np.asarray(pcm, dtype=np.float32)).reshape(-1)[: self.lookahead_samples]
-            state["samples"][0, self.pad : self.pad + head.numel()] = head
-        return state
+    def zero_state(self) -> dict[str, Tensor]:
+        """Every state tensor at zero (a fresh stream's state before the utterance's first
+        ``lookahead_samples`` samples are written into ``samples``; contract.json ``start``)."""
+        return {n: torch.zeros(s, dtype=getattr(torch, STATE_DTYPES[n])) for n, s in self.state_shapes().items()}
 
     def example_inputs(self) -> tuple[Tensor, ...]:
         """Inputs to trace with: speech-level noise as the chunk, a mid-stream state (non-zero frame
         counter and caches, so that no constant folding sees the first chunk only)."""
         gen = torch.Generator().manual_seed(0)
-        state = self.initial_state()
+        state = self.zero_state()
         for name, t in state.items():
             if t.is_floating_point():
                 state[name] = 0.1 * torch.randn(t.shape, generator=gen)

@@ -181,5 +181,18 @@ def test_a_streaming_format_asked_for_a_non_streaming_checkpoint_fails_with_the_
     assert "streaming" not in json.loads((tmp_path / "bundle" / "contract.json").read_text())
 
 
+def test_token_agreement_counts_token_errors_against_the_reference():
+    from eval.report import Transcripts
+    from mobile_export.stream_export import token_agreement
+
+    def transcripts(*frame_ids):  # one utterance per argument: its frames' argmax ids (vocab 4)
+        return Transcripts([np.log(np.eye(4, dtype=np.float32)[list(ids)] + 1e-3) for ids in frame_ids],
+                           [""] * len(frame_ids), [1] * len(frame_ids))
+
+    reference = transcripts([1, 0, 2, 2, 3], [1, 1])  # tokens 1 2 3 | 1
+    assert token_agreement(reference, reference, blank_id=0) == 1.0
+    assert token_agreement(reference, transcripts([1, 0, 0, 0, 3], [2, 0]), blank_id=0) == pytest.approx(1 - 2 / 4)
+
+
 def test_every_streaming_format_has_a_stepper():
     assert set(STREAMING_FORMATS) == set(STEPPERS)
