@@ -4,6 +4,7 @@ log-probs and the next state out, with fixed shapes (one static graph for every 
     pcm [1, chunk_samples] ─┐
     samples [1, n_fft - hop] ┴► buffer ─► LogMel (no padding: the overlap is in the state)
                                           feats [1, chunk_size x subsampling, n_mels]
+        feature_frames [1] (the chunk's frames that are the utterance's: all but in the last call),
         features, attention, convolution, frames ─► ConformerCTC.step ─► log_probs [1, chunk_size, V]
     outputs: log_probs, next_samples, next_features, next_attention, next_convolution, next_frames
 
@@ -92,7 +93,7 @@ def is_streaming(model: ConformerCTC) -> bool:
 
 class StreamGraph(nn.Module):
     """LogMel + `ConformerCTC.step` on one chunk (module docstring), positional I/O:
-    ``forward(pcm, samples, features, attention, convolution, frames)`` ->
+    ``forward(pcm, feature_frames, samples, features, attention, convolution, frames)`` ->
     ``(log_probs, next_samples, next_features, next_attention, next_convolution, next_frames)``."""
 
     def __init__(self, frontend: LogMel, model: ConformerCTC):
