@@ -220,12 +220,9 @@ def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
 
 
 def _validate(c: TrainConfig) -> None:
+    """What no single field's check sees (asrkd.config checks each value's type and range at load)."""
     if not c.data.train:
         raise ConfigError("data.train: give at least one training manifest or data source")
-    if c.optim.schedule not in ("cosine", "constant"):
-        raise ConfigError(f"optim.schedule: {c.optim.schedule!r} is not one of 'cosine', 'constant'")
-    if c.data.max_batch_seconds <= 0:
-        raise ConfigError("data.max_batch_seconds must be > 0")
     _check_out_dir(Path(c.run.out_dir))
 
 
@@ -335,15 +332,19 @@ def _checked_sources(config: TrainConfig, is_main: bool) -> _CheckedData:
     train = [preflight(source) for source in config.data.train]
     dev = preflight(config.data.dev) if config.data.dev else None
     bad = [b for c in (*train, dev) if c is not None for b in c.bad]
+    checked = _CheckedData(train, dev, None)
     if config.data.on_bad_audio == "error":
         refuse(bad, _SKIP_INSTEAD)
-        return _CheckedData(train, dev, None)
-    checked = _CheckedData(train, dev, None)
-    path = Path(config.run.out_dir) / SKIPPED_FILE if is_main else None
-    checked.log = SkipLog(path, checked.places, bad)
-    if not any(c.utterances for c in train):
-        checked.report()
-        raise ConfigError(f"data.train: every line was left out as bad audio; see {path}")
+    else:
+        path = Path(config.run.out_dir) / SKIPPED_FILE if is_main else None
+        checked.log = SkipLog(path, checked.places, bad)
+        if not any(c.utterances for c in train):
+            checked.report()
+            raise ConfigError(f"data.train: every line was left out as bad audio; see {path}")
+    if dev is not None and not any(normalize_text(u.text or "") for u in dev.utterances):
+        left_out = f" ({len(dev.bad)} left out as bad audio)" if dev.bad else ""
+        raise ManifestError(f"{dev.source}: no line has a reference text to score the dev WER against{left_out}; "
+                            "give its lines their 'text', or leave data.dev unset")
     return checked
 
 

@@ -293,6 +293,10 @@ class TrainingLoop:
         dev = self.dev
         result = evaluate(self.model, self.frontend, self.tokenizer, dev.utts,
                           max_batch_seconds=dev.max_batch_seconds, lexicon=dev.lexicon)
+        if result["wer"] is None:  # no reference with a word in it: nothing to score, nothing to pick by
+            print(f"\nepoch {self.pos.epoch} step {self.pos.step}: dev set not scored (no reference text)")
+            self.model.train()
+            return {}
         metrics = {"dev_wer": result["wer"], "dev_cer": result["cer"]}
         logger.log(self.pos.step, metrics)
         decoded = " (with data.dev_lexicon)" if dev.lexicon is not None else ""

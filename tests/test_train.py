@@ -489,3 +489,14 @@ def test_plain_training_names_a_line_without_text_before_starting(ten_utts, tmp_
     with pytest.raises(ManifestError, match=rf"^{manifest}:4: no 'text' \(1 of 10 line\(s\) have none\)"):
         Trainer(TrainConfig.from_dict(tiny_config(manifest, tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_dev_set_without_reference_text_is_refused_before_starting(ten_utts, tmp_path):
+    lines = [json.loads(line) for line in ten_utts.read_text().splitlines()[:2]]
+    dev = ten_utts.with_name("dev_without_text.jsonl")  # beside the audio its relative paths name
+    dev.write_text("".join(json.dumps({**line, "text": ""}) + "\n" for line in lines))
+    config = tiny_config(ten_utts, tmp_path / "run")
+    config["data"]["dev"] = str(dev)
+    with pytest.raises(ManifestError, match=f"^{dev}: no line has a reference text to score the dev WER against"):
+        Trainer(TrainConfig.from_dict(config))
+    assert not (tmp_path / "run").exists()
