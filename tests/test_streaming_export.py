@@ -138,6 +138,12 @@ def _check_bundle(bundle: Path, fmt: str, report) -> None:
 def test_onnx_stream_export_matches_pytorch_and_its_contract(tmp_path):
     report = _export(tmp_path, ("onnx-stream",), rtf_utterances=3, rtf_repeats=1, cold_start=False)
     _check_bundle(tmp_path / "bundle", "onnx-stream", report)
+    # --verify-only re-runs the bundle's streaming artifact from its contract.json
+    again = export_model(_parts(), tmp_path / "bundle", tmp_path / "eval.jsonl",
+                         ExportOptions(formats=("onnx-stream",), precisions=("fp32",), rtf_repeats=0),
+                         verify_only=True)
+    (entry,) = again.artifacts
+    assert entry.status == "ok" and entry.streaming == {"token_agreement": 1.0, "latency": None}
 
 
 @pytest.mark.slow
