@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
     """
     path = Path(path)
     config = read_config(path)
-    model = ConformerCTC(ConformerConfig.from_dict(config["model"]))
+    model = ConformerCTC(_section(path, config, "model", ConformerConfig.from_dict))
     state = load_weights(path, map_location)
     weights = path / MODEL_FILE
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -176,11 +177,19 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
             f"{weights}: weights do not match the config in {CONFIG_FILE} "
             f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
         )
-    frontend = LogMel(FrontendConfig.from_dict(config["frontend"]))
-    tokenizer = load_tokenizer(config["tokenizer"])
+    frontend = LogMel(_section(path, config, "frontend", FrontendConfig.from_dict))
+    tokenizer = _section(path, config, "tokenizer", load_tokenizer)
     model.eval()
     frontend.eval()
     return LoadedModel(path=path, frontend=frontend, model=model, tokenizer=tokenizer, config=config)
+
+
+def _section(path: Path, config: dict, key: str, build: Callable[[Any], Any]) -> Any:
+    """``build(config[key])``, its failure a `CheckpointError` naming ``config.json`` and the key."""
+    try:
+        return build(config[key])
+    except (TypeError, ValueError, KeyError) as e:  # TokenizerFileError is a ValueError
+        raise CheckpointError(f"{path / CONFIG_FILE}: {key!r}: {e}") from None
 
 
 def load_weights(path: str | Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:

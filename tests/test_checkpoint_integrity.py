@@ -115,3 +115,10 @@ def test_resume_passes_over_a_damaged_newest_checkpoint_and_stays_bit_exact(tmp_
     with pytest.raises(CheckpointError, match="no step checkpoint can be resumed from"):
         Trainer(config, resume=True)
     shutil.rmtree(tmp_path / "run")
+
+
+def test_a_bad_section_of_config_json_is_named_with_the_file_and_key(checkpoint):
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "tokenizer": {"type": "words"}}))
+    with pytest.raises(CheckpointError, match=rf"^{checkpoint / 'config.json'}: 'tokenizer': tokenizer dict has type"):
+        load_checkpoint(checkpoint)
