@@ -80,7 +80,7 @@ def _streaming_section(report: dict) -> list[str]:
              f"{m['left_chunks']} chunks of left context) and a raw log-mel front end, distilled from the same "
              "cache, then exported with its state and run chunk by chunk as an app would (bundle_stream/, "
              "its contract.json says how). It emits text while the audio arrives; WER is that of the text "
-             "it emits. Latency on one thread, audio arriving in real time (eval/latency.py): first "
+             f"it emits (the full-context KD student's: {_pct(report['student_kd']['wer'])} %). Latency on one thread, audio arriving in real time (eval/latency.py): first "
              "partial = from the speech onset to the first token, final = from the end of the audio to "
              "the final text, median (p95) over the test set.", "",
              "| model | status | test WER % | first partial ms | final ms | compute per chunk ms | RTF (1 thread) | size MB |",
