@@ -366,6 +366,7 @@ def _add_distill_commands(sub) -> None:
 
 # ---------------------------------------------------------------- mobile export (export)
 def _cmd_export(args: argparse.Namespace) -> int:
+    from mobile_export.edge_suite import noise_files
     from mobile_export.export import ExportError, ExportOptions, export_bundle, write_error_report
 
     def csv(text: str) -> tuple[str, ...]:
@@ -396,6 +397,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if args.windows:
             given["windows"] = tuple(float(w) for w in csv(args.windows))
         options = ExportOptions(**{k: v for k, v in given.items() if v is not None})
+        noise_files(options.edge_case_noise)  # a noise folder without audio is an option error too
     except (ExportError, ValueError) as e:
         path = write_error_report(args.out, args.checkpoint, args.eval_manifest,
                                   {k: v for k, v in given.items() if v is not None}, str(e))

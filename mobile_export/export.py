@@ -159,13 +159,16 @@ def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | No
     the report with ``error`` set; per-artifact failures are recorded in the report instead.
 
     ``out_dir`` must be new, empty or an earlier bundle (else `bundle.OutputFolderError`, before
-    anything is written). The bundle is built in ``OUT.partial`` and replaces ``OUT`` as a whole
+    anything is written; with ``verify_only``, an earlier bundle). The bundle is built in ``OUT.partial`` and replaces ``OUT`` as a whole
     when the export completes (`settle`), so a stopped or killed export leaves an earlier bundle
     intact and ``OUT.zip`` holds only what this export wrote. ``verify_only`` works in place.
     """
     options = options or ExportOptions()
     log = log or (lambda msg: None)
     final, manifest = Path(out_dir), Path(eval_manifest)
+    if verify_only and not (final / bundle.CONTRACT_FILE).is_file():  # before the reference is scored
+        raise bundle.OutputFolderError(f"{final}: no {bundle.CONTRACT_FILE}, so not an asrkd bundle; --verify-only "
+                                       "re-verifies an earlier export's bundle: run `asrkd export` without it")
     out_dir = final if verify_only else bundle.begin_bundle(final)
     completed = False
     threads_all = options.threads or all_threads()
