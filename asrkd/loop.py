@@ -25,6 +25,7 @@ import csv
 import itertools
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -342,7 +343,7 @@ class TrainingLoop:
         damaged: list[str] = []
         for ckpt in reversed(steps):
             try:
-                weights, state = load_weights(ckpt), load_trainer_state(ckpt)
+                weights, state = load_weights(ckpt), _interned(load_trainer_state(ckpt))
                 break
             except CheckpointError as e:
                 damaged.append(str(e))
@@ -397,6 +398,18 @@ class TrainingLoop:
         for stale in list_step_checkpoints(self.ckpt_dir)[: -self.keep_last]:
             shutil.rmtree(stale)
         return path
+
+
+def _interned(obj: Any) -> Any:
+    """``obj`` with its strings interned, as the literals of an uninterrupted run are. Pickle
+    writes a string object once and refers back to it after, so a resumed optimizer whose keys
+    were read back from a checkpoint (new objects) would save a trainer_state.pt that differs in
+    bytes (not in value) from an uninterrupted run's."""
+    if isinstance(obj, dict):
+        return {_interned(k): _interned(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_interned(v) for v in obj]
+    return sys.intern(obj) if type(obj) is str else obj
 
 
 def _all_reduce_mean(p: Tensor) -> None:

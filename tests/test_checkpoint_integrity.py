@@ -101,6 +101,7 @@ def test_resume_passes_over_a_damaged_newest_checkpoint_and_stays_bit_exact(tmp_
     ckpts = list_step_checkpoints(tmp_path / "run" / "checkpoints")
     assert [p.name for p in ckpts] == ["step-0000002", "step-0000004", "step-0000006"]
     uninterrupted = (ckpts[-1] / MODEL_FILE).read_bytes()
+    uninterrupted_state = (ckpts[-1] / STATE_FILE).read_bytes()
     (ckpts[-1] / MODEL_FILE).write_bytes(uninterrupted[:1000])  # a copy cut short
 
     trainer = Trainer(config, resume=True)
@@ -109,6 +110,7 @@ def test_resume_passes_over_a_damaged_newest_checkpoint_and_stays_bit_exact(tmp_
     assert f"resumed from {ckpts[-2]} (step 4" in out and "instead of the damaged later one(s)" in out
     trainer.fit()
     assert (ckpts[-1] / MODEL_FILE).read_bytes() == uninterrupted  # steps 5 and 6 replayed exactly
+    assert (ckpts[-1] / STATE_FILE).read_bytes() == uninterrupted_state  # and their trainer state, byte for byte
 
     for ckpt in ckpts:
         (ckpt / STATE_FILE).write_bytes(b"not a zip")
