@@ -222,6 +222,9 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {name} | {w.get('substitutions')} | {w.get('deletions')} | {w.get('insertions')} "
                          f"| {w.get('reference_length')} | {c.get('substitutions')} | {c.get('deletions')} "
                          f"| {c.get('insertions')} |")
+    streaming = [a for a in report.get("artifacts", []) if a.get("streaming")]
+    if streaming:
+        lines += _streaming_markdown(streaming)
     if report.get("confidence"):
         lines += _confidence_markdown(report["confidence"], report.get("artifacts", []))
     if report.get("edge_cases"):
@@ -232,6 +235,35 @@ def render_markdown(report: dict) -> str:
         lines += [f"- `{k}`: {v}" for k, v in CONFIDENCE_DEFINITIONS.items()]
     lines.append("")
     return "\n".join(lines)
+
+
+def _streaming_markdown(artifacts: list[dict]) -> list[str]:
+    """REPORT.md's section on the streaming artifacts: each one driven chunk by chunk in its own
+    runtime (`eval.latency.measure_latency`, one thread) against the PyTorch streaming model."""
+    def ms(spread: dict | None) -> str:
+        return "–" if spread is None else f"{1000 * spread['median']:.0f} ({1000 * spread['p95']:.0f})"
+
+    lines = ["", "## Streaming artifacts (chunk by chunk, one thread)", "",
+             "| artifact | chunk ms | token agreement % | first partial ms, median (p95) "
+             "| final ms, median (p95) | compute per chunk ms, median (p95) | RTF | utterances without a token |",
+             "|---|---|---|---|---|---|---|---|"]
+    for a in artifacts:
+        s = a["streaming"]
+        lat = s.get("latency")
+        if lat is None:
+            lines.append(f"| {a['format']} {a['precision']} | – | {_pct(s.get('token_agreement'))} "
+                         "| not measured | – | – | – | – |")
+            continue
+        lines.append(
+            f"| {a['format']} {a['precision']} | {1000 * lat['chunk_seconds']:.0f} "
+            f"| {_pct(s.get('token_agreement'))} | {ms(lat.get('first_partial'))} | {ms(lat.get('final'))} "
+            f"| {ms(lat.get('chunk_compute'))} | {_num((lat.get('rtf') or {}).get('median'))} "
+            f"| {lat.get('no_token')} of {lat.get('utterances')} |"
+        )
+    lines += ["", "First partial: from the first speech sample to the end of the compute that emitted the "
+              "first token, counting the wait for the chunk to fill (docs/STREAMING.md). Final: from the "
+              "end of the audio to the final text."]
+    return lines
 
 
 def _confidence_markdown(conf: dict, artifacts: list[dict]) -> list[str]:

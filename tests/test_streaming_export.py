@@ -133,6 +133,10 @@ def _check_bundle(bundle: Path, fmt: str, report) -> None:
     assert entry.scores.agreement == 1.0 and entry.scores.max_abs_logprob_diff < 1e-4
     latency = entry.streaming["latency"]
     assert latency["chunk_samples"] == streaming["chunk_samples"] and latency["utterances"] == 3
+    # REPORT.md gives the person reading it the same latency row.
+    md = (bundle / "REPORT.md").read_text(encoding="utf-8")
+    row = next(line for line in md.splitlines() if line.startswith(f"| {fmt} fp32 | {streaming['chunk_ms']:g} |"))
+    assert f"{1000 * latency['final']['median']:.0f} (" in row
 
 
 def test_onnx_stream_export_matches_pytorch_and_its_contract(tmp_path):
