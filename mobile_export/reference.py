@@ -73,7 +73,8 @@ def score_reference(source: ExportSource, data: EvalSet, manifest: Path, options
     try:
         runner = TorchRunner(source.checkpoint, 1, graph=source.graph)
         transcripts = transcribe(runner, data.pcms, source.tokenizer)
-        scores, rows = compare(transcripts, transcripts, data.refs, data.utt_ids, data.speakers)
+        scores, rows = compare(transcripts, transcripts, data.refs, data.utt_ids, data.speakers,
+                               vocabulary=source.tokenizer)
         speed = measure_speed(
             "torch", source.checkpoint, data.pcms[: options.rtf_utterances], data.sample_rate,
             options.rtf_repeats, threads_all, options.cold_start,
@@ -82,6 +83,12 @@ def score_reference(source: ExportSource, data: EvalSet, manifest: Path, options
         torch.set_num_threads(threads_before)
     if scores.wer is None:
         raise ExportError(f"{manifest}: the references hold no words; WER cannot be measured")
+    if scores.skipped_references:
+        log(f"  {len(scores.skipped_references)} utterances without reference text are not scored "
+            f"(report.json reference.skipped_references)")
+    if scores.oov_references:
+        log(f"  {len(scores.oov_references)} references hold characters the model has no token for; "
+            f"they are scored (report.json reference.oov_references)")
     rtf = speed.rtf_1thread
     log(f"  WER {100 * scores.wer:.2f} %, CER {100 * scores.cer:.2f} %"
         + ("" if rtf is None else f", RTF {rtf:.4f} (1 thread)"))

@@ -81,6 +81,9 @@ class Reference:
         d = {"format": "torch", "wer": self.wer, "cer": s.cer if s else None, **_speed_fields(self.speed)}
         if s is not None:
             d.update(words=s.words, chars=s.chars, per_speaker=s.per_speaker)
+            # Only when there are some: a clean evaluation set's report keeps its keys.
+            d.update({k: v for k, v in (("skipped_references", s.skipped_references),
+                                        ("oov_references", s.oov_references)) if v})
         if self.speed.cold is not None:
             d.update(_cold_fields(self.speed))
         return d

@@ -100,3 +100,18 @@ def test_the_export_gate_fails_without_a_scorable_reference(checkpoint_and_wavs,
     assert "the references hold no words; WER cannot be measured" in capsys.readouterr().err
     gate = json.loads((out / "report.json").read_text())["gate"]
     assert gate["passed"] is False and gate["reason"]
+
+
+@pytest.mark.export
+def test_the_export_report_lists_the_references_it_did_not_score(checkpoint_and_wavs, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    ckpt, wavs = checkpoint_and_wavs
+    manifest = _manifest(tmp_path / "m.jsonl", wavs, ["one two", "", "three", "ñandú two"])
+    out = tmp_path / "bundle"
+    main(["export", str(ckpt), "--eval-manifest", str(manifest), "--out", str(out), "--formats", "onnx",
+          "--quantize", "fp32", "--no-cold-start", "--rtf-repeats", "1", "--rtf-utterances", "1"])
+    err = capsys.readouterr().err
+    assert "1 utterances without reference text are not scored" in err
+    reference = json.loads((out / "report.json").read_text())["reference"]
+    assert [s["utt_id"] for s in reference["skipped_references"]] == ["u1"]
+    assert [o["utt_id"] for o in reference["oov_references"]] == ["u3"]
