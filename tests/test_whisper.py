@@ -286,3 +286,33 @@ def test_ct2_single_token_scores_equal_the_aligned_ones(bundled_teacher):
     fast = backend.score(encoded, 0, rows, SAMPLE_RATE)
     aligned = backend.score(encoded, 0, [*rows, backend.encode_text(" six seven")], SAMPLE_RATE)[:3]
     np.testing.assert_allclose(fast, aligned, atol=1e-4)
+
+
+# -- the FSDD recipe that distils Whisper (recipes/fsdd/run_whisper.sh) -----------------------
+
+
+def test_fsdd_whisper_recipe_rows_differ_in_labels_only():
+    """run_whisper.sh runs every conf/whisper config; the pseudo-label student and the ground-truth
+    reference are the same run but for where the text comes from (and hence the KD section)."""
+    import re
+    from pathlib import Path
+
+    from asrkd.config import TrainConfig
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "fsdd"
+    named = re.findall(r"--config \$conf/(\S+\.yaml)", (recipe / "run_whisper.sh").read_text(encoding="utf-8"))
+    assert named == ["student_stage1.yaml", "student.yaml", "student_feature.yaml", "student_gt.yaml"]
+    assert sorted(named) == sorted(p.name for p in (recipe / "conf" / "whisper").glob("*.yaml"))
+
+    def setup(name: str) -> dict:
+        d = TrainConfig.from_yaml(recipe / "conf" / "whisper" / name).to_dict()
+        d.pop("kd"), d["run"].pop("out_dir"), d["model"].pop("init_from")
+        d["data"]["train"] = [Path(p).name.replace("_unlabelled.jsonl", ".jsonl").replace(
+            "synth_digits_train.jsonl", "manifest.jsonl") for p in d["data"]["train"]]
+        return d
+
+    assert setup("student.yaml") == setup("student_gt.yaml")
+    pseudo, feature = (TrainConfig.from_yaml(recipe / "conf" / "whisper" / n) for n in ("student.yaml",
+                                                                                        "student_feature.yaml"))
+    assert all("_unlabelled" in p for p in pseudo.data.train) and pseudo.kd.cache == feature.kd.cache
+    assert feature.kd.enabled_terms() == [*pseudo.kd.enabled_terms(), "feature"]

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# FSDD digits distilled from Whisper tiny.en without transcripts (issue 19): the training audio's
+# text is removed, Whisper labels it (free decoding; the ten digit words as a closed set for
+# short clips it gets wrong) and gives its encoder states; the default student learns from
+# those pseudo-labels, then also from the states (feature KD); the reference is the same student
+# on the ground-truth text. Figures: RESULTS.md ("Whisper tiny.en as the teacher").
+#
+#   bash recipes/fsdd/run_whisper.sh [--stage N] [--stop-stage M]
+#
+# Needs run.sh stage 1 (runs/data/) and, for stage 6, run.sh stage 6 (the ground-truth stage 1),
+# and asrkd[whisper]. Stages (each prints the commands it runs; a training rerun resumes):
+#   1 the training manifests without text          5 + feature KD from the encoder states
+#   2 Whisper's cache of that audio (N-best, fp32   6 reference: ground-truth CTC, same steps
+#     encoder states kept as fp16)                  7 export of the pseudo-label student
+#   3 pseudo-label student, stage 1 (200 steps)     8 WER and RTF on yweweler: Whisper itself,
+#   4 pseudo-label student (730 updates)              then every student, greedy and lexicon
+# Outputs: runs/fsdd/whisper/, runs/fsdd/whisper_cache_unlabelled/. Set ASRKD for another asrkd.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+from_stage=1
+stop_stage=8
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stage) from_stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; shift 2 ;;
+    *) echo "run_whisper.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+
+ASRKD=${ASRKD:-asrkd}
+PYTHON=${PYTHON:-python}
+recipe=recipes/fsdd
+conf=$recipe/conf/whisper
+data=runs/data
+exp=runs/fsdd/whisper
+dev=$data/fsdd_connected_yweweler.jsonl
+# Digit strings spelled as digit words; the closed set of the ten digit words for clips under 1 s
+# whose free decoding is not a digit string (isolated digits: "Bye.", "to.", nothing); words
+# outside the ten dropped; fp32 so that the encoder states are feature targets.
+teacher="whisper?numbers=digits&lexicon=digits&candidates=digits&candidates_below=1.0&max_new_tokens=48&threads=2"
+
+run() { echo "+ $*"; "$@"; }
+stage() {
+  local n=$1 text=$2
+  shift 2
+  if [ "$from_stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
+    echo "stage $n: $text"
+    run "$@"
+  fi
+}
+# Stage 1. The alphabet (tokens.txt) is what a ground-truth run reads off its transcripts: the
+# letters of the ten digit words, so every student here has the same output layer.
+unlabel() {
+  run $PYTHON $recipe/local/unlabel.py \
+    $data/synth_digits_train/manifest.jsonl $data/synth_digits_train_unlabelled.jsonl \
+    $data/fsdd_isolated_train.jsonl $data/fsdd_isolated_train_unlabelled.jsonl \
+    $data/fsdd_connected_train.jsonl $data/fsdd_connected_train_unlabelled.jsonl
+  run $PYTHON -c "from asrkd.decoding import Lexicon; from asrkd.text import CharTokenizer; \
+CharTokenizer.from_texts(Lexicon.from_file('$recipe/digits.words').words).save('$data/digits_tokens.txt')"
+}
+evaluate() {
+  mkdir -p $exp/eval
+  run $PYTHON $recipe/local/whisper_eval.py "$teacher" $dev --json $exp/eval/whisper.json
+  for model in student student_feature student_gt; do
+    run $ASRKD eval $exp/$model --manifest $dev --json $exp/eval/$model.json
+    run $ASRKD eval $exp/$model --manifest $dev --lexicon $recipe/digits.words \
+      --json $exp/eval/${model}_lexicon.json
+  done
+}
+
+stage 1 "the training manifests without their text; the student's alphabet from the digit words" \
+  unlabel
+stage 2 "Whisper tiny.en over the untranscribed audio: N-best, confidence, encoder states (layer 0)" \
+  $ASRKD cache build --teacher "$teacher" --out runs/fsdd/whisper_cache_unlabelled --hidden-layers 0 --threads 2 \
+  --manifest $data/synth_digits_train_unlabelled.jsonl --manifest $data/fsdd_isolated_train_unlabelled.jsonl \
+  --manifest $data/fsdd_connected_train_unlabelled.jsonl
+stage 3 "pseudo-label student, stage 1 (isolated digits)" \
+  $ASRKD distill --config $conf/student_stage1.yaml --resume
+stage 4 "pseudo-label student" \
+  $ASRKD distill --config $conf/student.yaml --resume
+stage 5 "pseudo-label student + feature KD from Whisper's encoder states" \
+  $ASRKD distill --config $conf/student_feature.yaml --resume
+stage 6 "reference: the same student on the ground-truth text, CTC only (after run.sh stage 6)" \
+  $ASRKD train --config $conf/student_gt.yaml --resume
+stage 7 "export of the pseudo-label student (every format; the gate on yweweler)" \
+  $ASRKD export $exp/student --eval-manifest $dev --out $exp/export_student --max-wer-increase 1.0
+stage 8 "WER and RTF on yweweler (runs/fsdd/whisper/eval/)" \
+  evaluate
