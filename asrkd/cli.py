@@ -405,7 +405,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 2
     from asrkd.data.preflight import check_inputs
 
-    check_inputs([args.eval_manifest], limit=args.max_utterances)  # bad audio lines: refused before any write
+    try:  # bad audio lines, a missing or empty manifest: refused before any work, with the report CI reads
+        check_inputs([args.eval_manifest], limit=args.max_utterances)
+    except AsrkdError as e:
+        write_error_report(args.out, args.checkpoint, args.eval_manifest,
+                           {k: v for k, v in given.items() if v is not None}, str(e))
+        raise
     try:
         report = export_bundle(args.checkpoint, args.out, args.eval_manifest, options,
                                verify_only=args.verify_only,

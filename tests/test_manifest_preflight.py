@@ -99,7 +99,9 @@ def test_cache_build_and_export_refuse_before_writing(corpus, tmp_path, capsys):
                  "--formats", "onnx", "--quantize", "fp32"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"asrkd export: {manifest}:2: ") and "2 more bad audio line(s)" in err
-    assert not list(tmp_path.glob("bundle*"))
+    report = json.loads((tmp_path / "bundle" / "report.json").read_text())  # the error report CI reads
+    assert report["error"].startswith(f"{manifest}:2: ") and report["artifacts"] == []
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["REPORT.md", "report.json"]
 
 
 def test_a_clean_manifest_passes_every_command_s_preflight(tmp_path):
