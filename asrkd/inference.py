@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 
 from asrkd.audio import AudioError, load_audio
 from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
-from asrkd.data import AudioDataset, BucketingBatchSampler, Utterance, collate, read_manifest
+from asrkd.data import AudioDataset, BucketingBatchSampler, Utterance, read_manifest
+from asrkd.data.dataset import SkipUnreadable, collate_readable
 from asrkd.decoding import Lexicon, greedy_decode, prefix_beam_search, utterance_confidence
 from asrkd.errors import AsrkdError
 from asrkd.features import LogMel
@@ -107,28 +108,6 @@ def decode_batch(
     ]
 
 
-class _SkipUnreadable(torch.utils.data.Dataset):
-    """``dataset[i]``, or ``(i, why)`` for an item whose audio raises `asrkd.audio.AudioError`."""
-
-    def __init__(self, dataset: AudioDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict | tuple[int, str]:
-        try:
-            return self.dataset[i]
-        except AudioError as e:
-            return i, str(e)
-
-
-def _collate_readable(items: list[dict | tuple[int, str]]) -> tuple[dict | None, dict[int, str]]:
-    """`collate` of the readable items (None if there is none) and ``{index: why}`` of the others."""
-    readable = [it for it in items if isinstance(it, dict)]
-    return (collate(readable) if readable else None), dict(it for it in items if isinstance(it, tuple))
-
-
 @torch.no_grad()
 def evaluate(
     model: ConformerCTC,
@@ -159,8 +138,8 @@ def evaluate(
     skipped: dict[int, str] = {}
     # The DataLoader stays even though it loads in this process: starting it draws one number from
     # torch's global generator, and a training run's dev evaluation must keep drawing it.
-    source = _SkipUnreadable(dataset) if skip_unreadable else dataset
-    for batch, unreadable in DataLoader(source, batch_sampler=sampler, collate_fn=_collate_readable):
+    source = SkipUnreadable(dataset) if skip_unreadable else dataset
+    for batch, unreadable in DataLoader(source, batch_sampler=sampler, collate_fn=collate_readable):
         skipped.update(unreadable)
         if batch is None:
             continue

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from asrkd.audio import AudioError
 from asrkd.data import AudioDataset, BucketingBatchSampler
+from asrkd.data.dataset import SkipUnreadable, collate_readable
 from asrkd.data.preflight import SkipLog
-from asrkd.inference import _collate_readable, _SkipUnreadable
 
 __all__ = ["BucketedLoader"]
 
@@ -45,9 +45,9 @@ class BucketedLoader:
         self.sampler = sampler
         self.skip_log = skip_log
         self.loader = DataLoader(
-            _SkipUnreadable(dataset),
+            SkipUnreadable(dataset),
             batch_sampler=sampler,
-            collate_fn=_collate_readable,
+            collate_fn=collate_readable,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None,

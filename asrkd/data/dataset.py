@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asrkd.audio import load_audio
+from asrkd.audio import AudioError, load_audio
 from asrkd.contract import SAMPLE_RATE
 from asrkd.data.augment import Transform
 from asrkd.data.manifest import ManifestError, Utterance
@@ -143,3 +143,26 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "speakers": [it.get("speaker") for it in items],
         "indices": [it.get("index") for it in items],
     }
+
+
+class SkipUnreadable(torch.utils.data.Dataset):
+    """``dataset[i]``, or ``(i, why)`` for an item whose audio raises `asrkd.audio.AudioError`: with
+    `collate_readable`, a DataLoader that names unreadable files instead of stopping at the first."""
+
+    def __init__(self, dataset: AudioDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict | tuple[int, str]:
+        try:
+            return self.dataset[i]
+        except AudioError as e:
+            return i, str(e)
+
+
+def collate_readable(items: list[dict | tuple[int, str]]) -> tuple[dict | None, dict[int, str]]:
+    """`collate` of the readable items (None if there is none) and ``{index: why}`` of the others."""
+    readable = [it for it in items if isinstance(it, dict)]
+    return (collate(readable) if readable else None), dict(it for it in items if isinstance(it, tuple))
