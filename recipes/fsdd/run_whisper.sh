@@ -18,15 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-from_stage=1
-stop_stage=8
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --stage) from_stage=$2; shift 2 ;;
-    --stop-stage) stop_stage=$2; shift 2 ;;
-    *) echo "run_whisper.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
-  esac
-done
+source recipes/fsdd/local/stages.sh
+parse_stages "$0" 8 "$@"
 
 ASRKD=${ASRKD:-asrkd}
 PYTHON=${PYTHON:-python}
@@ -40,15 +33,6 @@ dev=$data/fsdd_connected_yweweler.jsonl
 # outside the ten dropped; fp32 so that the encoder states are feature targets.
 teacher="whisper?numbers=digits&lexicon=digits&candidates=digits&candidates_below=1.0&max_new_tokens=48&threads=2"
 
-run() { echo "+ $*"; "$@"; }
-stage() {
-  local n=$1 text=$2
-  shift 2
-  if [ "$from_stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
-    echo "stage $n: $text"
-    run "$@"
-  fi
-}
 # Stage 1. The alphabet (tokens.txt) is what a ground-truth run reads off its transcripts: the
 # letters of the ten digit words, so every student here has the same output layer.
 unlabel() {
