@@ -53,10 +53,17 @@ def test_fsdd_streaming_table_rows_differ_in_streaming_only():
     streaming table compares them at the same data, steps and front end)."""
     conf = FSDD / "streaming"
     text = (RECIPES / "fsdd" / "run_streaming.sh").read_text(encoding="utf-8")
-    named = re.findall(r"--config \$conf/(\S+\.yaml)", text)
+    named = re.findall(r"--config \$conf/(\S+\.yaml)", text) + re.findall(r"distil \$kd_conf/(\S+\.yaml)", text)
     assert named == ["student_stage1.yaml", "stream_stage1.yaml", "student_ctc.yaml", "stream_ctc.yaml",
                      "student_kd.yaml", "stream_kd.yaml"]
     assert sorted(named) == sorted(p.name for p in conf.glob("*.yaml"))
+    # --teacher ctc: the KD rows distil from stage 3's student through the cache stage 5 builds
+    kd = TrainConfig.from_yaml(conf / "ctc_teacher" / "stream_kd.yaml").kd
+    teacher_run = Path(TrainConfig.from_yaml(conf / "student_ctc.yaml").run.out_dir)
+    assert kd.teacher == str(teacher_run / "checkpoints" / "best")
+    layers = " ".join(str(t) for t in sorted(set(kd.layer_map.values())))
+    assert (f"--teacher $exp/{teacher_run.name}/checkpoints/best --out $exp/{Path(kd.cache).name} \\\n"
+            f"      --hidden-layers {layers}") in text
 
     def setup(path: Path) -> dict:
         d = TrainConfig.from_yaml(path).to_dict()
@@ -65,10 +72,10 @@ def test_fsdd_streaming_table_rows_differ_in_streaming_only():
         d["run"].pop("out_dir")
         return d
 
-    for row in ("stage1", "ctc", "kd"):
-        full = TrainConfig.from_yaml(conf / f"student_{row}.yaml")
-        stream = TrainConfig.from_yaml(conf / f"stream_{row}.yaml")
+    for folder, row in (("", "stage1"), ("", "ctc"), ("", "kd"), ("ctc_teacher", "kd")):
+        full = TrainConfig.from_yaml(conf / folder / f"student_{row}.yaml")
+        stream = TrainConfig.from_yaml(conf / folder / f"stream_{row}.yaml")
         assert (full.model.preset, stream.model.preset) == ("student", "student-stream")
         assert stream.model.dynamic_chunks.enabled
         assert full.frontend == stream.frontend == {"normalize": "none"}
-        assert setup(conf / f"student_{row}.yaml") == setup(conf / f"stream_{row}.yaml")
+        assert setup(conf / folder / f"student_{row}.yaml") == setup(conf / folder / f"stream_{row}.yaml")

@@ -1,32 +1,39 @@
 #!/usr/bin/env bash
 # FSDD digits, the streaming table (issue 15): the default student at full context and the
 # streaming student (student-stream, dynamic chunk training), each with CTC only and with KD from
-# the full-context teacher Whisper tiny.en (through its cache: N-best + encoder states), at the
-# same data and steps (run.sh's student shape: 200 steps of stage 1, then 730 updates), all with
-# the raw log-mel front end a streaming model needs (frontend.normalize: none). Then WER (greedy
-# and lexicon), first-partial / final latency and RTF on one thread of every model, the streaming
-# ones at 320 and 640 ms chunks. Figures: RESULTS.md, "The streaming table".
+# a full-context teacher, at the same data and steps (run.sh's student shape: 200 steps of stage 1,
+# then 730 updates), all with the raw log-mel front end a streaming model needs
+# (frontend.normalize: none). Then WER (greedy and lexicon), first-partial / final latency and RTF
+# on one thread of every model, the streaming ones at 320, 640 and 120 ms chunks, and the streaming
+# KD student's int8 streaming artifacts. Figures: RESULTS.md, "The streaming table".
 #
-#   bash recipes/fsdd/run_streaming.sh [--stage N] [--stop-stage M]
+#   bash recipes/fsdd/run_streaming.sh [--stage N] [--stop-stage M] [--teacher whisper|ctc]
+#
+# --teacher: the KD rows' teacher. whisper (default): Whisper tiny.en through its cache of the
+# training audio, runs/fsdd/whisper_cache (N-best and encoder states, `--hidden-layers 0`;
+# docs/TEACHERS.md), configs conf/streaming/*_kd.yaml. ctc: the full-context CTC student of
+# stage 3 through its own cache (built by stage 5), configs conf/streaming/ctc_teacher/, outputs
+# in runs/fsdd/streaming/ctc_teacher/ (what RESULTS.md measured).
 #
 # Stages (each prints the commands it runs; a training stage rerun resumes or returns at once):
-#   1 student stage 1 (200 steps)             5 student, KD from Whisper        (needs the cache)
-#   2 streaming student stage 1 (200 steps)   6 streaming student, KD from Whisper (needs the cache)
+#   1 student stage 1 (200 steps)             5 student, KD
+#   2 streaming student stage 1 (200 steps)   6 streaming student, KD
 #   3 student, CTC only                       7 WER and latency on yweweler (runs/fsdd/streaming/eval/)
 #   4 streaming student, CTC only             8 the streaming KD student's int8 ONNX/TFLite streaming
 #                                               artifacts at 320 ms and 120 ms chunks, gated on yweweler
-# Needs runs/data/ (run.sh stage 1) and, for stages 5-6, the Whisper cache of the training audio
-# in runs/fsdd/whisper_cache (N-best and encoder states, `--hidden-layers 0`; docs/TEACHERS.md).
-# Outputs: runs/fsdd/streaming/. Set ASRKD / PYTHON to run other executables.
+# Needs runs/data/ (run.sh stage 1). Outputs: runs/fsdd/streaming/. Set ASRKD / PYTHON to run
+# other executables.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 from_stage=1
 stop_stage=8
+teacher=whisper
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) from_stage=$2; shift 2 ;;
     --stop-stage) stop_stage=$2; shift 2 ;;
+    --teacher) teacher=$2; shift 2 ;;
     *) echo "run_streaming.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -36,7 +43,16 @@ PYTHON=${PYTHON:-python}
 recipe=recipes/fsdd
 conf=$recipe/conf/streaming
 exp=runs/fsdd/streaming
-dev=runs/data/fsdd_connected_yweweler.jsonl
+data=runs/data
+train_manifests="--manifest $data/synth_digits_train/manifest.jsonl --manifest $data/fsdd_isolated_train.jsonl --manifest $data/fsdd_connected_train.jsonl"
+dev=$data/fsdd_connected_yweweler.jsonl
+case "$teacher" in
+  whisper) kd= ;;
+  ctc) kd=ctc_teacher/ ;;
+  *) echo "run_streaming.sh: --teacher is whisper or ctc, not $teacher" >&2; exit 2 ;;
+esac
+kd_conf=$conf/${kd%/}  # the KD rows' configs
+kd_conf=${kd_conf%/}
 export OMP_NUM_THREADS=1  # one thread per training (the configs say run.threads: 1 too)
 
 run() { echo "+ $*"; "$@"; }
@@ -49,24 +65,30 @@ stage() {
     run "$@"
   fi
 }
-need_cache() {
-  [ -f runs/fsdd/whisper_cache/cache.json ] || {
-    echo "run_streaming.sh: runs/fsdd/whisper_cache/cache.json not found; build the Whisper cache of the training audio first (docs/TEACHERS.md)" >&2
+# Stages 5-6: the teacher's cache (the CTC student's: built here, a rerun keeps its finished
+# shards; Whisper's: built beforehand), then the distillation.
+distil() {
+  if [ "$teacher" = ctc ]; then
+    # block 3: the ctc_teacher configs' kd.layer_map
+    run $ASRKD cache build --teacher $exp/student_ctc/checkpoints/best --out $exp/cache_student_ctc \
+      --hidden-layers 3 $train_manifests
+  elif [ ! -f runs/fsdd/whisper_cache/cache.json ]; then
+    echo "run_streaming.sh: runs/fsdd/whisper_cache/cache.json not found; build the Whisper cache of the training audio first (docs/TEACHERS.md), or pass --teacher ctc" >&2
     exit 2
-  }
-  run "$@"
+  fi
+  run $ASRKD distill --config "$1" --resume
 }
 # Stage 7: greedy and lexicon WER and the latency of each model; the streaming students at
 # 320 ms (8 encoder frames, 8 chunks of left context), 640 ms (16 frames, 4 chunks: the same 2.56 s)
 # and 120 ms (3 frames, 21 chunks: 2.52 s).
 evaluate() {
-  mkdir -p $exp/eval
-  for model in student_ctc student_kd; do
+  mkdir -p $exp/eval/$kd
+  for model in student_ctc ${kd}student_kd; do
     run $ASRKD eval $exp/$model --manifest $dev --json $exp/eval/$model.json
     run $ASRKD eval $exp/$model --manifest $dev --lexicon $recipe/digits.words --json $exp/eval/${model}_lexicon.json
     run $PYTHON $recipe/local/offline_latency.py $exp/$model --manifest $dev --json $exp/eval/${model}_latency.json
   done
-  for model in stream_ctc stream_kd; do
+  for model in stream_ctc ${kd}stream_kd; do
     for chunking in "8 8" "16 4" "3 21"; do
       set -- $chunking
       run $ASRKD eval $exp/$model --manifest $dev --chunk-size $1 --left-chunks $2 --json $exp/eval/${model}_c$1.json
@@ -80,10 +102,12 @@ evaluate() {
 # of left context; local/rechunk.py), the chunk that brings the first partial under 200 ms.
 # Latency over all 100 utterances (--rtf-utterances), one thread.
 export_stream() {
+  local model=${kd}stream_kd
   local options="--formats onnx-stream,tflite-stream --quantize int8 --eval-manifest $dev --threads 1 --rtf-utterances 100 --rtf-repeats 1"
-  run $ASRKD export $exp/stream_kd $options --out $exp/export_stream_kd
-  run $PYTHON $recipe/local/rechunk.py $exp/stream_kd $exp/stream_kd_c3 --chunk-size 3 --left-chunks 21
-  run $ASRKD export $exp/stream_kd_c3 $options --out $exp/export_stream_kd_c3
+  mkdir -p $exp/export/$kd
+  run $ASRKD export $exp/$model $options --out $exp/export/$model
+  run $PYTHON $recipe/local/rechunk.py $exp/$model $exp/${model}_c3 --chunk-size 3 --left-chunks 21
+  run $ASRKD export $exp/${model}_c3 $options --out $exp/export/${model}_c3
 }
 
 stage 1 "student stage 1, raw log-mel front end" \
@@ -94,10 +118,10 @@ stage 3 "student, CTC only" \
   $ASRKD train --config $conf/student_ctc.yaml --resume
 stage 4 "streaming student, CTC only" \
   $ASRKD train --config $conf/stream_ctc.yaml --resume
-stage 5 "student, CTC + sequence and feature KD from the Whisper cache" \
-  need_cache $ASRKD distill --config $conf/student_kd.yaml --resume
-stage 6 "streaming student, CTC + sequence and feature KD from the Whisper cache" \
-  need_cache $ASRKD distill --config $conf/stream_kd.yaml --resume
+stage 5 "student, KD from the $teacher teacher's cache" \
+  distil $kd_conf/student_kd.yaml
+stage 6 "streaming student, KD from the $teacher teacher's cache" \
+  distil $kd_conf/stream_kd.yaml
 stage 7 "WER and latency on yweweler (runs/fsdd/streaming/eval/)" \
   evaluate
 stage 8 "the streaming KD student's int8 streaming artifacts, 320 ms (its config) and 120 ms chunks" \
