@@ -26,17 +26,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-from_stage=1
-stop_stage=8
+source recipes/fsdd/local/stages.sh
 teacher=whisper
+stage_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --stage) from_stage=$2; shift 2 ;;
-    --stop-stage) stop_stage=$2; shift 2 ;;
     --teacher) teacher=$2; shift 2 ;;
-    *) echo "run_streaming.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+    *) stage_args+=("$1"); shift ;;
   esac
 done
+parse_stages "$0" 8 ${stage_args[@]+"${stage_args[@]}"}
 
 ASRKD=${ASRKD:-asrkd}
 PYTHON=${PYTHON:-python}
@@ -55,16 +54,6 @@ kd_conf=$conf/${kd%/}  # the KD rows' configs
 kd_conf=${kd_conf%/}
 export OMP_NUM_THREADS=1  # one thread per training (the configs say run.threads: 1 too)
 
-run() { echo "+ $*"; "$@"; }
-# stage N TEXT COMMAND...: print TEXT and run COMMAND when N lies within --stage .. --stop-stage.
-stage() {
-  local n=$1 text=$2
-  shift 2
-  if [ "$from_stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
-    echo "stage $n: $text"
-    run "$@"
-  fi
-}
 # Stages 5-6: the teacher's cache (the CTC student's: built here, a rerun keeps its finished
 # shards; Whisper's: built beforehand), then the distillation.
 distil() {
