@@ -471,8 +471,10 @@ def _add_export_commands(sub) -> None:
     p.add_argument("checkpoint", help="checkpoint folder or run folder")
     p.add_argument("--eval-manifest", required=True, help="labelled JSONL manifest to verify on")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--formats", help="comma-separated subset of coreml,tflite,onnx,executorch,sherpa-onnx "
-                   "(default: coreml,tflite,onnx,executorch; sherpa-onnx on request, docs/SHERPA.md)")
+    p.add_argument("--formats", help="comma-separated subset of coreml,tflite,onnx,executorch,sherpa-onnx,"
+                   "onnx-stream,tflite-stream,coreml-stream (default: coreml,tflite,onnx,executorch, plus the "
+                   "three -stream formats for a streaming checkpoint, docs/STREAMING.md; sherpa-onnx on "
+                   "request, docs/SHERPA.md)")
     p.add_argument("--quantize",
                    help="comma-separated precisions from fp32,fp16,int8,pal6,pal4 (default: fp32,fp16,int8); "
                    "pal6/pal4 are Core ML palettization; a combination a format does not offer is "

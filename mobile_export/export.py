@@ -46,7 +46,7 @@ from mobile_export import bundle
 from mobile_export.bundle import Artifact
 from mobile_export.edge_suite import EdgeSuite
 from mobile_export.fallback import FallbackPlan, calibrate
-from mobile_export.formats import EXPORTERS, FORMATS
+from mobile_export.formats import EXPORTERS, FORMATS, formats_for
 from mobile_export.gate import gate_summary
 from mobile_export.options import DEFAULT_PRECISIONS, PRECISIONS, ExportError, ExportOptions
 from mobile_export.reference import EvalSet, read_eval_set, score_reference
@@ -95,9 +95,10 @@ def settle(staging: Path, out_dir: Path, completed: bool, log: Callable[[str], N
 
 def convert(source: ExportSource, out_dir: Path, options: ExportOptions,
             log: Callable[[str], None]) -> list[tuple[str, str, Outcome]]:
-    """Step 3: (format, precision, outcome) for every pair asked for, in report order."""
+    """Step 3: (format, precision, outcome) for every pair asked for, in report order (a
+    streaming checkpoint's default formats include the streaming ones: `formats.formats_for`)."""
     results = []
-    for fmt in options.formats:
+    for fmt in formats_for(options.formats, source):
         exporter = EXPORTERS[fmt]
         offered = [p for p in options.precisions if p in exporter.precisions]
         made: dict[str, Artifact | Exception] = {}

@@ -18,7 +18,7 @@ from asrkd.text import CharTokenizer
 from eval.latency import ChunkStepper
 from eval.streaming_runners import STEPPERS, open_stepper
 from mobile_export.export import ExportOptions, export_model
-from mobile_export.formats import DEFAULT_FORMATS, STREAMING_FORMATS, formats_for
+from mobile_export.formats import DEFAULT_FORMATS, FORMATS, STREAMING_FORMATS, formats_for
 from mobile_export.source import ExportSource
 from mobile_export.stream_graph import StreamGraph, TorchStreamStepper
 
@@ -206,3 +206,28 @@ def test_token_agreement_counts_token_errors_against_the_reference():
 
 def test_every_streaming_format_has_a_stepper():
     assert set(STREAMING_FORMATS) == set(STEPPERS)
+
+
+def test_a_default_export_of_a_streaming_checkpoint_converts_the_streaming_formats(monkeypatch, tmp_path):
+    """`asrkd export` without --formats: the export's conversion step asks every default format
+    and, for a streaming checkpoint only, the streaming ones (each exporter records the call)."""
+    import mobile_export.export as export_module
+
+    class Recording:
+        precisions = ("fp32",)
+
+        def __init__(self, name):
+            self.name = name
+
+        def convert(self, source, out_dir, precisions, options):
+            asked.append(self.name)
+            return {}
+
+    monkeypatch.setattr(export_module, "EXPORTERS", {name: Recording(name) for name in FORMATS})
+    frontend, model, tok = _parts()
+    full = ConformerCTC(build_preset("student", vocab_size=tok.vocab_size)).eval()
+    for m, expected in ((model, DEFAULT_FORMATS + STREAMING_FORMATS), (full, DEFAULT_FORMATS)):
+        asked = []
+        export_module.convert(ExportSource.of((frontend, m, tok)), tmp_path, ExportOptions(precisions=("fp32",)),
+                              lambda line: None)
+        assert tuple(asked) == expected
