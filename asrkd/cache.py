@@ -146,11 +146,14 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else repr(v) if isinstance(v, str) or v is None else str(v)
 
 
-def diff_entries(old: dict[str, dict], new: dict[str, dict], missing_ok: bool = False) -> list[str]:
+def diff_entries(old: dict[str, dict], new: dict[str, dict], missing_ok: bool = False,
+                 unlabelled_ok: bool = False) -> list[str]:
     """Lines naming every manifest entry that differs ("manifest entry X: duration 1.23 → 1.31").
 
     ``missing_ok``: entries of ``old`` absent from ``new`` are fine (a cache may cover more data
-    than one training run uses).
+    than one training run uses). ``unlabelled_ok``: a ``new`` entry without text matches an
+    ``old`` one with text (no teacher reads the transcript, so a cache built from the labelled
+    manifest serves a label-free run on the same audio).
     """
     out = []
     for utt_id, entry in new.items():
@@ -158,6 +161,8 @@ def diff_entries(old: dict[str, dict], new: dict[str, dict], missing_ok: bool = 
             out.append(f"manifest entry {utt_id}: not in the cache")
             continue
         for key in ("path", "duration", "offset", "text"):
+            if key == "text" and unlabelled_ok and entry.get("text") is None:
+                continue
             if old[utt_id].get(key) != entry.get(key):
                 out.append(f"manifest entry {utt_id}: {key} {_fmt(old[utt_id].get(key))} → {_fmt(entry.get(key))}")
     if not missing_ok:
@@ -630,12 +635,13 @@ class PosteriorCache:
 
     def check(self, utts: Sequence[Utterance], teacher=None) -> None:
         """Raise `StaleCacheError` unless every utterance is in the cache with the same path,
-        duration, offset and text (and, given ``teacher``, the teacher is the one it was built with)."""
+        duration, offset and text (an utterance without text matches any: `diff_entries`) and,
+        given ``teacher``, the teacher is the one it was built with."""
         changes = diff_teacher(self.teacher, teacher.describe()) if teacher is not None else []
         self.teacher_checked = teacher is not None
         new = {u.utt_id: entry_of(u) for u in utts}
         _, old = _read_entries(self.folder)
-        changes += diff_entries(old, new, missing_ok=True)
+        changes += diff_entries(old, new, missing_ok=True, unlabelled_ok=True)
         if changes:
             raise StaleCacheError(self.folder, changes, "rebuild it: asrkd cache build --teacher ... --manifest ... "
                                                         f"--out {self.folder} --force")

@@ -105,6 +105,11 @@ def test_stale_cache_is_refused_with_a_message_naming_what_changed(corpus, teach
     assert f"manifest entry {u.utt_id}: duration {u.duration:g} → {u.duration + 0.08:g}" in message
     assert f"manifest entry {v.utt_id}: text {v.text!r} → 'nine nine'" in message
     assert "2 change(s)" in message and "--force" in message
+    # The same audio without its text (label-free distillation) reads the cache as it is; a
+    # changed duration on an unlabelled line is still stale.
+    cache.check([replace(x, text=None) for x in utts])
+    with pytest.raises(StaleCacheError, match=f"manifest entry {u.utt_id}: duration"):
+        cache.check([replace(x, text=None) for x in changed])
 
     # another teacher (one weight moved)
     model = CheckpointTeacher(teacher_ckpt).model

@@ -14,7 +14,7 @@
 #     encoder states kept as fp16)                  7 export of the pseudo-label student
 #   3 pseudo-label student, stage 1 (200 steps)     8 WER and RTF on yweweler: Whisper itself,
 #   4 pseudo-label student (730 updates)              then every student, greedy and lexicon
-# Outputs: runs/fsdd/whisper/, runs/fsdd/whisper_cache_unlabelled/. Set ASRKD for another asrkd.
+# Outputs: runs/fsdd/whisper/, runs/fsdd/whisper_cache/. Set ASRKD for another asrkd.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -55,10 +55,13 @@ evaluate() {
 
 stage 1 "the training manifests without their text; the student's alphabet from the digit words" \
   unlabel
-stage 2 "Whisper tiny.en over the untranscribed audio: N-best, confidence, encoder states (layer 0)" \
-  $ASRKD cache build --teacher "$teacher" --out runs/fsdd/whisper_cache_unlabelled --hidden-layers 0 --threads 2 \
-  --manifest $data/synth_digits_train_unlabelled.jsonl --manifest $data/fsdd_isolated_train_unlabelled.jsonl \
-  --manifest $data/fsdd_connected_train_unlabelled.jsonl
+# The cache is built from the labelled manifests so that one cache serves the label-free students,
+# the ground-truth reference and run_streaming.sh's KD rows: Whisper never reads the text, and a
+# line without text reads the cache entry of the same audio (asrkd.cache.diff_entries).
+stage 2 "Whisper tiny.en over the training audio: N-best, confidence, encoder states (layer 0)" \
+  $ASRKD cache build --teacher "$teacher" --out runs/fsdd/whisper_cache --hidden-layers 0 --threads 2 \
+  --manifest $data/synth_digits_train/manifest.jsonl --manifest $data/fsdd_isolated_train.jsonl \
+  --manifest $data/fsdd_connected_train.jsonl
 stage 3 "pseudo-label student, stage 1 (isolated digits)" \
   $ASRKD distill --config $conf/student_stage1.yaml --resume
 stage 4 "pseudo-label student" \
