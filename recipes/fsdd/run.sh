@@ -38,16 +38,8 @@ exp=runs/fsdd
 train_manifests="--manifest $data/synth_digits_train/manifest.jsonl --manifest $data/fsdd_isolated_train.jsonl --manifest $data/fsdd_connected_train.jsonl"
 dev=$data/fsdd_connected_yweweler.jsonl
 
-run() { echo "+ $*"; "$@"; }
-# stage N TEXT COMMAND...: print TEXT and run COMMAND when N lies within --stage .. --stop-stage.
-stage() {
-  local n=$1 text=$2
-  shift 2
-  if [ "$from_stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
-    echo "stage $n: $text"
-    run "$@"
-  fi
-}
+# run CMD... and stage N TEXT CMD... (run CMD when N lies within --stage .. --stop-stage).
+source $recipe/local/stages.sh
 # Stage 10: greedy and lexicon WER of the recipe's teacher and both students.
 evaluate() {
   mkdir -p $exp/eval
