@@ -34,7 +34,7 @@ import pytest
 import torch
 import yaml
 
-from asrkd.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE
+from asrkd.checkpoint import CHECKSUM_FILE, CONFIG_FILE, MODEL_FILE, STATE_FILE
 from asrkd.data import Utterance, write_manifest
 from tests.test_bad_items import random_model_and_noise
 
@@ -187,16 +187,15 @@ def _training_config(work: Path, inputs: Path, **sections) -> Path:
 
 
 def same_final_checkpoint(reference: Path, out: Path) -> None:
-    """The last step checkpoint of both runs: the weights and config.json byte-identical, the
-    trainer state (optimizer, scheduler, position, RNG) equal value for value. Not the bytes of
-    trainer_state.pt: pickle shares equal strings by identity, and a resumed run's optimizer keys
-    are other str objects than a fresh run's, so the pickles differ in their memo alone."""
+    """The last step checkpoint of both runs: every file byte-identical (the weights, config.json,
+    the trainer state, whose read-back strings a resume interns so that its pickle is the same,
+    and checksums.json); the trainer state also compared value by value, to name what differs."""
     last = sorted((reference / "checkpoints").glob("step-*"))[-1].name
     a, b = reference / "checkpoints" / last, out / "checkpoints" / last
-    for name in (MODEL_FILE, CONFIG_FILE):
-        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{b / name} differs"
     assert_same_values(torch.load(a / STATE_FILE, weights_only=True),
                        torch.load(b / STATE_FILE, weights_only=True), STATE_FILE)
+    for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE, CHECKSUM_FILE):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{b / name} differs"
 
 
 def assert_same_values(x, y, where: str) -> None:
