@@ -272,6 +272,7 @@ _PATH_FIELDS = (
 # Fields that hold data sources (manifest paths or source mappings, whose paths are resolved).
 _SOURCE_FIELDS = (("data", "train"), ("data", "dev"))
 _SOURCE_PREFIXES = ("lhotse:", "hf:")  # asrkd.data.manifest.SOURCE_PREFIXES, without importing torch
+_WHISPER_SPEC = "whisper"  # asrkd.teachers.loading.WHISPER_SPEC, without importing torch
 
 
 def _read_yaml_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
@@ -345,12 +346,24 @@ def _absolute_paths(raw: dict, folder: Path, where: str) -> None:
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, str) for v in values):
             raise ConfigError(f"{where}: {section}.{key} must be a path or a list of paths, got {value!r}")
-        fixed = [_absolute(v, folder) for v in values]
+        resolve = _absolute_teacher if (section, key) == ("kd", "teacher") else _absolute
+        fixed = [resolve(v, folder) for v in values]
         part[key] = fixed if isinstance(value, list) else fixed[0]
 
 
 def _absolute(path: str, folder: Path) -> str:
     return path if Path(path).is_absolute() else str((folder / path).resolve())
+
+
+def _absolute_teacher(spec: str, folder: Path) -> str:
+    """``kd.teacher``: a path, or a Whisper spec (``whisper[:DIR][?options]``, as
+    `asrkd.teachers.load_teacher` reads it) whose DIR alone is a path."""
+    head, sep, query = spec.partition("?")
+    if head == _WHISPER_SPEC:
+        return spec
+    if head.startswith(f"{_WHISPER_SPEC}:"):
+        return f"{_WHISPER_SPEC}:{_absolute(head.partition(':')[2], folder)}{sep}{query}"
+    return _absolute(spec, folder)
 
 
 def _absolute_source(value: Any, folder: Path, where: str) -> str | dict[str, Any]:

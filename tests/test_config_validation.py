@@ -105,3 +105,13 @@ def test_every_recipe_config_loads_to_the_values_its_yaml_holds():
         assert TrainConfig.from_dict(cfg.to_dict()) == cfg, path
         text = path.read_text(encoding="utf-8")
         assert yaml.load(text, Loader=_Loader) == yaml.safe_load(text), path
+
+
+def test_kd_teacher_whisper_specs_stay_specs_and_only_their_folder_is_a_path(tmp_path):
+    def teacher(spec):
+        return _load(tmp_path, f"kd:\n  teacher: '{spec}'\n  weights: {{sequence: 1.0}}\n").kd.teacher
+
+    assert teacher("whisper") == "whisper"
+    assert teacher("whisper?numbers=digits&beam_size=5") == "whisper?numbers=digits&beam_size=5"
+    assert teacher("whisper:models/tiny?beam_size=5") == f"whisper:{(tmp_path / 'models/tiny').resolve()}?beam_size=5"
+    assert teacher("runs/teacher") == str((tmp_path / "runs/teacher").resolve())
