@@ -225,10 +225,12 @@ class BuildReport:
                       f"({self.hidden_bytes_per_second / 1000:.1f} kB per second of audio)")
         if self.drops:
             hidden += "; dropped " + ", ".join(f"{n} {reason}" for reason, n in sorted(self.drops.items()))
+        posteriors = (f"{self.bytes_per_frame:g} bytes/frame vs {self.dense_fp32_bytes_per_frame:g} for dense "
+                      f"fp32 posteriors ({ratio:.1f}x smaller)" if self.bytes_per_frame
+                      else "no posteriors (a text-only teacher: N-best)")
         return (f"{self.folder}: {self.utterances} utterances, {self.frames} frames in {self.shards} shards "
                 f"({len(self.built)} built, {len(self.skipped)} reused) in {self.seconds:.1f} s; "
-                f"{self.bytes_per_frame:g} bytes/frame vs {self.dense_fp32_bytes_per_frame:g} for dense fp32 "
-                f"posteriors ({ratio:.1f}x smaller){hidden}")
+                f"{posteriors}{hidden}")
 
 
 def _dist_env(rank: int | None, world_size: int | None) -> tuple[int, int]:

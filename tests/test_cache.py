@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from asrkd.cache import (
+    BuildReport,
     CacheError,
     PosteriorCache,
     StaleCacheError,
@@ -239,3 +240,12 @@ def test_cache_build_command_refuses_a_stale_folder_with_the_reason(corpus, teac
     err = capsys.readouterr().err
     assert "setting top_k: 3 → 4" in err and "--force" in err
     assert cli_main(args + ["--top-k", "4", "--force"]) == 0
+
+
+def test_the_build_summary_of_a_text_only_teacher_says_it_holds_no_posteriors(tmp_path):
+    text_only = BuildReport(tmp_path, shards=1, built=[0], skipped=[], utterances=3, frames=90,
+                            hidden_bytes_per_frame=768, hidden_bytes_per_second=38400)
+    assert "no posteriors (a text-only teacher: N-best); hidden states 768 B/frame (38.4 kB" in text_only.summary()
+    assert "x smaller" not in text_only.summary()
+    ctc = BuildReport(tmp_path, shards=1, built=[0], skipped=[], bytes_per_frame=34, dense_fp32_bytes_per_frame=340)
+    assert "34 bytes/frame vs 340 for dense fp32 posteriors (10.0x smaller)" in ctc.summary()
