@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["distilled_from"]
+from asrkd.cache import REQUEST_FILE
 
-REQUEST_FILE = "request.json"  # asrkd.cache.REQUEST_FILE; read directly: the cache may be unfinished
+__all__ = ["distilled_from"]
 
 
 def distilled_from(train_config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -31,12 +31,18 @@ def distilled_from(train_config: dict[str, Any] | None) -> dict[str, Any] | None
     if not cache and not spec:
         return None
     out: dict[str, Any] = {"spec": spec, "cache": cache}
+    # Read directly, not through asrkd.cache.PosteriorCache: the cache may be unfinished.
     request = Path(cache) / REQUEST_FILE if cache else None
     if request is None or not request.is_file():
         out["recorded"] = ("no cache: the teacher ran online, see spec" if request is None
                            else f"not recorded: {request} is not on this machine")
         return out
-    teacher = json.loads(request.read_text(encoding="utf-8")).get("teacher") or {}
+    try:
+        record = json.loads(request.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # a damaged file (JSON, UTF-8): the export goes on without it
+        out["recorded"] = f"not recorded: {request} is unreadable ({e})"
+        return out
+    teacher = (record.get("teacher") if isinstance(record, dict) else None) or {}
     out.update({k: teacher[k] for k in ("kind", "weights", "config", "model") if k in teacher})
     out["recorded"] = f"from {request}"
     return out
