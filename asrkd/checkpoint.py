@@ -257,16 +257,17 @@ def verify_file(path: str | Path) -> None:
         return
     try:
         expected = json.loads(record_path.read_text(encoding="utf-8"))["files"].get(path.name)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError, TypeError) as e:
+        if expected is None:
+            return
+        expected_size, expected_sha256 = int(expected["size"]), expected["sha256"]
+    except (KeyError, AttributeError, TypeError, ValueError) as e:  # ValueError: bad JSON or UTF-8 too
         raise CheckpointError(f"{record_path}: unreadable checksum record ({e}); {_REPAIR}") from None
-    if expected is None:
-        return
     size = path.stat().st_size
-    if size != expected["size"]:
-        cut = " (cut short)" if size < expected["size"] else ""
-        raise CheckpointError(f"{path}: {size} bytes{cut}, but {expected['size']} were written "
+    if size != expected_size:
+        cut = " (cut short)" if size < expected_size else ""
+        raise CheckpointError(f"{path}: {size} bytes{cut}, but {expected_size} were written "
                               f"({CHECKSUM_FILE}); {_REPAIR}")
-    if file_sha256(path) != expected["sha256"]:
+    if file_sha256(path) != expected_sha256:
         raise CheckpointError(f"{path}: its sha256 differs from the one recorded in {CHECKSUM_FILE} "
                               f"(same size: the bytes were changed); {_REPAIR}")
 
