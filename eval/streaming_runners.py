@@ -31,19 +31,27 @@ from typing import Any
 import numpy as np
 
 from asrkd.contract import Contract
+from asrkd.streaming import StreamingError
 from eval.latency import CtcCollapse
 
 CONTRACT_FILE = "contract.json"
 
 
 def read_streaming_contract(folder: str | Path) -> dict[str, Any]:
-    """A bundle's ``contract.json``, checked to have a ``streaming`` section."""
+    """A bundle's ``contract.json``, checked to have a ``streaming`` section.
+
+    Raises:
+        StreamingError: the file is missing, not JSON, or has no ``streaming`` section; names it.
+    """
     path = Path(folder) / CONTRACT_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; {folder} is not an asrkd export bundle")
-    contract = json.loads(path.read_text(encoding="utf-8"))
-    if "streaming" not in contract:
-        raise ValueError(f"{path}: no 'streaming' section; the bundle holds no streaming artifact "
+        raise StreamingError(f"{path}: missing; {folder} is not an asrkd export bundle")
+    try:
+        contract = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # bad JSON or UTF-8
+        raise StreamingError(f"{path}: not readable JSON ({e}); export the bundle again") from None
+    if not isinstance(contract, dict) or "streaming" not in contract:
+        raise StreamingError(f"{path}: no 'streaming' section; the bundle holds no streaming artifact "
                          "(export a streaming checkpoint, e.g. preset student-stream)")
     return contract
 
@@ -160,7 +168,7 @@ class OnnxStreamStepper(StreamStepper):
         super().__init__(path, contract, threads)
 
     def _call(self, feeds):
-        return dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
+        return dict(zip(self._outputs, self.session.run(self._outputs, feeds), strict=True))
 
     def io_specs(self):
         def spec(tensors):
@@ -224,11 +232,15 @@ STEPPERS: dict[str, type[StreamStepper]] = {
 
 
 def open_stepper(folder: str | Path, fmt: str, precision: str, threads: int = 1) -> StreamStepper:
-    """The ``fmt`` artifact at ``precision`` listed in the bundle ``folder``'s contract.json."""
+    """The ``fmt`` artifact at ``precision`` listed in the bundle ``folder``'s contract.json.
+
+    Raises:
+        StreamingError: an unknown ``fmt``, a folder that is no streaming bundle, or no such artifact.
+    """
     if fmt not in STEPPERS:
-        raise ValueError(f"unknown streaming format {fmt!r}; choose one of {sorted(STEPPERS)}")
+        raise StreamingError(f"unknown streaming format {fmt!r}; choose one of {sorted(STEPPERS)}")
     contract = read_streaming_contract(folder)
     for a in contract.get("artifacts", []):
         if a["format"] == fmt and a["precision"] == precision:
             return STEPPERS[fmt](Path(folder) / a["file"], contract, threads)
-    raise ValueError(f"{Path(folder) / CONTRACT_FILE}: no {fmt} artifact at {precision}")
+    raise StreamingError(f"{Path(folder) / CONTRACT_FILE}: no {fmt} artifact at {precision}")

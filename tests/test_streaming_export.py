@@ -231,3 +231,16 @@ def test_a_default_export_of_a_streaming_checkpoint_converts_the_streaming_forma
         export_module.convert(ExportSource.of((frontend, m, tok)), tmp_path, ExportOptions(precisions=("fp32",)),
                               lambda line: None)
         assert tuple(asked) == expected
+
+
+def test_open_stepper_names_what_is_wrong_with_the_bundle(tmp_path):
+    with pytest.raises(StreamingError, match="unknown streaming format 'onnx'"):
+        open_stepper(tmp_path, "onnx", "fp32")
+    with pytest.raises(StreamingError, match="contract.json: missing; .* is not an asrkd export bundle"):
+        open_stepper(tmp_path, "onnx-stream", "fp32")
+    (tmp_path / "contract.json").write_text("{", encoding="utf-8")
+    with pytest.raises(StreamingError, match="contract.json: not readable JSON"):
+        open_stepper(tmp_path, "onnx-stream", "fp32")
+    (tmp_path / "contract.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(StreamingError, match="no 'streaming' section"):
+        open_stepper(tmp_path, "onnx-stream", "fp32")
