@@ -56,7 +56,7 @@ import torch
 from asrkd.audio import AudioError
 from asrkd.contract import BLANK_ID
 from asrkd.data.dataset import AudioDataset
-from asrkd.data.manifest import read_manifest
+from asrkd.data.manifest import ManifestError, read_manifest
 from asrkd.fileio import atomic_write_text
 from asrkd.streaming import StreamingError, StreamingTranscriber
 
@@ -320,9 +320,16 @@ def checkpoint_latency(checkpoint: str | os.PathLike, manifest: str | os.PathLik
                        onset_db: float = DEFAULT_ONSET_DB) -> LatencyStats:
     """`measure_latency` of a streaming checkpoint in PyTorch (`TranscriberStepper`, one thread) on
     a manifest's audio, at its config's chunking unless ``chunk_size`` / ``left_chunks`` say
-    otherwise (``asrkd eval --chunk-size``)."""
+    otherwise (``asrkd eval --chunk-size``).
+
+    Raises:
+        ManifestError: ``manifest`` cannot be read, or none of its audio can.
+    """
     transcriber = StreamingTranscriber.from_checkpoint(checkpoint, chunk_size, left_chunks)
     waves = manifest_waves(manifest, transcriber.sample_rate)
+    if not waves:
+        raise ManifestError(f"{manifest}: no utterance's audio can be read, so there is no latency to measure "
+                            "(`asrkd manifest check` names each problem)")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -11,6 +11,7 @@ from test_streaming import transcriber_parts  # noqa: F401
 
 from asrkd.checkpoint import save_checkpoint
 from asrkd.cli import main as cli_main
+from asrkd.data.manifest import ManifestError
 from asrkd.decoding import greedy_decode
 from asrkd.streaming import StreamingError, StreamingTranscriber
 from eval.latency import (
@@ -183,6 +184,9 @@ def test_checkpoint_latency_and_asrkd_eval_on_a_manifest(stream_parts, tmp_path,
     stats = checkpoint_latency(path, tmp_path / "m.jsonl", chunk_size=16)
     assert stats.utterances == 1 and stats.chunk_samples == 16 * 4 * 160
     assert stats.final.median > 0 and stats.rtf.median > 0
+    (tmp_path / "none.jsonl").write_text('{"audio_filepath": "missing.wav", "text": "two", "duration": 1.0}\n')
+    with pytest.raises(ManifestError, match="none.jsonl: no utterance's audio can be read"):
+        checkpoint_latency(path, tmp_path / "none.jsonl", chunk_size=16)
 
     # asrkd eval of a streaming checkpoint reports the latency at the chunking it scored
     out = tmp_path / "eval.json"
