@@ -39,6 +39,7 @@ class Bounds:
     high_open: bool = False
 
     def admits(self, x: float) -> bool:
+        """Whether the number ``x`` is within the bounds."""
         above = self.low is None or (x > self.low if self.low_open else x >= self.low)
         below = self.high is None or (x < self.high if self.high_open else x <= self.high)
         return above and below
@@ -142,6 +143,8 @@ def _type_mistake(value: Any, hint: Any) -> str:
 
 
 def _within(value: Any, limit: Bounds | tuple[str, ...]) -> bool:
+    """Whether ``value`` (of the field's type already) is one of the choices ``limit``, or each of
+    its numbers (a list's items, a mapping's keys and values) is within the `Bounds` ``limit``."""
     if value is None:
         return True  # an optional field's null
     if isinstance(limit, tuple):
