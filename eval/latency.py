@@ -195,6 +195,7 @@ class Spread:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Spread | None:
+        """The spread of ``values``; None if there are none."""
         if not values:
             return None
         return cls(float(np.median(values)), float(np.percentile(values, 95)))
@@ -219,6 +220,7 @@ class LatencyStats:
 
     @property
     def chunk_seconds(self) -> float:
+        """Seconds of audio per `ChunkStepper.step` call."""
         return self.chunk_samples / self.sample_rate
 
     def to_dict(self, per_utterance: bool = False) -> dict:

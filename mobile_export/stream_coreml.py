@@ -45,6 +45,8 @@ STREAMING_METADATA = f"{coreml.METADATA_PREFIX}streaming"
 
 
 def trace(graph: StreamGraph) -> torch.jit.ScriptModule:
+    """``graph`` traced with ``torch.jit.trace`` on its `StreamGraph.example_inputs` (what
+    ``ct.convert`` reads)."""
     with torch.no_grad():
         # Traced directly (a flat tuple of tensors), so module scopes start at "frontend" / "model".
         return torch.jit.trace(graph.eval(), graph.example_inputs(), check_trace=False)

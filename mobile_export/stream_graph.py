@@ -116,10 +116,12 @@ class StreamGraph(nn.Module):
 
     @property
     def input_names(self) -> tuple[str, ...]:
+        """The names of `forward`'s inputs, in order: ``pcm``, ``feature_frames``, each state."""
         return (INPUT, VALID_INPUT, *STATE_NAMES)
 
     @property
     def output_names(self) -> tuple[str, ...]:
+        """The names of `forward`'s outputs, in order: ``log_probs``, ``next_<state>`` for each state."""
         return (OUTPUT, *(NEXT_PREFIX + n for n in STATE_NAMES))
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
