@@ -7,10 +7,11 @@ What it trains and exports is a plan, read from ``recipes/demo/<plan>/`` (`plan.
 `TrainConfig` file per training stage and ``plan.yaml`` (corpus sizes and seeds, export settings);
 ``asrkd train --config recipes/demo/<plan>/<stage>.yaml`` replays a stage (recipes/demo/README.md).
 
-Stages (`stages.PIPELINE`), each recorded in ``OUT/stages/<stage>.json`` when it finishes (a
-rerun skips finished stages and reuses their outputs; an interrupted stage resumes: trainings
-from their last checkpoint, the cache from its finished shards, synthesis from the wavs already
-written; ``force`` redoes everything):
+Stages (`stages.pipeline`: `stages.PIPELINE`, plus `stages.STREAMING` in a plan with a streaming
+student), each recorded in ``OUT/stages/<stage>.json`` when it finishes (a rerun skips finished
+stages and reuses their outputs; an interrupted stage resumes: trainings from their last
+checkpoint, the cache from its finished shards, synthesis from the wavs already written;
+``force`` redoes everything):
 
 1. ``data``: spoken digit strings synthesized with espeak-ng (asrkd.synth), three disjoint voice
    sets for train, dev and test, so the test WER is on voices no model heard;
