@@ -95,8 +95,9 @@ def main(argv=None) -> int:
                    "student-stream); with --bundle, the one it was exported from")
     p.add_argument("--bundle", type=Path, help="use the artifacts of this asrkd export bundle (of a streaming checkpoint)")
     p.add_argument("--manifest", help="audio to run (default: noise)")
-    p.add_argument("--formats", default="onnx,tflite", help="runtimes: each as <format> and <format>-stream")
-    p.add_argument("--quantize", default="fp32,int8")
+    p.add_argument("--formats", default="onnx,tflite", help="runtimes: each as <format> and <format>-stream "
+                   "(with --bundle: those of its artifacts)")
+    p.add_argument("--quantize", default="fp32,int8", help="precisions (with --bundle: those of its artifacts)")
     p.add_argument("--windows", default=",".join(f"{w:g}" for w in EXPORT_WINDOWS_SECONDS),
                    help="input windows of the whole-utterance TFLite artifact (seconds)")
     p.add_argument("--utterances", type=int, default=10)
@@ -119,12 +120,14 @@ def main(argv=None) -> int:
           "one thread")
 
     torch.set_num_threads(1)
+    formats = [f for fmt in args.formats.split(",") for f in (fmt, fmt + STREAM_SUFFIX)]
+    precisions = args.quantize.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        if args.bundle:
-            artifacts = [Artifact.from_dict(a, args.bundle) for a in contract["artifacts"]]
+        if args.bundle:  # --formats and --quantize pick from it (a bundle also holds e.g. Core ML, not run here)
+            artifacts = [a for a in (Artifact.from_dict(d, args.bundle) for d in contract["artifacts"])
+                         if a.format in formats and a.precision in precisions]
         else:
-            formats = [f for fmt in args.formats.split(",") for f in (fmt, fmt + STREAM_SUFFIX)]
-            artifacts = export_artifacts(source, Path(tmp), formats, args.quantize.split(","),
+            artifacts = export_artifacts(source, Path(tmp), formats, precisions,
                                          [float(w) for w in args.windows.split(",")])
         by_name = {(a.format, a.precision): a for a in artifacts}
 
