@@ -16,15 +16,16 @@ from asrkd.errors import AsrkdError
 
 
 def _positive(kind: type) -> Callable[[str], int | float]:
-    """An argparse ``type`` that reads ``kind`` (int or float) and refuses values <= 0."""
+    """An argparse ``type`` that reads ``kind`` (int or float) and refuses values <= 0 (and a
+    float's nan and inf)."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not 0 < value < float("inf"):  # not: nan compares false
+            raise argparse.ArgumentTypeError(f"must be {'a finite number ' if kind is float else ''}> 0, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # what argparse names in its own messages

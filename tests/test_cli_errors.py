@@ -51,3 +51,13 @@ def test_every_input_error_class_derives_from_asrkd_error():
                 LexiconError, KDSettingError, FrameRateError, VocabularyMismatchError, TokenizerFileError,
                 UnknownCharactersError):
         assert issubclass(cls, AsrkdError) and issubclass(cls, ValueError), cls
+
+
+@pytest.mark.parametrize(("flag", "value", "why"), [("--max-batch-seconds", "nan", "a finite number > 0"),
+                                                    ("--max-batch-seconds", "inf", "a finite number > 0"),
+                                                    ("--shard-size", "0", "> 0")])
+def test_a_count_or_length_must_be_positive_and_finite(flag, value, why, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["cache", "build", "--teacher", "t", "--manifest", "m.jsonl", "--out", "o", flag, value])
+    assert e.value.code == 2
+    assert f"argument {flag}: must be {why}, got {value}" in capsys.readouterr().err
