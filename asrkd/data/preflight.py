@@ -34,9 +34,9 @@ from asrkd.fileio import atomic_write_text
 __all__ = [
     "BAD_AUDIO",
     "SKIPPED_FILE",
+    "UNREADABLE",
     "BadItem",
     "CheckedSource",
-    "UNREADABLE",
     "SkipLog",
     "check_inputs",
     "preflight",
