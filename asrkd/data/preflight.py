@@ -28,7 +28,7 @@ from typing import Any
 
 from asrkd.data.check import check_utterances
 from asrkd.data.manifest import ManifestError, Utterance
-from asrkd.data.sources import _as_source, iter_numbered
+from asrkd.data.sources import as_source, iter_numbered
 from asrkd.fileio import atomic_write_text
 
 __all__ = [
@@ -106,7 +106,7 @@ def preflight(source: Any, duration_tolerance: float = 0.1, limit: int | None = 
         ManifestError: a malformed line, the source cannot be read (as `read_source`), or it
             holds no utterance.
     """
-    src = _as_source(source)
+    src = as_source(source)
     name = str(src)
     parsed = list(iter_numbered(src))[:limit]
     if not parsed:

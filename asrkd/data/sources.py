@@ -42,7 +42,7 @@ from asrkd.data.manifest import (
 from asrkd.errors import AsrkdError
 from asrkd.text import Tokenizer
 
-__all__ = ["DataSource", "SourceError", "SourceItem", "check_source", "iter_source", "read_source"]
+__all__ = ["DataSource", "SourceError", "SourceItem", "as_source", "check_source", "iter_source", "read_source"]
 
 # Each kind's option keys (besides the kind's own key, which holds the location) and which of
 # them are paths.
@@ -198,7 +198,7 @@ def iter_source(source: Any) -> Iterator[Utterance]:
 def iter_numbered(source: Any) -> Iterator[tuple[int, str, Utterance]]:
     """`iter_source` with each utterance's place: (line of a manifest or 1-based item number,
     item name or "" for a manifest line, utterance); raises as `iter_source` does."""
-    src = _as_source(source)
+    src = as_source(source)
     if src.kind == "manifest":
         for lineno, utterance in read_numbered_manifest(src.location):
             yield lineno, "", utterance
@@ -229,7 +229,7 @@ def check_source(
     A Lhotse cut or supervision is a segment of its recording, so its end is checked against the
     audio's length (`segment_past_end`), never its duration against the whole file's.
     """
-    src = _as_source(source)
+    src = as_source(source)
     if src.kind == "manifest":
         return check_manifest(src.location, tokenizer, duration_tolerance, ctc_frame_rate)
     parsed: list[tuple[int, str, Utterance]] = []
@@ -246,7 +246,7 @@ def check_source(
                             segments=src.kind == "lhotse")
 
 
-def _as_source(source: Any) -> DataSource:
+def as_source(source: Any) -> DataSource:
     """`DataSource.parse`, and a CutSet or Dataset object as a source of its kind."""
     module = type(source).__module__.split(".", 1)[0]
     if module in ("lhotse", "datasets"):
