@@ -56,6 +56,7 @@ __all__ = [
     "StreamingFrontend",
     "StreamingTranscriber",
     "frontend_streaming_problems",
+    "lookahead_samples",
     "streamable_frontend",
 ]
 
@@ -95,6 +96,14 @@ class FrontendState:
     samples: Tensor
     frames: int = 0
     received: int = 0
+
+
+def lookahead_samples(frontend: LogMel) -> int:
+    """Samples past a chunk's end that the chunk's last frame reads: it is centred on the chunk's
+    last hop and reaches ``n_fft - hop - pad`` samples beyond it (40, 2.5 ms, with the default
+    25 ms window, 10 ms hop and centred frames). A streaming app waits for them before each call."""
+    c = frontend.config
+    return max(0, c.n_fft - c.hop_length - frontend.pad)
 
 
 class StreamingFrontend:

@@ -58,7 +58,7 @@ from asrkd.contract import BLANK_ID
 from asrkd.data.dataset import AudioDataset
 from asrkd.data.manifest import ManifestError, read_manifest
 from asrkd.fileio import atomic_write_text
-from asrkd.streaming import StreamingError, StreamingTranscriber
+from asrkd.streaming import StreamingError, StreamingTranscriber, lookahead_samples
 
 ONSET_FRAME_SECONDS = 0.010
 DEFAULT_ONSET_DB = 30.0
@@ -118,9 +118,8 @@ class CtcCollapse:
 class TranscriberStepper:
     """`asrkd.streaming.StreamingTranscriber` as a `ChunkStepper` (PyTorch, the reference).
 
-    ``lookahead_samples`` is what the streaming front end needs past a chunk's end: its last frame
-    is centred on the chunk's last hop and reads ``n_fft - hop - pad`` samples beyond the chunk
-    (40 with the default 25 ms window, 10 ms hop, centred frames).
+    ``lookahead_samples``: what the streaming front end needs past a chunk's end
+    (`asrkd.streaming.lookahead_samples`).
     """
 
     def __init__(self, transcriber: StreamingTranscriber):
@@ -129,8 +128,7 @@ class TranscriberStepper:
                                  "finalize(); latency is measured on a chunked one")
         self.transcriber = transcriber
         self.chunk_samples = transcriber.chunk_samples
-        frontend = transcriber.frontend
-        self.lookahead_samples = max(0, frontend.config.n_fft - frontend.config.hop_length - frontend.pad)
+        self.lookahead_samples = lookahead_samples(transcriber.frontend)
         self.collapse = CtcCollapse(transcriber.contract.blank_id)
         self._frames = 0
 

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from asrkd.contract import Contract
 from asrkd.features import LogMel
 from asrkd.models.conformer import ConformerCTC
-from asrkd.streaming import StreamingError, frontend_streaming_problems
+from asrkd.streaming import StreamingError, frontend_streaming_problems, lookahead_samples
 from eval.streaming_runners import StreamStepper
 
 INPUT = "pcm"
@@ -112,7 +112,7 @@ class StreamGraph(nn.Module):
         self.chunk_feature_frames = c.chunk_size * c.subsampling
         self.chunk_samples = self.chunk_feature_frames * config.hop_length
         self.overlap_samples = config.n_fft - config.hop_length
-        self.lookahead_samples = self.overlap_samples - self.pad
+        self.lookahead_samples = lookahead_samples(frontend)
 
     @property
     def input_names(self) -> tuple[str, ...]:
