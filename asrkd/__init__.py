@@ -50,6 +50,8 @@ _LAZY = {
     "load_teacher": "asrkd.teacher",
     "WhisperTeacher": "asrkd.teachers",
     "PosteriorCache": "asrkd.cache",
+    "CacheSet": "asrkd.cache",
+    "open_cache": "asrkd.cache",
     "build_cache": "asrkd.cache",
     "CachedTargets": "asrkd.teacher_targets",
     "OnlineTargets": "asrkd.teacher_targets",

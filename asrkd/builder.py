@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from asrkd.cache import PosteriorCache
+from asrkd.cache import open_cache
 from asrkd.checkpoint import load_checkpoint, resolve_checkpoint
 from asrkd.config import ConfigError, OptimConfig, TrainConfig
 from asrkd.contract import Contract
@@ -465,7 +465,7 @@ def _target_source(config: TrainConfig, utts: list[Utterance], teacher: Teacher 
     kd = config.kd
     with torch.random.fork_rng():  # building the teacher must not move the student's seed
         if kd.teacher_mode == "cache":
-            cache = PosteriorCache(kd.cache)
+            cache = open_cache(kd.cache)
             check_teacher = teacher or (load_teacher(kd.teacher) if kd.teacher else None)
             cache.check(utts, teacher=check_teacher)
             return CachedTargets(cache)

@@ -746,3 +746,76 @@ class PosteriorCache:
             out = TeacherTargets(logp.to(device), ids.to(device), residual.to(device), lengths.to(device),
                                  {k_: v.to(device) for k_, v in hidden.items()})
         return out
+
+
+class CacheSet(PosteriorCache):
+    """Several caches of one teacher read as one (``kd.cache: [A, B]``): one cache per corpus,
+    built when its audio arrived, instead of one rebuilt from scratch for every new corpus.
+
+    The caches must have been built by the same teacher with the same settings (top-k, N-best,
+    hidden layers, utterance filter), and no utterance id may be in two of them. Every reading
+    method of `PosteriorCache` works across them: a batch may mix utterances of several caches.
+
+    >>> caches = CacheSet(["runs/whisper_cache", "runs/whisper_cache_new_audio"])  # doctest: +SKIP
+    """
+
+    def __init__(self, folders: Sequence[str | os.PathLike]):
+        if not folders:
+            raise CacheError("kd.cache: an empty list; give one posterior cache folder or several")
+        self.parts = [PosteriorCache(f) for f in folders]
+        first = self.parts[0]
+        for part in self.parts[1:]:
+            changes = diff_teacher(first.teacher, part.teacher) + _diff_settings(
+                first.info["request"]["settings"], part.info["request"]["settings"])
+            if changes:
+                raise CacheError(f"{part.folder}: built by another teacher or with other settings than {first.folder} "
+                                 f"({'; '.join(changes)}); the caches of one run must come from one teacher")
+        self.folder = " + ".join(str(p.folder) for p in self.parts)  # for messages
+        self.info = first.info
+        for name in ("vocabulary", "blank_id", "frame_shift", "sample_rate", "has_posteriors", "top_k",
+                     "hidden_layers", "hidden_sizes", "teacher"):
+            setattr(self, name, getattr(first, name))
+        self.teacher_checked = False
+        # Shards are numbered across the caches: shard g is shard `_owner[g][1]` of `_owner[g][0]`.
+        self._owner: list[tuple[PosteriorCache, int]] = []
+        self._index = {}
+        where: dict[str, Path] = {}
+        for part in self.parts:
+            base = len(self._owner)
+            self._owner += [(part, s) for s in range(part.info["shards"])]
+            for utt_id, (shard, offset, frames) in part._index.items():
+                if utt_id in where:
+                    raise CacheError(f"utterance id {utt_id!r} is in both {where[utt_id]} and {part.folder}; "
+                                     "give each utterance to one cache (kd.cache)")
+                where[utt_id] = part.folder
+                self._index[utt_id] = [base + shard, offset, frames]
+
+    def _shard(self, shard: int) -> dict[str, np.ndarray]:
+        part, local = self._owner[shard]
+        return part._shard(local)
+
+    def _shard_meta(self, shard: int) -> dict:
+        part, local = self._owner[shard]
+        return part._shard_meta(local)
+
+    def check(self, utts: Sequence[Utterance], teacher=None) -> None:
+        """`PosteriorCache.check` of each cache on the utterances it holds; the error names the
+        cache that is stale. Utterances in none of them are left to the read that needs them, as
+        for one cache."""
+        for part in self.parts:
+            part.check([u for u in utts if u.utt_id in part], teacher=teacher)
+        self.teacher_checked = teacher is not None
+
+    def drops(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for part in self.parts:
+            for reason, n in part.drops().items():
+                total[reason] = total.get(reason, 0) + n
+        return total
+
+
+def open_cache(folders: str | os.PathLike | Sequence[str | os.PathLike]) -> PosteriorCache:
+    """``kd.cache``'s value read: one cache folder, or a list of them (`CacheSet`)."""
+    if isinstance(folders, str | os.PathLike):
+        return PosteriorCache(folders)
+    return CacheSet(folders) if len(folders) != 1 else PosteriorCache(folders[0])

@@ -481,7 +481,8 @@ class PseudoLabelConfig(Section):
 class KDConfig(Section):
     """What the distiller distils from, and how. See docs/DISTILLATION.md."""
 
-    cache: str | None = None  # posterior cache folder (`asrkd cache build`)
+    # posterior cache folder (`asrkd cache build`), or a list of caches of one teacher (asrkd.cache.CacheSet)
+    cache: str | list[str] | None = None
     teacher: str | None = None  # asrkd checkpoint or Hugging Face *ForCTC folder
     # cache: targets from `cache`; online: run `teacher` every step
     teacher_mode: str = field(default="cache", metadata=allowed(("cache", "online")))

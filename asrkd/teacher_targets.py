@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from asrkd.cache import CacheError, PosteriorCache, TeacherTargets, top_k_posteriors
+from asrkd.cache import CacheError, PosteriorCache, TeacherTargets, open_cache, top_k_posteriors
 from asrkd.contract import BLANK_ID, NBEST, NBEST_BEAM, TOP_K
 from asrkd.decoding import prefix_beam_search
 from asrkd.teacher import Teacher
@@ -93,8 +93,8 @@ class CachedTargets(TargetSource):
     out and counted in ``skipped_hypotheses``).
     """
 
-    def __init__(self, cache: PosteriorCache | str | os.PathLike):
-        self.cache = cache if isinstance(cache, PosteriorCache) else PosteriorCache(cache)
+    def __init__(self, cache: PosteriorCache | str | os.PathLike | Sequence[str | os.PathLike]):
+        self.cache = cache if isinstance(cache, PosteriorCache) else open_cache(cache)
         self.vocabulary = self.cache.vocabulary
         self.frame_shift = self.cache.frame_shift
         self.blank_id = self.cache.blank_id

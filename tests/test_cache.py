@@ -17,9 +17,11 @@ import torch
 from asrkd.cache import (
     BuildReport,
     CacheError,
+    CacheSet,
     PosteriorCache,
     StaleCacheError,
     build_cache,
+    open_cache,
 )
 from asrkd.checkpoint import save_checkpoint
 from asrkd.cli import main as cli_main
@@ -249,3 +251,52 @@ def test_the_build_summary_of_a_text_only_teacher_says_it_holds_no_posteriors(tm
     assert "x smaller" not in text_only.summary()
     ctc = BuildReport(tmp_path, shards=1, built=[0], skipped=[], bytes_per_frame=34, dense_fp32_bytes_per_frame=340)
     assert "34 bytes/frame vs 340 for dense fp32 posteriors (10.0x smaller)" in ctc.summary()
+
+
+def test_a_cache_set_reads_each_utterance_from_the_cache_that_holds_it(corpus, teacher_ckpt, tmp_path):
+    """kd.cache: [A, B]: one batch may mix utterances of both caches; every read equals the read
+    from the cache that was built over that utterance."""
+    teacher = CheckpointTeacher(teacher_ckpt)
+    utts = read_manifest(corpus)
+    for name, part in (("a", utts[:4]), ("b", utts[4:])):
+        write_manifest(tmp_path / f"{name}.jsonl", part)
+        build_cache(teacher, [tmp_path / f"{name}.jsonl"], tmp_path / name, top_k=4, nbest=3, shard_size=SHARD,
+                    hidden_layers=[1], progress=False)
+    a, b = PosteriorCache(tmp_path / "a"), PosteriorCache(tmp_path / "b")
+    both = open_cache([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert isinstance(both, CacheSet) and len(both) == 6 and utts[5].utt_id in both
+    both.check(utts, teacher)
+    ids = [utts[5].utt_id, utts[0].utt_id, utts[3].utt_id, utts[4].utt_id]  # b, a, a (2nd shard), b
+    got = both.targets(ids, hidden_layers=[1])
+    for row, utt_id in enumerate(ids):
+        own = (a if utt_id in a else b).targets([utt_id], hidden_layers=[1])
+        n = int(own.lengths[0])
+        assert int(got.lengths[row]) == n
+        assert torch.equal(got.topk_ids[row, :n], own.topk_ids[0])
+        assert torch.equal(got.topk_logp[row, :n], own.topk_logp[0])
+        assert torch.equal(got.hidden[1][row, :n], own.hidden[1][0])
+        assert both.nbest(utt_id) == (a if utt_id in a else b).nbest(utt_id)
+    # a stale entry is named with the cache that holds it
+    moved = [replace(u, duration=u.duration + 0.5) if i == 5 else u for i, u in enumerate(utts)]
+    with pytest.raises(StaleCacheError, match=f"(?s){tmp_path / 'b'}: .*duration 2"):
+        both.check(moved)
+    # one folder in a list is that cache
+    assert type(open_cache([str(tmp_path / "a")])) is PosteriorCache
+
+
+def test_a_cache_set_refuses_caches_of_other_teachers_or_shared_utterances(corpus, teacher_ckpt, tmp_path):
+    utts = read_manifest(corpus)
+    write_manifest(tmp_path / "a.jsonl", utts[:3])
+    write_manifest(tmp_path / "b.jsonl", utts[2:])
+    build_cache(CheckpointTeacher(teacher_ckpt), [tmp_path / "a.jsonl"], tmp_path / "a", top_k=4,
+                shard_size=SHARD, progress=False)
+    build_cache(CheckpointTeacher(teacher_ckpt), [tmp_path / "b.jsonl"], tmp_path / "b", top_k=4,
+                shard_size=SHARD, progress=False)
+    with pytest.raises(CacheError, match="is in both"):
+        CacheSet([tmp_path / "a", tmp_path / "b"])
+    build_cache(CheckpointTeacher(teacher_ckpt), [tmp_path / "b.jsonl"], tmp_path / "k2", top_k=2,
+                shard_size=SHARD, progress=False)
+    with pytest.raises(CacheError, match="other settings.*top_k: 4 → 2"):
+        CacheSet([tmp_path / "a", tmp_path / "k2"])
+    with pytest.raises(CacheError, match="empty list"):
+        CacheSet([])

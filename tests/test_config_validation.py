@@ -115,3 +115,11 @@ def test_kd_teacher_whisper_specs_stay_specs_and_only_their_folder_is_a_path(tmp
     assert teacher("whisper?numbers=digits&beam_size=5") == "whisper?numbers=digits&beam_size=5"
     assert teacher("whisper:models/tiny?beam_size=5") == f"whisper:{(tmp_path / 'models/tiny').resolve()}?beam_size=5"
     assert teacher("runs/teacher") == str((tmp_path / "runs/teacher").resolve())
+
+
+def test_kd_cache_takes_one_folder_or_a_list_each_resolved_against_the_file(tmp_path):
+    assert _load(tmp_path, "kd:\n  cache: runs/a\n").kd.cache == str((tmp_path / "runs/a").resolve())
+    assert _load(tmp_path, "kd:\n  cache: [runs/a, /abs/b]\n").kd.cache == [str((tmp_path / "runs/a").resolve()),
+                                                                              "/abs/b"]
+    with pytest.raises(ConfigError, match="kd.cache must be a path or a list of paths"):
+        _load(tmp_path, "kd:\n  cache: [runs/a, 3]\n")

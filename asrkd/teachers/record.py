@@ -1,10 +1,11 @@
 """`distilled_from`: the teacher a checkpoint learnt from, as its posterior cache recorded it.
 
 A distilled checkpoint keeps its training config (``train_config``), whose ``kd.cache`` names the
-posterior cache; the cache's ``request.json`` holds the teacher's record (`Teacher.describe`:
-kind, weights fingerprint and, for a Whisper teacher, ``model``: name, source, licence). The
-export copies this into the bundle (contract.json ``model.teacher`` and the model card), so
-whoever ships the student knows whose weights it learnt from and under which terms.
+posterior cache (or the caches, all of one teacher); the cache's ``request.json`` holds the
+teacher's record (`Teacher.describe`: kind, weights fingerprint and, for a Whisper teacher,
+``model``: name, source, licence). The export copies this into the bundle (contract.json
+``model.teacher`` and the model card), so whoever ships the student knows whose weights it learnt
+from and under which terms.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ def distilled_from(train_config: dict[str, Any] | None) -> dict[str, Any] | None
     if not cache and not spec:
         return None
     out: dict[str, Any] = {"spec": spec, "cache": cache}
-    # Read directly, not through asrkd.cache.PosteriorCache: the cache may be unfinished.
-    request = Path(cache) / REQUEST_FILE if cache else None
+    # Read directly, not through asrkd.cache.PosteriorCache: the cache may be unfinished. Several
+    # caches (kd.cache: [A, B]) come from one teacher (asrkd.cache.CacheSet): the first says which.
+    first = cache[0] if isinstance(cache, list) and cache else cache
+    request = Path(first) / REQUEST_FILE if first else None
     if request is None or not request.is_file():
         out["recorded"] = ("no cache: the teacher ran online, see spec" if request is None
                            else f"not recorded: {request} is not on this machine")
