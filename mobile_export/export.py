@@ -8,7 +8,8 @@ The model is a checkpoint folder (or run folder), a loaded checkpoint or modules
 (`mobile_export.source.ExportSource.of`). Steps, each recorded in ``OUT/report.json`` (written
 first thing and after every step, so it exists whatever happens), each in its own module:
 
-1. load the model (source.py) and build the export graph (graph.py);
+1. load the model (source.py) and build the export graph (graph.py), at the chunking
+   ``chunk_size`` / ``left_chunks`` ask for (a streaming checkpoint; `ExportSource.at_chunking`);
 2. read the evaluation manifest and decode it with the PyTorch graph: the reference WER, CER,
    transcripts, log-probs and RTF (reference.py);
 2b. with ``fallback_target_precision``: calibrate the confidence and choose the fallback
@@ -25,7 +26,7 @@ first thing and after every step, so it exists whatever happens), each in its ow
    MODEL_CARD.md, utterances.jsonl (+ OUT.zip with ``zip``).
 
 ``verify_only`` skips step 3 and re-verifies the artifacts listed in an existing bundle's
-contract.json (e.g. after post-processing one of them).
+contract.json (e.g. after post-processing one of them), at the chunking they were exported at.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from asrkd.fileio import atomic_write_text, write_json
+from asrkd.inference import ChunkingError
 from eval.rtf import all_threads
 from mobile_export import bundle
 from mobile_export.bundle import Artifact
@@ -142,6 +144,23 @@ def write_bundle(source: ExportSource, out_dir: Path, artifacts: list[Artifact],
     atomic_write_text(out_dir / bundle.MODEL_CARD, bundle.model_card(source, report.to_dict()))
 
 
+def chunking_asked(options: ExportOptions, bundle_dir: Path, verify_only: bool) -> tuple[int | None, int | None]:
+    """The chunking to export at: ``options``' (None: the checkpoint's). ``verify_only`` re-verifies
+    at the one the bundle's artifacts were exported at (contract.json ``model.config``, which states
+    the exported model's), and refuses options that ask for another."""
+    asked = (options.chunk_size, options.left_chunks)
+    if not verify_only:
+        return asked
+    config = bundle.read_contract(bundle_dir).get("model", {}).get("config") or {}
+    exported = (config.get("chunk_size"), config.get("left_chunks"))
+    if asked != (None, None) and any(a is not None and a != e for a, e in zip(asked, exported, strict=True)):
+        raise ChunkingError(f"--chunk-size/--left-chunks {asked[0]}/{asked[1]}: the artifacts of {bundle_dir} were "
+                            f"exported at chunk_size {exported[0]}, left_chunks {exported[1]} ({bundle.CONTRACT_FILE} "
+                            "model.config) and --verify-only re-verifies them as they are; leave both options out, "
+                            "or export again without --verify-only")
+    return exported
+
+
 def _timing_note(options: ExportOptions) -> str | None:
     if options.rtf_repeats == 0:
         return "not measured (rtf_repeats 0): speed fields are null"
@@ -149,6 +168,15 @@ def _timing_note(options: ExportOptions) -> str | None:
         return ("cold start not measured (cold_start false): load_seconds, first_run_seconds and "
                 "peak_rss_delta_bytes are null")
     return None
+
+
+def _log_chunking(chunking: dict[str, Any], log: Callable[[str], None]) -> None:
+    own = chunking["checkpoint"]
+    chosen = (chunking["chunk_size"], chunking["left_chunks"]) != (own["chunk_size"], own["left_chunks"])
+    log(f"streaming at chunk_size {chunking['chunk_size']} encoder frames ({chunking['chunk_ms']:g} ms), "
+        f"left_chunks {chunking['left_chunks']}: "
+        + (f"--chunk-size/--left-chunks (the checkpoint's: {own['chunk_size']}, {own['left_chunks']})" if chosen
+           else "the checkpoint's"))
 
 
 def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | None = None, *,
@@ -178,7 +206,10 @@ def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | No
                                 threads_all)
     report.save(out_dir)
     try:
-        source = ExportSource.of(model)
+        source = ExportSource.of(model).at_chunking(*chunking_asked(options, final, verify_only))
+        report.chunking = source.chunking()
+        if report.chunking is not None:
+            _log_chunking(report.chunking, log)
         report.checkpoint = None if source.checkpoint is None else str(source.checkpoint)
         data = read_eval_set(manifest, source.contract.sample_rate, options.max_utterances)
         report.eval.utterances, report.eval.audio_seconds = len(data.pcms), data.audio_seconds

@@ -52,6 +52,19 @@ class ExportOptions:
         oos_manifest: out-of-scope speech the model should refuse (transcripts not needed): the
             report gives the share that falls back.
 
+    Streaming (a streaming checkpoint: ``model.causal``; docs/STREAMING.md):
+        chunk_size: encoder frames per attention chunk of the streaming artifacts (e.g. 3 = 120 ms
+            at a 10 ms hop and x4 subsampling), as ``asrkd eval --chunk-size`` counts them; None:
+            the checkpoint's. Dynamic chunk training makes one model serve several chunk sizes, so
+            an app picks its latency here, at export time.
+        left_chunks: chunks of left context; the attention state holds ``left_chunks x
+            chunk_size`` encoder frames (None: the checkpoint's).
+        Either one runs the whole export at that chunking (`mobile_export.source.ExportSource.at_chunking`):
+        the streaming artifacts, contract.json's ``streaming`` block and state shapes, the PyTorch
+        reference the gate compares with, and the whole-utterance artifacts' attention mask.
+        Unlike ``asrkd eval``'s, neither takes -1 (full context, unlimited) or 0: an artifact runs
+        one chunk per call against a fixed-size state.
+
     Edge cases (mobile_export/edge_suite.py; off by default, it runs every artifact 11 more times):
         edge_cases: run the suite of `eval.edge_cases` on the evaluation set for every artifact.
         edge_case_noise: a folder of noise recordings for the noise conditions (None: asrkd's
@@ -82,6 +95,8 @@ class ExportOptions:
     edge_cases: bool = False
     edge_case_noise: str | None = None
     max_wer_increase_noisy: float | None = None
+    chunk_size: int | None = None
+    left_chunks: int | None = None
 
     def __post_init__(self):
         self.formats = tuple(self.formats)
@@ -106,9 +121,23 @@ class ExportOptions:
             problems.append(f"max_utterances must be >= 1, got {self.max_utterances}")
         if self.coreml_shapes not in coreml.SHAPE_MODES:
             problems.append(f"coreml_shapes must be one of {coreml.SHAPE_MODES}")
-        problems += self._confidence_problems()
+        problems += self._confidence_problems() + self._chunking_problems()
         if problems:
             raise ExportError("; ".join(problems))
+
+    def _chunking_problems(self) -> list[str]:
+        """What is wrong with ``chunk_size`` / ``left_chunks`` before any checkpoint is read (what
+        the checkpoint cannot do is refused by `mobile_export.stream_graph.at_chunking`)."""
+        problems = []
+        if self.chunk_size is not None and self.chunk_size < 1:
+            problems.append(f"chunk_size (--chunk-size) must be >= 1 encoder frames, got {self.chunk_size}: a "
+                            "streaming artifact computes one chunk per call (-1, full context, is what the "
+                            "whole-utterance formats do)")
+        if self.left_chunks is not None and self.left_chunks < 1:
+            problems.append(f"left_chunks (--left-chunks) must be >= 1 chunks, got {self.left_chunks}: the "
+                            "streaming artifacts' attention state holds left_chunks x chunk_size frames, so -1 "
+                            "(unlimited) has no fixed size and 0 makes it a zero-size tensor, which TFLite refuses")
+        return problems
 
     def _confidence_problems(self) -> list[str]:
         """What is wrong with the confidence and edge-case options."""

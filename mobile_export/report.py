@@ -9,7 +9,9 @@ measured, ``traceback`` after a crash and ``zip`` once the bundle is zipped; ``c
 each artifact's ``fallback`` only when a fallback target precision is asked for; ``edge_cases``
 (the PyTorch model's) and each artifact's ``edge_cases`` only with the edge-case suite; a
 streaming artifact's ``streaming`` (token agreement with the PyTorch streaming model, latency)
-instead of its speed fields (mobile_export/stream_export.py).
+instead of its speed fields (mobile_export/stream_export.py); ``chunking`` (the chunk size and
+left context the export ran at, and the checkpoint's own: `mobile_export.source.ExportSource.chunking`)
+only for a streaming model.
 """
 
 from __future__ import annotations
@@ -213,6 +215,7 @@ class ExportReport:
     zip: str | None = None
     confidence: ConfidenceReport | None = None
     edge_cases: dict[str, dict[str, Any]] | None = None
+    chunking: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
                          .isoformat(timespec="seconds"))
 
@@ -253,6 +256,8 @@ class ExportReport:
             d["confidence"] = self.confidence.to_dict()
         if self.edge_cases is not None:
             d["edge_cases"] = self.edge_cases
+        if self.chunking is not None:
+            d["chunking"] = self.chunking
         return d
 
     def save(self, out_dir: Path) -> Path:

@@ -28,11 +28,14 @@ the last included, equals `asrkd.streaming.StreamingTranscriber`'s to float roun
 
 Only a front end that streams (``normalize: none``, `asrkd.streaming.streamable_frontend`) and a
 model with a bounded chunking (``causal``, ``chunk_size > 0``, ``left_chunks >= 0``) export;
-anything else is a `asrkd.streaming.StreamingError` naming the field.
+anything else is a `asrkd.streaming.StreamingError` naming the field. The chunking is the model
+config's: `at_chunking` gives the same weights at the one an export asks for (``asrkd export
+--chunk-size N --left-chunks L``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -42,7 +45,9 @@ from torch import Tensor, nn
 
 from asrkd.contract import Contract
 from asrkd.features import LogMel
+from asrkd.inference import ChunkingError
 from asrkd.models.conformer import ConformerCTC
+from asrkd.models.streaming import ChunkChoice
 from asrkd.streaming import StreamingError, frontend_streaming_problems, lookahead_samples
 from eval.streaming_runners import StreamStepper
 
@@ -89,6 +94,49 @@ def is_streaming(model: ConformerCTC) -> bool:
     """Whether ``model``'s config is a streaming one (causal, chunked): what decides that an export
     makes streaming artifacts by default."""
     return model.config.causal and model.config.chunk_size > 0
+
+
+def at_chunking(model: ConformerCTC, frontend: LogMel, chunk_size: int | None = None,
+                left_chunks: int | None = None) -> ConformerCTC:
+    """``model`` at the chunking an export asks for: ``chunk_size`` encoder frames per chunk and
+    ``left_chunks`` chunks of left context (`mobile_export.options.ExportOptions`; None: the
+    model config's). A copy with the same weights whose config states that chunking, so that
+    everything sized or masked by the config follows it: `StreamGraph` (chunk samples, the
+    attention state's ``left_chunks x chunk_size`` frames, contract.json's ``streaming``), the
+    whole-utterance graph's chunk mask and the PyTorch reference. ``model`` itself when the
+    chunking is its own.
+
+    Raises `asrkd.inference.ChunkingError` (as ``asrkd eval --chunk-size`` does), naming the option, for a checkpoint that cannot run chunk by chunk
+    (not causal, a front end that needs the whole utterance) and for a chunking the fixed-size
+    state cannot hold (the checkpoint's own ``chunk_size -1`` or ``left_chunks -1`` where the
+    option leaves it). Nothing else limits it: RoPE has no maximum position and the caches are
+    sized from the config; a chunking the model was not trained at runs, only as well as dynamic
+    chunk training (docs/STREAMING.md) made it.
+    """
+    c = model.config
+    choice = ChunkChoice(c.chunk_size if chunk_size is None else chunk_size,
+                         c.left_chunks if left_chunks is None else left_chunks)
+    if choice == ChunkChoice(c.chunk_size, c.left_chunks):
+        return model
+    options = "/".join(flag for flag, value in (("--chunk-size", chunk_size), ("--left-chunks", left_chunks))
+                       if value is not None)
+    if not c.causal:
+        raise ChunkingError(f"{options}: not a streaming checkpoint (model.causal=false: its convolution reads "
+                            "later frames, so no chunk can be computed before the next has arrived); leave "
+                            f"{options} out, or export a streaming checkpoint (preset student-stream)")
+    if choice.chunk_size < 1:
+        raise ChunkingError(f"--left-chunks {left_chunks}: the checkpoint's model.chunk_size is {c.chunk_size} "
+                            "(full context); give --chunk-size N (encoder frames per chunk) too")
+    if choice.left_chunks < 0:
+        raise ChunkingError(f"--chunk-size {chunk_size}: the checkpoint's model.left_chunks is {c.left_chunks} "
+                            "(unlimited), which no fixed-size attention state holds; give --left-chunks L "
+                            "(chunks of left context) too")
+    chunked = copy.deepcopy(model).eval()  # deepcopy: no weight initialisation, no global RNG draw
+    chunked.config = dataclasses.replace(c, chunk_size=choice.chunk_size, left_chunks=choice.left_chunks)
+    problems = streaming_problems(chunked, frontend)
+    if problems:
+        raise ChunkingError(f"{options}: cannot export a streaming artifact: " + "; ".join(problems))
+    return chunked
 
 
 class StreamGraph(nn.Module):
