@@ -393,6 +393,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         edge_cases=args.edge_cases,
         edge_case_noise=args.edge_case_noise,
         max_wer_increase_noisy=args.max_wer_increase_noisy,
+        chunk_size=args.chunk_size,
+        left_chunks=args.left_chunks,
     )
     try:
         if args.windows:
@@ -525,6 +527,13 @@ def _add_export_commands(sub) -> None:
     p.add_argument("--max-wer-increase-noisy", type=float, metavar="X",
                    help="gate on the edge cases too: under each condition an artifact's WER may exceed "
                    "PyTorch's by at most X points, and it must output nothing on silence")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="streaming checkpoint: encoder frames per attention chunk of the streaming artifacts, "
+                        "e.g. 3 = 120 ms at a 10 ms hop and x4 subsampling; the PyTorch reference the gate "
+                        "compares with runs at it too (default: the checkpoint's; docs/STREAMING.md)")
+    p.add_argument("--left-chunks", type=int, default=None,
+                   help="streaming checkpoint: chunks of left context, >= 1; the attention state holds "
+                        "left-chunks x chunk-size encoder frames (default: the checkpoint's)")
     p.set_defaults(func=_cmd_export)
 
 
