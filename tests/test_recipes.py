@@ -72,7 +72,13 @@ def test_fsdd_streaming_table_rows_differ_in_streaming_only():
         d["run"].pop("out_dir")
         return d
 
-    for folder, row in (("", "stage1"), ("", "ctc"), ("", "kd"), ("ctc_teacher", "kd")):
+    # --teacher fsdd: run.sh's teacher, through run.sh stage 5's cache, with run.sh's KD terms
+    fsdd = TrainConfig.from_yaml(conf / "fsdd_teacher" / "student_kd.yaml").kd
+    recipe = TrainConfig.from_yaml(FSDD / "student_kd.yaml").kd
+    assert (fsdd.cache, fsdd.teacher, fsdd.layer_map, fsdd.weights) == (
+        recipe.cache, recipe.teacher, recipe.layer_map, recipe.weights)
+
+    for folder, row in (("", "stage1"), ("", "ctc"), ("", "kd"), ("ctc_teacher", "kd"), ("fsdd_teacher", "kd")):
         full = TrainConfig.from_yaml(conf / folder / f"student_{row}.yaml")
         stream = TrainConfig.from_yaml(conf / folder / f"stream_{row}.yaml")
         assert (full.model.preset, stream.model.preset) == ("student", "student-stream")

@@ -7,13 +7,15 @@
 # on one thread of every model, the streaming ones at 320, 640 and 120 ms chunks, and the streaming
 # KD student's int8 streaming artifacts. Figures: RESULTS.md, "The streaming table".
 #
-#   bash recipes/fsdd/run_streaming.sh [--stage N] [--stop-stage M] [--teacher whisper|ctc]
+#   bash recipes/fsdd/run_streaming.sh [--stage N] [--stop-stage M] [--teacher whisper|fsdd|ctc]
 #
 # --teacher: the KD rows' teacher. whisper (default): Whisper tiny.en through its cache of the
 # training audio, runs/fsdd/whisper_cache (N-best and encoder states, `--hidden-layers 0`;
-# docs/TEACHERS.md), configs conf/streaming/*_kd.yaml. ctc: the full-context CTC student of
-# stage 3 through its own cache (built by stage 5), configs conf/streaming/ctc_teacher/, outputs
-# in runs/fsdd/streaming/ctc_teacher/ (what RESULTS.md measured).
+# docs/TEACHERS.md), configs conf/streaming/*_kd.yaml. fsdd: the recipe's own full-context
+# teacher (run.sh stages 2-4) through its cache (run.sh stage 5), configs
+# conf/streaming/fsdd_teacher/, outputs in runs/fsdd/streaming/fsdd_teacher/. ctc: the
+# full-context CTC student of stage 3 through its own cache (built by stage 5), configs
+# conf/streaming/ctc_teacher/, outputs in runs/fsdd/streaming/ctc_teacher/.
 #
 # Stages (each prints the commands it runs; a training stage rerun resumes or returns at once):
 #   1 student stage 1 (200 steps)             5 student, KD
@@ -47,8 +49,9 @@ train_manifests="--manifest $data/synth_digits_train/manifest.jsonl --manifest $
 dev=$data/fsdd_connected_yweweler.jsonl
 case "$teacher" in
   whisper) kd= ;;
+  fsdd) kd=fsdd_teacher/ ;;
   ctc) kd=ctc_teacher/ ;;
-  *) echo "run_streaming.sh: --teacher is whisper or ctc, not $teacher" >&2; exit 2 ;;
+  *) echo "run_streaming.sh: --teacher is whisper, fsdd or ctc, not $teacher" >&2; exit 2 ;;
 esac
 kd_conf=$conf/${kd%/}  # the KD rows' configs
 kd_conf=${kd_conf%/}
@@ -61,6 +64,11 @@ distil() {
     # block 3: the ctc_teacher configs' kd.layer_map
     run $ASRKD cache build --teacher $exp/student_ctc/checkpoints/best --out $exp/cache_student_ctc \
       --hidden-layers 3 $train_manifests
+  elif [ "$teacher" = fsdd ]; then
+    if [ ! -f runs/fsdd/cache/cache.json ]; then
+      echo "run_streaming.sh: runs/fsdd/cache/cache.json not found; run bash recipes/fsdd/run.sh --stage 2 --stop-stage 5 first (the recipe's teacher and its cache)" >&2
+      exit 2
+    fi
   elif [ ! -f runs/fsdd/whisper_cache/cache.json ]; then
     echo "run_streaming.sh: runs/fsdd/whisper_cache/cache.json not found; build the Whisper cache of the training audio first (docs/TEACHERS.md), or pass --teacher ctc" >&2
     exit 2
