@@ -85,3 +85,28 @@ def test_fsdd_streaming_table_rows_differ_in_streaming_only():
         assert stream.model.dynamic_chunks.enabled
         assert full.frontend == stream.frontend == {"normalize": "none"}
         assert setup(conf / folder / f"student_{row}.yaml") == setup(conf / folder / f"stream_{row}.yaml")
+
+
+def test_the_dev_speakers_untranscribed_audio_holds_no_take_of_a_dev_utterance(fsdd_dir, tmp_path):
+    """run_whisper.sh stage 9: adaptation audio of the dev speaker without text, none of whose
+    takes is in a dev utterance (FSDD's connected utterances are made of its isolated takes)."""
+    import json
+    import subprocess
+    import sys
+
+    from asrkd.data import read_manifest
+
+    script = RECIPES / "fsdd" / "local" / "untranscribed_dev_speaker.py"
+    subprocess.run([sys.executable, str(script), str(fsdd_dir), str(tmp_path), "--connected", "5"], check=True,
+                   capture_output=True)
+    dev = [json.loads(line) for line in (fsdd_dir / "manifests" / "fsdd_connected.jsonl").open(encoding="utf-8")]
+    in_dev = {take for d in dev if d["speaker"] == "fsdd_yweweler" for take in d["components"]}
+    audio, truth = read_manifest(tmp_path / "manifest.jsonl"), read_manifest(tmp_path / "transcribed.jsonl")
+    assert len(audio) == 500 - len(in_dev) + 5 and all(u.text is None for u in audio)
+    takes = {t for u in audio for t in u.extra["components"]}
+    assert takes and not takes & in_dev and all(t.split("_")[1] == "yweweler" for t in takes)
+    # the transcribed twin: the same audio, the digits the takes were recorded with
+    digits = "zero one two three four five six seven eight nine".split()
+    assert [u.audio_filepath for u in truth] == [u.audio_filepath for u in audio]
+    for u in truth:
+        assert u.text == " ".join(digits[int(t.split("_")[0])] for t in u.extra["components"])

@@ -14,12 +14,20 @@
 #     encoder states kept as fp16)                  7 export of the pseudo-label student
 #   3 pseudo-label student, stage 1 (200 steps)     8 WER and RTF on yweweler: Whisper itself,
 #   4 pseudo-label student (730 updates)              then every student, greedy and lexicon
-# Outputs: runs/fsdd/whisper/, runs/fsdd/whisper_cache/. Set ASRKD for another asrkd.
+# Adaptation to the dev speaker without transcripts (the real use case: audio from where the app
+# will run, no text):
+#   9 yweweler's isolated takes that no dev utterance contains, and connected utterances made of
+#     them (local/untranscribed_dev_speaker.py), without text; Whisper's cache of that audio
+#  10 the pseudo-label student with that audio added (kd.cache: both caches)
+#  11 reference: the ground-truth CTC student on the same audio with its true text
+#  12 WER and RTF of the two on yweweler, greedy and lexicon
+# Outputs: runs/fsdd/whisper/, runs/fsdd/whisper_cache/, runs/fsdd/whisper_cache_yweweler/,
+# runs/data/fsdd_yweweler_untranscribed/. Set ASRKD for another asrkd, FSDD for another FSDD folder.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 source recipes/fsdd/local/stages.sh
-parse_stages "$0" 8 "$@"
+parse_stages "$0" 12 "$@"
 
 ASRKD=${ASRKD:-asrkd}
 PYTHON=${PYTHON:-python}
@@ -28,6 +36,7 @@ conf=$recipe/conf/whisper
 data=runs/data
 exp=runs/fsdd/whisper
 dev=$data/fsdd_connected_yweweler.jsonl
+fsdd=${FSDD:-../shared/data/fsdd}  # stage 9 (run.sh stage 1 takes it as --fsdd)
 # Digit strings spelled as digit words; the closed set of the ten digit words for clips under 1 s
 # whose free decoding is not a digit string (isolated digits: "Bye.", "to.", nothing); words
 # outside the ten dropped; fp32 so that the encoder states are feature targets.
@@ -46,7 +55,10 @@ CharTokenizer.from_texts(Lexicon.from_file('$recipe/digits.words').words).save('
 evaluate() {
   mkdir -p $exp/eval
   run $PYTHON $recipe/local/whisper_eval.py "$teacher" $dev --json $exp/eval/whisper.json
-  for model in student student_feature student_gt; do
+  evaluate_students student student_feature student_gt
+}
+evaluate_students() {
+  for model in "$@"; do
     run $ASRKD eval $exp/$model --manifest $dev --json $exp/eval/$model.json
     run $ASRKD eval $exp/$model --manifest $dev --lexicon $recipe/digits.words \
       --json $exp/eval/${model}_lexicon.json
@@ -74,3 +86,18 @@ stage 7 "export of the pseudo-label student (every format; the gate on yweweler)
   $ASRKD export $exp/student --eval-manifest $dev --out $exp/export_student --max-wer-increase 1.0
 stage 8 "WER and RTF on yweweler (runs/fsdd/whisper/eval/)" \
   evaluate
+
+untranscribed=$data/fsdd_yweweler_untranscribed
+adaptation_audio() {
+  run $PYTHON $recipe/local/untranscribed_dev_speaker.py $fsdd $untranscribed
+  run $ASRKD cache build --teacher "$teacher" --out runs/fsdd/whisper_cache_yweweler --hidden-layers 0 \
+    --threads 2 --manifest $untranscribed/manifest.jsonl
+}
+stage 9 "yweweler's untranscribed audio that no dev utterance contains, and Whisper's cache of it" \
+  adaptation_audio
+stage 10 "pseudo-label student + the dev speaker's untranscribed audio" \
+  $ASRKD distill --config $conf/student_adapt.yaml --resume
+stage 11 "reference: the ground-truth CTC student on the same audio with its true text" \
+  $ASRKD train --config $conf/student_gt_adapt.yaml --resume
+stage 12 "WER and RTF of stages 10 and 11 on yweweler (runs/fsdd/whisper/eval/)" \
+  evaluate_students student_adapt student_gt_adapt
