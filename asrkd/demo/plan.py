@@ -7,6 +7,10 @@
     recipes/demo/<plan>/student_stream.yaml
                                       optional: a streaming student too (`STREAMING_STAGE`)
     recipes/demo/<plan>/plan.yaml     the synthetic corpus and the export settings
+    recipes/demo/whisper/<plan>/student_kd.yaml, student_stream.yaml
+                                      with a Whisper teacher (`DemoPlan.with_whisper`): the KD
+                                      students learn from Whisper without transcripts; their
+                                      ``kd.teacher`` gives the Whisper teacher's options
 
 The stage files are `TrainConfig` files like any other. Their paths name the plan's default
 folder (``runs/demo-quick/...``) so that ``asrkd train`` can replay a stage; the demo puts its
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +32,13 @@ from asrkd.config import ConfigError, TrainConfig
 from asrkd.errors import AsrkdError
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
+# The per-plan overlays of a demo whose teacher is Whisper (`DemoPlan.with_whisper`).
+WHISPER_RECIPES = RECIPES / "whisper"
 TRAINING_STAGES = ("teacher", "student_kd", "student_ctc")
 # A plan with this stage file also distils a streaming student and reports its latency.
 STREAMING_STAGE = "student_stream"
+# The stages that learn from the teacher's cache (those a Whisper overlay replaces).
+KD_STAGES = ("student_kd", STREAMING_STAGE)
 SPLITS = ("train", "dev", "test")
 # Fields the demo sets for the folder it runs in (and the cores it has), whatever a stage file
 # says: they are left out of the plan's fingerprint, which must not depend on where the folder is.
@@ -69,17 +78,54 @@ class DemoPlan:
     # subprocess): small models use two cores better as two jobs than as one two-thread job.
     parallel_students: bool = True
     folder: Path | None = None  # where it was read from (named in errors)
+    # None: the plan's own teacher, trained by the demo (stage file teacher.yaml). Else the spec of
+    # a pretrained Whisper teacher (`asrkd.teachers.load_teacher`) that the demo runs, not trains.
+    teacher: str | None = None
 
     @classmethod
-    def named(cls, name: str) -> DemoPlan:
-        """The plan in ``recipes/demo/<name>/`` (``default``, ``quick``, ``smoke``)."""
+    def named(cls, name: str, teacher: str | None = None) -> DemoPlan:
+        """The plan in ``recipes/demo/<name>/`` (``default``, ``quick``, ``smoke``); with ``teacher``
+        (``whisper`` or ``whisper:DIR``) its Whisper variant (`with_whisper`)."""
         known = sorted(p.parent.name for p in RECIPES.glob("*/plan.yaml"))
         if name not in known:
             if not known:
                 raise DemoError(f"{RECIPES}: no demo plans there; the demo reads its plans from the "
                                 "recipes/demo/ folder of a source checkout (pip install -e .)")
             raise DemoError(f"unknown demo plan {name!r}; choose one of {known}")
-        return cls.from_folder(RECIPES / name)
+        plan = cls.from_folder(RECIPES / name)
+        return plan if teacher is None else plan.with_whisper(teacher)
+
+    def with_whisper(self, teacher: str) -> DemoPlan:
+        """This plan with a pretrained Whisper teacher instead of the one it trains.
+
+        ``teacher``: ``whisper`` (the bundled tiny.en of ``asrkd[whisper]``) or ``whisper:DIR`` (a
+        CTranslate2 or Hugging Face Whisper folder). The plan loses its ``teacher`` stage file; its KD
+        students are read from ``recipes/demo/whisper/<plan>/<stage>.yaml`` instead: the same
+        students learning without transcripts (pseudo-labels, N-best, encoder states). The options
+        of the Whisper teacher are those the overlays' ``kd.teacher`` gives (all the same), with
+        ``DIR`` put in; a missing extra or model is a `DemoError` now, before any stage runs.
+        """
+        folder = _whisper_folder(teacher)
+        overlays = WHISPER_RECIPES / self.name
+        stages = {s: cfg for s, cfg in self.stages.items() if s != "teacher"}
+        specs = {}
+        for stage in (s for s in KD_STAGES if s in stages):
+            path = overlays / f"{stage}.yaml"
+            if not path.is_file():
+                raise DemoError(f"{path}: not found; the {self.name!r} plan has no Whisper variant "
+                                f"(recipes/demo/whisper/ has {sorted(p.name for p in WHISPER_RECIPES.glob('*/'))})")
+            try:
+                stages[stage] = TrainConfig.from_yaml(path)
+            except ConfigError as e:
+                raise DemoError(str(e)) from None
+            specs[path] = stages[stage].kd.teacher or ""
+        head, _, options = next(iter(specs.values())).partition("?")
+        if head != "whisper" or len(set(specs.values())) != 1:
+            raise DemoError(f"{', '.join(map(str, specs))}: kd.teacher must be the same 'whisper?<options>' "
+                            f"in each, got {sorted(set(specs.values()))}")
+        spec = f"whisper:{folder}" if folder else "whisper"
+        spec += f"?{options}" if options else ""
+        return dataclasses.replace(self, stages=stages, teacher=spec)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> DemoPlan:
@@ -118,7 +164,7 @@ class DemoPlan:
     @property
     def cache_layers(self) -> tuple[int, ...]:
         """The teacher layers the cache keeps: those the KD students' ``kd.layer_map`` read."""
-        students = [s for s in ("student_kd", STREAMING_STAGE) if s in self.stages]
+        students = [s for s in KD_STAGES if s in self.stages]
         return tuple(sorted({layer for s in students for layer in self.stages[s].kd.layer_map.values()}))
 
     def export_options(self):
@@ -136,7 +182,8 @@ class DemoPlan:
             raise DemoError(f"{where}: export: {e}") from None
 
     def to_dict(self) -> dict:
-        """The plan as plain data (``report.json``'s ``demo.plan``), without `PLACED_FIELDS`."""
+        """The plan as plain data (``report.json``'s ``demo.plan``), without `PLACED_FIELDS`; with a
+        Whisper teacher, its spec as ``teacher``."""
         stages = {}
         for stage, cfg in self.stages.items():
             d = cfg.to_dict()  # a deep copy (dataclasses.asdict)
@@ -144,9 +191,12 @@ class DemoPlan:
                 d[section].pop(key)
             d["kd"]["layer_map"] = {str(k): v for k, v in d["kd"]["layer_map"].items()}
             stages[stage] = d
-        return {"name": self.name, "task": self.task,
-                "synth": {s: dataclasses.asdict(v) for s, v in self.synth.items()},
-                "stages": stages, "export": self.export, "parallel_students": self.parallel_students}
+        out = {"name": self.name, "task": self.task,
+               "synth": {s: dataclasses.asdict(v) for s, v in self.synth.items()},
+               "stages": stages, "export": self.export, "parallel_students": self.parallel_students}
+        if self.teacher is not None:  # absent for the plan's own teacher: its fingerprint predates the option
+            out["teacher"] = self.teacher
+        return out
 
     def fingerprint(self) -> str:
         """Changes with any setting of the plan: a folder made with another one is not reused."""
@@ -174,3 +224,31 @@ def _synth(synth: dict, path: Path) -> dict[str, SynthSplit]:
                             f"got {spec!r}")
         out[split] = SynthSplit(**spec)
     return out
+
+
+def _whisper_folder(teacher: str) -> Path | None:
+    """The folder of ``--teacher whisper[:DIR]`` (None: the bundled tiny.en), checked: the model is
+    there and the package that runs it is installed. Errors are one line, naming the fix."""
+    from asrkd.teachers.whisper import WHISPER_INSTALL_HINT, bundled_whisper_path, whisper_backend
+
+    head, sep, folder = teacher.partition(":")
+    if head != "whisper" or "?" in teacher or (sep and not folder):
+        raise DemoError(f"--teacher {teacher}: give 'whisper' (the bundled Whisper tiny.en) or 'whisper:DIR' (a "
+                        "CTranslate2 or Hugging Face Whisper folder); the demo sets the decoding options "
+                        f"({WHISPER_RECIPES}/<plan>/student_kd.yaml, kd.teacher)")
+    try:
+        path = Path(folder).resolve() if folder else bundled_whisper_path()
+    except ImportError:
+        raise DemoError(f"--teacher {teacher}: the bundled Whisper tiny.en is not installed: "
+                        f"{WHISPER_INSTALL_HINT}") from None
+    backend = whisper_backend(path)
+    if backend is None:
+        raise DemoError(f"--teacher {teacher}: {path} is not a Whisper model folder (a CTranslate2 one has "
+                        "model.bin, a Hugging Face one a config.json with model_type 'whisper')")
+    module, hint = (("faster_whisper", WHISPER_INSTALL_HINT) if backend == "ct2"
+                    else ("transformers", "pip install 'asrkd[hf]'"))
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise DemoError(f"--teacher {teacher}: running {path} needs {module}: {hint}") from None
+    return path if folder else None

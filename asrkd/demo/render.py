@@ -23,13 +23,28 @@ def _ms(spread) -> str:
 MODEL_LABELS = {"teacher": "teacher", "student_kd": "student + KD", "student_ctc": "student, CTC only"}
 
 
+def model_label(report: dict, key: str) -> str:
+    """A model's row label: `MODEL_LABELS`, the teacher's name added when it is a pretrained one
+    (its figures carry ``identity``: `asrkd.demo.stages._measure_whisper`)."""
+    identity = report[key].get("identity")
+    if identity is None:
+        return MODEL_LABELS[key]
+    name = identity["name"] if identity["name"] != "not recorded" else "Whisper"
+    return f"{MODEL_LABELS[key]}: {name.split(' (')[0]}"
+
+
+def _gflops(x) -> str:
+    """GFLOPs per audio second with three decimals; "-" for none (an autoregressive teacher)."""
+    return "-" if x is None else f"{x:.3f}"
+
+
 def summary_table(report: dict) -> list[str]:
     """The lines the demo prints at the end: each model and artifact with its size, WER, CER and RTF."""
     real = report["demo"].get("real_manifest") is not None
     head = f"{'model / artifact':<26} {'params':>8} {'WER %':>7} {'CER %':>7} {'RTF 1thr':>9} {'MB':>7}"
     lines = [head + (f" {'real WER %':>10}" if real else ""), "-" * (len(head) + (11 if real else 0))]
-    for key, label in MODEL_LABELS.items():
-        m = report[key]
+    for key in MODEL_LABELS:
+        m, label = report[key], model_label(report, key)
         line = (f"{label:<26} {m['params'] / 1e6:>7.2f}M {_pct(m['wer']):>7} {_pct(m['cer']):>7} "
                 f"{_rtf(m['rtf_1thread']):>9} {'':>7}")
         lines.append(line + (f" {_pct(m.get('wer_real')):>10}" if real else ""))
@@ -122,19 +137,25 @@ def render_demo_markdown(report: dict) -> str:
         + (" real-speech WER % |" if real else ""),
         "|---|---:|---:|---:|---:|---:|" + ("---:|" if real else ""),
     ]
-    for key, label in MODEL_LABELS.items():
+    for key in MODEL_LABELS:
         m = report[key]
-        lines.append(f"| {label} | {m['params'] / 1e6:.2f} M | {m['gflops_per_audio_second']:.3f} | "
+        lines.append(f"| {model_label(report, key)} | {m['params'] / 1e6:.2f} M | {_gflops(m['gflops_per_audio_second'])} | "
                      f"{_pct(m['wer'])} | {_pct(m['cer'])} | {_rtf(m['rtf_1thread'])} |"
                      + (f" {_pct(m.get('wer_real'))} |" if real else ""))
     lines += [
         "",
         f"The student has {t['params'] / kd['params']:.1f}x fewer parameters than the teacher and runs "
         f"{t['rtf_1thread'] / kd['rtf_1thread']:.1f}x faster. "
-        + (f"Knowledge distillation changed its test WER from {_pct(ctc['wer'])} % (CTC only) to "
+        + ("" if rel is None else
+           f"Knowledge distillation changed its test WER from {_pct(ctc['wer'])} % (CTC only) to "
            f"{_pct(kd['wer'])} % ({rel:.2f}x), with the same data, augmentation and steps."
-           if rel is not None else ""),
+           if t.get("identity") is None else
+           f"Learning from the teacher alone, without the training transcripts, it reached {_pct(kd['wer'])} % "
+           f"test WER; the same student on the ground-truth text (CTC only, same audio, augmentation and "
+           f"epochs) {_pct(ctc['wer'])} % ({rel:.2f}x)."),
     ]
+    if t.get("identity") is not None:
+        lines += ["", _pretrained_teacher(t, plan["stages"]["student_kd"]["kd"]["weights"])]
     if real:
         lines += ["", f"Real speech: `{d['real_manifest']}` (a different domain from the synthetic "
                   "training data; expect a higher WER)."]
@@ -172,6 +193,28 @@ def render_demo_markdown(report: dict) -> str:
                   "thread each); its own stage only waits for it to finish."]
     lines += ["", f"Posterior cache: {d['cache']}", ""]
     return "\n".join(lines)
+
+
+# What each KD term of a student distilled from a text-only teacher learns (`_pretrained_teacher`).
+_SEQUENCE_TEACHER_TERMS = {
+    "ctc": "CTC on the teacher's best hypothesis (pseudo-labels; the utterances its filter dropped are left out: "
+           "the cache line below counts them)",
+    "sequence": "sequence KD on its N-best",
+    "feature": "feature KD from its encoder output",
+}
+
+
+def _pretrained_teacher(t: dict, weights: dict) -> str:
+    """REPORT.md's paragraph on a pretrained teacher: who it is, its licence, and what the KD
+    student (its ``kd.weights``, as plain data) learnt from it."""
+    who = t["identity"]
+    runtime = {"ct2": "CTranslate2", "hf": "PyTorch (Hugging Face transformers)"}.get(t["runtime"], t["runtime"])
+    terms = [text for term, text in _SEQUENCE_TEACHER_TERMS.items() if weights[term]["value"] > 0]
+    return (f"The teacher is {who['name']} ({who['source']}, licence {who['license']}), pretrained, not "
+            f"trained here: teacher spec `{t['spec']}` (docs/TEACHERS.md), run by {runtime}. Its row scores "
+            "its best hypothesis per utterance in the student's spelling; its RTF is one utterance per call, "
+            "each encoded as a 30 s window. The KD student trained on the training audio without its text: "
+            f"{'; '.join(terms)}. The CTC-only student, trained on the ground-truth text, is the reference.")
 
 
 def _edge_case_section(export: dict) -> list[str]:

@@ -8,6 +8,7 @@ and what this one returns is kept in ``OUT/stages/<stage>.json`` for a rerun to 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,6 +25,9 @@ from asrkd.fileio import atomic_write_text, write_json
 # The streaming student's artifact whose WER and latency the report gives: int8, as an app ships
 # it; one format only, to keep the demo's added time small.
 STREAMING_ARTIFACT = ("onnx-stream", "int8")
+# Audio per batch of the Whisper cache (build_cache's default is 60 s): each clip is a 30 s window
+# whose encoder output every beam keeps, so 60 s of short clips took 12.6 GB in the FSDD recipe.
+WHISPER_BATCH_SECONDS = 20.0
 
 if TYPE_CHECKING:
     from asrkd.demo.engine import Demo
@@ -60,14 +64,53 @@ def teacher(demo: Demo, _outputs: dict) -> dict:
 
 def cache(demo: Demo, outputs: dict) -> dict:
     """The teacher's top-k posteriors, N-best lists and the hidden layers the KD student reads."""
-    from asrkd.cache import StaleCacheError, build_cache
     from asrkd.teacher import load_teacher
 
-    model = load_teacher(outputs["teacher"]["checkpoint"])
+    return _build_cache(demo, load_teacher(outputs["teacher"]["checkpoint"]))
+
+
+def whisper_teacher(demo: Demo, _outputs: dict) -> dict:
+    """A pretrained Whisper teacher (`DemoPlan.teacher`) has nothing to train: load it once and
+    record who it is (`WhisperTeacher.describe`: kind, weights sha256, name, source, licence)."""
+    teacher = _load_whisper(demo.plan.teacher, threads=1)
+    record = teacher.describe()
+    model = record["model"]
+    demo.log(f"  {model['name']}, {model['source']}, licence {model['license']}: {teacher.path}")
+    return {"spec": demo.plan.teacher, "path": str(teacher.path), "kind": record["kind"],
+            "weights": record["weights"], "model": model}
+
+
+def whisper_cache(demo: Demo, outputs: dict) -> dict:
+    """Whisper over the training audio: per utterance its N-best in the student's spelling, a
+    confidence and its no-speech probability, and the encoder states the KD students read (float32,
+    stored fp16); then the training manifest without its text (``data/train/unlabelled.jsonl``),
+    which the KD students train on. Whisper never reads a transcript, and a line without text
+    reads the cache entry of the same audio, so the cache is built from the labelled manifest."""
+    from asrkd.data import read_manifest, write_manifest
+
+    report = _build_cache(demo, _load_whisper(outputs["teacher"]["spec"], threads=demo.threads),
+                          max_batch_seconds=WHISPER_BATCH_SECONDS)
+    unlabelled = demo.manifests["train"].with_name("unlabelled.jsonl")
+    write_manifest(unlabelled, [dataclasses.replace(u, text=None) for u in read_manifest(demo.manifests["train"])])
+    return {**report, "unlabelled_train": str(unlabelled)}
+
+
+def _load_whisper(spec: str, threads: int):
+    """The Whisper teacher of ``spec`` decoding with ``threads`` CTranslate2 threads (speed only:
+    not part of its fingerprint)."""
+    from asrkd.teacher import load_teacher
+
+    return load_teacher(f"{spec}{'&' if '?' in spec else '?'}threads={threads}")
+
+
+def _build_cache(demo: Demo, model, **options) -> dict:
+    """``build_cache`` of ``model`` over the training split into ``OUT/cache`` with the hidden layers
+    the KD students read, resuming an interrupted build and redoing a stale one."""
+    from asrkd.cache import StaleCacheError, build_cache
 
     def build(force: bool):
         return build_cache(model, [demo.manifests["train"]], demo.out / "cache",
-                           hidden_layers=demo.plan.cache_layers, force=force)
+                           hidden_layers=demo.plan.cache_layers, force=force, **options)
 
     try:
         report = build(force=False)  # resumes an interrupted build
@@ -191,7 +234,13 @@ def report(demo: Demo, outputs: dict) -> dict:
 
     export_report = json.loads((Path(outputs["export"]["bundle"]) / "report.json").read_text())
     models = {}
+    teacher = outputs["teacher"]
+    if demo.plan.teacher is not None:  # pretrained: no checkpoint, no training log
+        models["teacher"] = _measured(demo, "teacher", teacher["path"], lambda d, _: _measure_whisper(d, teacher),
+                                      weights_sha256=teacher["weights"])
     for name in ("teacher", "student_kd", "student_ctc"):
+        if name in models:
+            continue
         models[name] = _measured(demo, name, outputs[name]["checkpoint"])
         models[name]["run_dir"] = outputs[name]["run_dir"]
     if STREAMING_STAGE in outputs:
@@ -220,16 +269,18 @@ def report(demo: Demo, outputs: dict) -> dict:
     return {"report": str(demo.out / "report.json")}
 
 
-def _measured(demo: Demo, name: str, checkpoint: str, measure: Callable[[Demo, str], dict] | None = None) -> dict:
+def _measured(demo: Demo, name: str, checkpoint: str, measure: Callable[[Demo, str], dict] | None = None,
+              weights_sha256: str | None = None) -> dict:
     """``measure``'s figures (default `_measure_model`'s), kept in ``stages/measure_<name>.json`` and reused while the
-    checkpoint's weights, the plan and the real manifest are unchanged. The report is rendered
+    checkpoint's weights (``weights_sha256``, default: the sha256 of its weights file), the plan
+    and the real manifest are unchanged. The report is rendered
     on every run; re-timing the models each time would let a rerun on a busy machine replace
     the figures of the run that trained them (and disagree with the export's own timings)."""
     from asrkd.checkpoint import MODEL_FILE, resolve_checkpoint
 
-    weights = resolve_checkpoint(checkpoint) / MODEL_FILE
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    key = {"plan": demo.plan.fingerprint(), "weights_sha256": digest,
+    if weights_sha256 is None:
+        weights_sha256 = hashlib.sha256((resolve_checkpoint(checkpoint) / MODEL_FILE).read_bytes()).hexdigest()
+    key = {"plan": demo.plan.fingerprint(), "weights_sha256": weights_sha256,
            "real_manifest": str(demo.real_manifest) if demo.real_manifest else None}
     path = demo.stage_file(f"measure_{name}")
     if path.is_file():
@@ -280,6 +331,61 @@ def _measure_model(demo: Demo, checkpoint: str) -> dict:
     m["rtf_1thread"] = timing.rtf
     if demo.real_manifest is not None:
         real = score(demo.real_manifest)
+        m["wer_real"], m["cer_real"] = real["wer"], real["cer"]
+    return m
+
+
+class _WhisperRunner:
+    """An `eval.rtf.measure` runner: ``run(pcm) -> text``, the teacher's best hypothesis for one
+    utterance in the student's spelling ("" when it has none). One utterance per call, as an app
+    would run it: Whisper encodes each as a 30 s window."""
+
+    def __init__(self, teacher):
+        self.teacher = teacher
+
+    def run(self, pcm) -> str:
+        import torch
+
+        out = self.teacher.sequence_outputs(torch.from_numpy(pcm)[None], torch.tensor([len(pcm)])).outputs[0]
+        return out.nbest[0].text if out.nbest else ""
+
+
+def _measure_whisper(demo: Demo, teacher: dict) -> dict:
+    """The Whisper teacher (the teacher stage's record) as `_measure_model` measures a checkpoint:
+    WER/CER of its best hypothesis on the test split (and the real manifest) against the
+    normalised text, its parameters, and its RTF on one thread (CTranslate2 or PyTorch) over the
+    export's timing utterances; plus who it is (``identity``: name, source, licence) and ``spec``.
+    No FLOPs: it decodes autoregressively, so they depend on the text."""
+    import torch
+
+    from asrkd.metrics import score
+    from asrkd.teachers.ctranslate2_model import parameter_count
+    from eval.rtf import measure
+    from mobile_export.export import read_eval_set
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = _load_whisper(teacher["spec"], threads=1)
+        runner, rate = _WhisperRunner(model), model.sample_rate
+
+        def score_manifest(manifest) -> dict:
+            data = read_eval_set(manifest, rate, None)
+            return score(data.refs, [runner.run(p) for p in data.pcms], data.speakers, utt_ids=data.utt_ids)
+
+        test = score_manifest(demo.manifests["test"])
+        options = demo.plan.export_options()
+        pcms = read_eval_set(demo.manifests["test"], rate, options.rtf_utterances).pcms
+        timing = measure(lambda: runner, pcms, rate, repeats=max(1, options.rtf_repeats))
+        real = score_manifest(demo.real_manifest) if demo.real_manifest is not None else None
+    finally:
+        torch.set_num_threads(threads_before)
+    params = (sum(p.numel() for p in model.backend.model.parameters()) if model.backend.name == "hf"
+              else parameter_count(model.path / "model.bin"))
+    m = {"checkpoint": teacher["path"], "params": params, "wer": test["wer"], "cer": test["cer"],
+         "gflops_per_audio_second": None, "rtf_1thread": timing.rtf, "spec": teacher["spec"],
+         "identity": teacher["model"], "runtime": model.backend.name}
+    if real is not None:
         m["wer_real"], m["cer_real"] = real["wer"], real["cer"]
     return m
 
@@ -385,6 +491,14 @@ PIPELINE: tuple[Stage, ...] = (
           "measuring WER and speed, writing report.json, REPORT.md and plots", report),
 )
 STAGES = tuple(s.name for s in PIPELINE)
+# With a pretrained Whisper teacher (`DemoPlan.teacher`), these replace the stages of the same name.
+WHISPER: tuple[Stage, ...] = (
+    Stage("teacher", ("data",), "loading the pretrained Whisper teacher (nothing to train)", whisper_teacher),
+    Stage("cache", ("teacher",), "running Whisper over the training audio: N-best, confidence, encoder states",
+          whisper_cache),
+    Stage("student_kd", ("cache",), "distilling the default student from Whisper without transcripts "
+          "(pseudo-labels, N-best, encoder states)", student_kd),
+)
 # Before the report, in a plan with a streaming student (`DemoPlan.streaming`).
 STREAMING: tuple[Stage, ...] = (
     Stage(STREAMING_STAGE, ("cache",), "distilling the streaming student (student-stream, raw log-mel) "
@@ -397,5 +511,10 @@ STREAMING: tuple[Stage, ...] = (
 
 def pipeline(plan: DemoPlan) -> tuple[Stage, ...]:
     """The stages ``plan`` runs, in order: `PIPELINE`, with `STREAMING` before the report if it
-    has a streaming student."""
-    return (*PIPELINE[:-1], *(STREAMING if plan.streaming else ()), PIPELINE[-1])
+    has a streaming student, and `WHISPER`'s stages in place of their namesakes if its teacher is
+    Whisper."""
+    stages = (*PIPELINE[:-1], *(STREAMING if plan.streaming else ()), PIPELINE[-1])
+    if plan.teacher is None:
+        return stages
+    whisper = {s.name: s for s in WHISPER}
+    return tuple(whisper.get(s.name, s) for s in stages)
