@@ -51,7 +51,8 @@ class ExportSource:
         ``config["model"]`` (contract.json's ``model.config``), states the chunking. ``self`` when
         it is the model's own (None, None included)."""
         graph = self.graph
-        model = at_chunking(graph.model, graph.frontend, chunk_size, left_chunks)
+        model = at_chunking(graph.model, graph.frontend, chunk_size, left_chunks,
+                            "the model" if self.checkpoint is None else str(self.checkpoint))
         if model is graph.model:
             return self
         own = graph.model.config

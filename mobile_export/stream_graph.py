@@ -97,7 +97,7 @@ def is_streaming(model: ConformerCTC) -> bool:
 
 
 def at_chunking(model: ConformerCTC, frontend: LogMel, chunk_size: int | None = None,
-                left_chunks: int | None = None) -> ConformerCTC:
+                left_chunks: int | None = None, where: str = "the model") -> ConformerCTC:
     """``model`` at the chunking an export asks for: ``chunk_size`` encoder frames per chunk and
     ``left_chunks`` chunks of left context (`mobile_export.options.ExportOptions`; None: the
     model config's). A copy with the same weights whose config states that chunking, so that
@@ -106,7 +106,8 @@ def at_chunking(model: ConformerCTC, frontend: LogMel, chunk_size: int | None = 
     whole-utterance graph's chunk mask and the PyTorch reference. ``model`` itself when the
     chunking is its own.
 
-    Raises `asrkd.inference.ChunkingError` (as ``asrkd eval --chunk-size`` does), naming the option, for a checkpoint that cannot run chunk by chunk
+    Raises `asrkd.inference.ChunkingError` (as ``asrkd eval --chunk-size`` does), naming the option
+    (and ``where``: the checkpoint), for a checkpoint that cannot run chunk by chunk
     (not causal, a front end that needs the whole utterance) and for a chunking the fixed-size
     state cannot hold (the checkpoint's own ``chunk_size -1`` or ``left_chunks -1`` where the
     option leaves it). Nothing else limits it: RoPE has no maximum position and the caches are
@@ -121,7 +122,7 @@ def at_chunking(model: ConformerCTC, frontend: LogMel, chunk_size: int | None = 
     options = "/".join(flag for flag, value in (("--chunk-size", chunk_size), ("--left-chunks", left_chunks))
                        if value is not None)
     if not c.causal:
-        raise ChunkingError(f"{options}: not a streaming checkpoint (model.causal=false: its convolution reads "
+        raise ChunkingError(f"{options}: {where} is not a streaming checkpoint (model.causal=false: its convolution reads "
                             "later frames, so no chunk can be computed before the next has arrived); leave "
                             f"{options} out, or export a streaming checkpoint (preset student-stream)")
     if choice.chunk_size < 1:

@@ -90,7 +90,7 @@ def test_without_the_options_the_export_is_the_checkpoints():
 def test_chunkings_a_checkpoint_cannot_stream_are_refused():
     frontend, model, tok = _parts()
     full = ConformerCTC(build_preset("student-xs", vocab_size=tok.vocab_size)).eval()
-    with pytest.raises(ChunkingError, match="--chunk-size: not a streaming checkpoint .*student-stream"):
+    with pytest.raises(ChunkingError, match="--chunk-size: the model is not a streaming checkpoint .*student-stream"):
         ExportSource.of((frontend, full, tok)).at_chunking(3, None)
     unlimited = ExportSource.of(_parts(left_chunks=-1))
     with pytest.raises(ChunkingError, match="--chunk-size 3: .*left_chunks is -1 .*give --left-chunks"):
@@ -109,7 +109,8 @@ def test_the_cli_refuses_with_one_line_and_status_2(tmp_path, capsys):
     save_checkpoint(tmp_path / "stream", model, frontend.config, tok)
     manifest = str(_manifest(tmp_path, seconds=(0.5,)))
     for checkpoint, flags, message in (
-        ("full", ["--chunk-size", "3", "--left-chunks", "21"], "--chunk-size/--left-chunks: not a streaming checkpoint"),
+        ("full", ["--chunk-size", "3", "--left-chunks", "21"],
+         f"--chunk-size/--left-chunks: {tmp_path / 'full'} is not a streaming checkpoint"),
         ("stream", ["--chunk-size", "0"], "chunk_size (--chunk-size) must be >= 1"),
         ("stream", ["--left-chunks", "0"], "left_chunks (--left-chunks) must be >= 1"),
     ):
