@@ -224,7 +224,7 @@ def render_markdown(report: dict) -> str:
                          f"| {c.get('insertions')} |")
     streaming = [a for a in report.get("artifacts", []) if a.get("streaming")]
     if streaming:
-        lines += _streaming_markdown(streaming)
+        lines += _streaming_markdown(streaming, report.get("chunking"))
     if report.get("confidence"):
         lines += _confidence_markdown(report["confidence"], report.get("artifacts", []))
     if report.get("edge_cases"):
@@ -237,14 +237,24 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _streaming_markdown(artifacts: list[dict]) -> list[str]:
+def _streaming_markdown(artifacts: list[dict], chunking: dict | None = None) -> list[str]:
     """REPORT.md's section on the streaming artifacts: each one driven chunk by chunk in its own
-    runtime (`eval.latency.measure_latency`, one thread) against the PyTorch streaming model."""
+    runtime (`eval.latency.measure_latency`, one thread) against the PyTorch streaming model;
+    ``chunking``: report.json's (the chunking the artifacts run at, and the checkpoint's own)."""
     def ms(spread: dict | None) -> str:
         return "–" if spread is None else f"{1000 * spread['median']:.0f} ({1000 * spread['p95']:.0f})"
 
-    lines = ["", "## Streaming artifacts (chunk by chunk, one thread)", "",
-             "| artifact | chunk ms | token agreement % | first partial ms, median (p95) "
+    lines = ["", "## Streaming artifacts (chunk by chunk, one thread)", ""]
+    if chunking:
+        left = ("unlimited left context" if chunking["left_context_ms"] is None else
+                f"{chunking['left_chunks']} chunks ({chunking['left_context_ms']:.0f} ms) of left context")
+        own = chunking.get("checkpoint") or {}
+        chosen = (own.get("chunk_size"), own.get("left_chunks")) != (chunking["chunk_size"], chunking["left_chunks"])
+        lines += [f"Chunks of {chunking['chunk_ms']:.0f} ms ({chunking['chunk_size']} encoder frames), {left}"
+                  + (f", chosen at export (`--chunk-size`, `--left-chunks`; the checkpoint was trained for "
+                     f"{own.get('chunk_size')} frames, {own.get('left_chunks')} chunks); the PyTorch reference "
+                     "ran at the same chunking." if chosen else ", the checkpoint's own."), ""]
+    lines += ["| artifact | chunk ms | token agreement % | first partial ms, median (p95) "
              "| final ms, median (p95) | compute per chunk ms, median (p95) | RTF | utterances without a token |",
              "|---|---|---|---|---|---|---|---|"]
     for a in artifacts:

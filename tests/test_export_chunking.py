@@ -61,6 +61,8 @@ def test_the_artifact_runs_at_the_chunking_asked_for_and_its_contract_says_so(tm
     assert json.loads((bundle / "report.json").read_text())["chunking"] == {
         "chunk_size": CHUNK, "left_chunks": LEFT, "chunk_ms": chunk_ms, "left_context_ms": LEFT * chunk_ms,
         "checkpoint": {"chunk_size": SMALL["chunk_size"], "left_chunks": SMALL["left_chunks"]}}
+    assert (f"({CHUNK} encoder frames), {LEFT} chunks ({LEFT * chunk_ms:.0f} ms) of left context, chosen at export"
+            in (bundle / "REPORT.md").read_text())
 
     # --verify-only re-verifies at the bundle's chunking without being told; another is refused.
     options = dict(formats=("onnx-stream",), precisions=("fp32",), rtf_repeats=0)
