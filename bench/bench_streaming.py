@@ -108,7 +108,9 @@ def main(argv=None) -> int:
 
     if args.bundle:
         contract = read_contract(args.bundle)
-        source = ExportSource.of(args.checkpoint)
+        # the PyTorch row at the chunking the bundle was exported at (asrkd export --chunk-size)
+        config = contract["model"]["config"]
+        source = ExportSource.of(args.checkpoint).at_chunking(config["chunk_size"], config["left_chunks"])
     else:
         source = ExportSource.of(args.checkpoint) if args.checkpoint else random_streaming_source()
         contract = {**source.contract.to_dict(), "streaming": stream_graph(source).streaming_contract()}
