@@ -84,7 +84,7 @@ def test_whisper_students_differ_from_the_plans_by_their_kd_section_and_text_onl
     """The Whisper KD student is the plan's CTC-only student plus the KD section, trained on the
     text-free copy of the same audio; the streaming one is the plan's streaming student so."""
     own = {s: TrainConfig.from_yaml(RECIPES / name / f"{s}.yaml").to_dict() for s in ("student_ctc", *KD_STAGES)}
-    varying = [("kd", "cache"), ("data", "train"), ("data", "dev"), ("run", "out_dir")]
+    varying = [("kd", "cache"), ("data", "train"), ("data", "dev"), ("data", "tokens"), ("run", "out_dir")]
     for stage, reference in (("student_kd", "student_ctc"), ("student_stream", "student_stream")):
         whisper = TrainConfig.from_yaml(WHISPER_RECIPES / name / f"{stage}.yaml").to_dict()
         mine, theirs = _without(whisper, varying), _without(own[reference], varying)
@@ -92,6 +92,7 @@ def test_whisper_students_differ_from_the_plans_by_their_kd_section_and_text_onl
         theirs.pop("kd")
         assert mine == theirs, stage
         assert whisper["data"]["train"][0].endswith("data/train/unlabelled.jsonl")
+        assert whisper["data"]["tokens"].endswith("data/train/tokens.txt") and own[reference]["data"]["tokens"] is None
     kd = TrainConfig.from_yaml(WHISPER_RECIPES / name / "student_kd.yaml").kd
     assert kd.layer_map == {3: 0} and kd.weights.sequence.value > 0 and kd.weights.feature.value > 0
 
@@ -103,7 +104,8 @@ def test_a_whisper_stage_file_replays_the_stage_of_the_default_folder(whisper_in
     folder = {"default": "runs/demo-whisper"}.get(name, f"runs/demo-{name}-whisper")
     demo = Demo(RECIPES.parents[1] / folder, name, teacher="whisper", threads=1, log=lambda m: None)
     outputs = {"cache": {"cache": str(demo.out / "cache"),
-                         "unlabelled_train": str(demo.out / "data" / "train" / "unlabelled.jsonl")},
+                         "unlabelled_train": str(demo.out / "data" / "train" / "unlabelled.jsonl"),
+                         "tokens": str(demo.out / "data" / "train" / "tokens.txt")},
                "teacher": {"spec": demo.plan.teacher}}
     for stage in KD_STAGES:
         replay = TrainConfig.from_yaml(WHISPER_RECIPES / name / f"{stage}.yaml")

@@ -2,6 +2,7 @@
 
     run_demo("runs/demo")                  # asrkd demo
     run_demo("runs/demo-quick", "quick")   # asrkd demo --quick
+    run_demo("runs/demo-quick-whisper", "quick", teacher="whisper")   # asrkd demo --quick --teacher whisper
 
 What it trains and exports is a plan, read from ``recipes/demo/<plan>/`` (`plan.DemoPlan`): a
 `TrainConfig` file per training stage and ``plan.yaml`` (corpus sizes and seeds, export settings);
@@ -39,6 +40,14 @@ report>}``, each ``M = {"checkpoint", "params", "wer", "cer", "rtf_1thread"}`` (
 and ``"cer_real"`` with a real-speech manifest), and with a streaming student ``"student_stream":
 M`` + ``"chunk_size"``, ``"left_chunks"``, ``"artifact"`` (its export report entry), ``"latency"``
 (`eval.latency.LatencyStats.to_dict`) and ``"latency_of"`` (the runtime measured).
+
+With ``teacher="whisper"`` (or ``"whisper:DIR"``; `DemoPlan.with_whisper`) the teacher is a
+pretrained Whisper (`stages.WHISPER`): the ``teacher`` stage only loads and records it, the
+``cache`` stage runs it over the training audio (N-best, confidence, encoder states) and writes the
+training manifest without its text, and the KD students (``recipes/demo/whisper/<plan>/``) learn
+from Whisper alone; the CTC-only student still trains on the ground-truth text. The report's
+``teacher`` is Whisper, with ``identity`` (name, source, licence), ``spec`` and ``runtime`` and
+no ``run_dir``.
 
 Plans: ``default`` (about 25 minutes on 2 CPU cores) trains long enough for the teacher to be
 clearly better than the student and for KD to show; ``quick`` (about 6 minutes) runs every

@@ -49,8 +49,8 @@ class Demo:
         """The plan's config of a training stage with this folder's paths (`plan.PLACED_FIELDS`):
         the split manifests, ``runs/<stage>``, ``threads`` (default: the demo's) and, given the
         earlier stages' ``outputs``, the teacher and cache that the KD student reads. With a
-        Whisper teacher a KD student trains on the text-free copy of the training manifest that
-        the cache stage wrote: it learns from Whisper alone."""
+        Whisper teacher a KD student trains on the text-free copy of the training manifest and
+        with the vocabulary that the cache stage wrote: it learns from Whisper alone."""
         cfg = copy.deepcopy(self.plan.stages[stage])
         cfg.data.train = [str(self.manifests["train"])]
         cfg.data.dev = str(self.manifests["dev"])
@@ -63,6 +63,7 @@ class Demo:
             else:
                 cfg.kd.teacher = outputs["teacher"]["spec"]
                 cfg.data.train = [outputs["cache"]["unlabelled_train"]]
+                cfg.data.tokens = outputs["cache"]["tokens"]
         return cfg
 
     # -------------------------------------------------------------------------- bookkeeping

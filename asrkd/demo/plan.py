@@ -181,13 +181,20 @@ class DemoPlan:
         except (ExportError, TypeError, ValueError) as e:
             raise DemoError(f"{where}: export: {e}") from None
 
+    @property
+    def placed_fields(self) -> tuple[tuple[str, str], ...]:
+        """`PLACED_FIELDS`, plus ``data.tokens`` with a Whisper teacher: the KD students' vocabulary,
+        a file the cache stage writes into the folder (their training lines have no text to read
+        it from)."""
+        return PLACED_FIELDS + ((("data", "tokens"),) if self.teacher is not None else ())
+
     def to_dict(self) -> dict:
-        """The plan as plain data (``report.json``'s ``demo.plan``), without `PLACED_FIELDS`; with a
+        """The plan as plain data (``report.json``'s ``demo.plan``), without `placed_fields`; with a
         Whisper teacher, its spec as ``teacher``."""
         stages = {}
         for stage, cfg in self.stages.items():
             d = cfg.to_dict()  # a deep copy (dataclasses.asdict)
-            for section, key in PLACED_FIELDS:
+            for section, key in self.placed_fields:
                 d[section].pop(key)
             d["kd"]["layer_map"] = {str(k): v for k, v in d["kd"]["layer_map"].items()}
             stages[stage] = d

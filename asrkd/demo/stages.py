@@ -83,16 +83,22 @@ def whisper_teacher(demo: Demo, _outputs: dict) -> dict:
 def whisper_cache(demo: Demo, outputs: dict) -> dict:
     """Whisper over the training audio: per utterance its N-best in the student's spelling, a
     confidence and its no-speech probability, and the encoder states the KD students read (float32,
-    stored fp16); then the training manifest without its text (``data/train/unlabelled.jsonl``),
-    which the KD students train on. Whisper never reads a transcript, and a line without text
-    reads the cache entry of the same audio, so the cache is built from the labelled manifest."""
+    stored fp16); then what the KD students train on: the training manifest without its text
+    (``data/train/unlabelled.jsonl``) and their vocabulary (``data/train/tokens.txt``: the letters
+    of the task's words, which the CTC-only student reads off its transcripts). Whisper never
+    reads a transcript, and a line without text reads the cache entry of the same audio, so the
+    cache is built from the labelled manifest."""
     from asrkd.data import read_manifest, write_manifest
+    from asrkd.synth import DIGIT_WORDS, word_list
+    from asrkd.text import CharTokenizer
 
     report = _build_cache(demo, _load_whisper(outputs["teacher"]["spec"], threads=demo.threads),
                           max_batch_seconds=WHISPER_BATCH_SECONDS)
     unlabelled = demo.manifests["train"].with_name("unlabelled.jsonl")
     write_manifest(unlabelled, [dataclasses.replace(u, text=None) for u in read_manifest(demo.manifests["train"])])
-    return {**report, "unlabelled_train": str(unlabelled)}
+    tokens = demo.manifests["train"].with_name("tokens.txt")
+    CharTokenizer.from_texts(DIGIT_WORDS if demo.plan.task == "digits" else word_list()).save(tokens)
+    return {**report, "unlabelled_train": str(unlabelled), "tokens": str(tokens)}
 
 
 def _load_whisper(spec: str, threads: int):
