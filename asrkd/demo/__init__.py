@@ -43,8 +43,8 @@ M`` + ``"chunk_size"``, ``"left_chunks"``, ``"artifact"`` (its export report ent
 
 With ``teacher="whisper"`` (or ``"whisper:DIR"``; `DemoPlan.with_whisper`) the teacher is a
 pretrained Whisper (`stages.WHISPER`): the ``teacher`` stage only loads and records it, the
-``cache`` stage runs it over the training audio (N-best, confidence, encoder states) and writes the
-training manifest without its text, and the KD students (``recipes/demo/whisper/<plan>/``) learn
+``cache`` stage runs it over the training audio (N-best, confidence) and writes the training
+manifest without its text and the students' vocabulary, and the KD students (``recipes/demo/whisper/<plan>/``) learn
 from Whisper alone; the CTC-only student still trains on the ground-truth text. The report's
 ``teacher`` is Whisper, with ``identity`` (name, source, licence), ``spec`` and ``runtime`` and
 no ``run_dir``.

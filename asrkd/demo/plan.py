@@ -101,7 +101,7 @@ class DemoPlan:
         ``teacher``: ``whisper`` (the bundled tiny.en of ``asrkd[whisper]``) or ``whisper:DIR`` (a
         CTranslate2 or Hugging Face Whisper folder). The plan loses its ``teacher`` stage file; its KD
         students are read from ``recipes/demo/whisper/<plan>/<stage>.yaml`` instead: the same
-        students learning without transcripts (pseudo-labels, N-best, encoder states). The options
+        students learning without transcripts (pseudo-labels, N-best). The options
         of the Whisper teacher are those the overlays' ``kd.teacher`` gives (all the same), with
         ``DIR`` put in; a missing extra or model is a `DemoError` now, before any stage runs.
         """

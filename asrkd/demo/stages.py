@@ -82,8 +82,8 @@ def whisper_teacher(demo: Demo, _outputs: dict) -> dict:
 
 def whisper_cache(demo: Demo, outputs: dict) -> dict:
     """Whisper over the training audio: per utterance its N-best in the student's spelling, a
-    confidence and its no-speech probability, and the encoder states the KD students read (float32,
-    stored fp16); then what the KD students train on: the training manifest without its text
+    confidence and its no-speech probability (and its encoder states, float32 stored fp16, if a KD
+    student's ``kd.layer_map`` reads them); then what the KD students train on: the training manifest without its text
     (``data/train/unlabelled.jsonl``) and their vocabulary (``data/train/tokens.txt``: the letters
     of the task's words, which the CTC-only student reads off its transcripts). Whisper never
     reads a transcript, and a line without text reads the cache entry of the same audio, so the
@@ -500,10 +500,9 @@ STAGES = tuple(s.name for s in PIPELINE)
 # With a pretrained Whisper teacher (`DemoPlan.teacher`), these replace the stages of the same name.
 WHISPER: tuple[Stage, ...] = (
     Stage("teacher", ("data",), "loading the pretrained Whisper teacher (nothing to train)", whisper_teacher),
-    Stage("cache", ("teacher",), "running Whisper over the training audio: N-best, confidence, encoder states",
-          whisper_cache),
+    Stage("cache", ("teacher",), "running Whisper over the training audio: N-best, confidence", whisper_cache),
     Stage("student_kd", ("cache",), "distilling the default student from Whisper without transcripts "
-          "(pseudo-labels, N-best, encoder states)", student_kd),
+          "(pseudo-labels, N-best)", student_kd),
 )
 # Before the report, in a plan with a streaming student (`DemoPlan.streaming`).
 STREAMING: tuple[Stage, ...] = (
