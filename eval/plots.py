@@ -61,7 +61,9 @@ def plot_pareto(report: dict, path: Path) -> Path:
         m = report[key]
         if m.get("rtf_1thread") is None or m.get("wer") is None:
             continue
-        label = label.replace("(PyTorch)", f"(PyTorch, {m['params'] / 1e6:.2f} M params)")
+        # a pretrained teacher runs in its own runtime (asrkd demo --teacher whisper: CTranslate2)
+        runtime = {"ct2": "CTranslate2", "hf": "PyTorch, transformers"}.get(m.get("runtime"), "PyTorch")
+        label = label.replace("(PyTorch)", f"({runtime}, {m['params'] / 1e6:.2f} M params)")
         ax.scatter(m["rtf_1thread"], 100 * m["wer"], s=140, c=colour, marker=marker, label=label,
                    zorder=3, edgecolors="black", linewidths=0.6)
         pts.append((m["rtf_1thread"], 100 * m["wer"]))
