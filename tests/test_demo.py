@@ -282,3 +282,14 @@ def test_cli_demo_quick(tmp_path):
     # Everything but Core ML (macOS only) ran in its runtime.
     assert all(a["status"] == "ok" for a in report["export"]["artifacts"] if a["format"] != "coreml")
     assert "report:" in proc.stdout
+
+
+def test_markdown_says_the_students_trained_side_by_side_only_when_they_did(tmp_path):
+    report = _fake_report(tmp_path)
+    report["demo"]["plan"]["parallel_students"] = True
+    side_by_side = "The CTC-only student trains in a second process"
+    assert side_by_side in render_demo_markdown(report)  # a report of before the run recorded it
+    report["demo"]["parallel_students"] = False  # --threads 1: one after the other
+    assert side_by_side not in render_demo_markdown(report)
+    report["demo"]["parallel_students"] = True
+    assert side_by_side in render_demo_markdown(report)

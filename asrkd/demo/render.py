@@ -188,7 +188,8 @@ def render_demo_markdown(report: dict) -> str:
               "![training curves](plots/training.png)", "",
               "| stage | seconds |", "|---|---:|"]
     lines += [f"| {s} | {v:.0f} |" for s, v in d["stage_seconds"].items() if s != "report"]
-    if plan.get("parallel_students"):
+    parallel = d.get("parallel_students")  # as run (with --threads 1 they train one after the other)
+    if plan.get("parallel_students") if parallel is None else parallel:
         lines += ["", "The CTC-only student trains in a second process during the student_kd stage (one "
                   "thread each); its own stage only waits for it to finish."]
     lines += ["", f"Posterior cache: {d['cache']}", ""]

@@ -139,7 +139,7 @@ def student_kd(demo: Demo, outputs: dict) -> dict:
         _start_ctc_subprocess(demo)
     cfg = demo.train_config("student_kd", threads=1 if parallel else None, outputs=outputs)
     try:
-        return _fit(Distiller, cfg, "student_kd")
+        return {**_fit(Distiller, cfg, "student_kd"), "parallel_ctc": parallel}  # REPORT.md says which
     finally:
         torch.set_num_threads(demo.threads)
 
@@ -259,6 +259,8 @@ def report(demo: Demo, outputs: dict) -> dict:
                  "stage_seconds": {s.name: round(demo.stage_seconds.get(s.name, 0.0), 1)
                                    for s in pipeline(demo.plan)},
                  "data": outputs["data"]["splits"], "cache": outputs["cache"]["summary"],
+                 # whether the CTC-only student trained beside the KD one (one thread each)
+                 "parallel_students": outputs["student_kd"].get("parallel_ctc"),
                  "test_manifest": str(demo.manifests["test"]),
                  "real_manifest": str(demo.real_manifest) if demo.real_manifest else None},
         **models,
