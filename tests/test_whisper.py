@@ -301,17 +301,20 @@ def test_fsdd_whisper_recipe_rows_differ_in_labels_only():
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "fsdd"
     named = re.findall(r"--config \$conf/(\S+\.yaml)", (recipe / "run_whisper.sh").read_text(encoding="utf-8"))
-    assert named == ["student_stage1.yaml", "student.yaml", "student_feature.yaml", "student_gt.yaml"]
+    assert named == ["student_stage1.yaml", "student.yaml", "student_feature.yaml", "student_gt.yaml",
+                     "student_adapt.yaml", "student_gt_adapt.yaml"]
     assert sorted(named) == sorted(p.name for p in (recipe / "conf" / "whisper").glob("*.yaml"))
 
     def setup(name: str) -> dict:
         d = TrainConfig.from_yaml(recipe / "conf" / "whisper" / name).to_dict()
         d.pop("kd"), d["run"].pop("out_dir"), d["model"].pop("init_from")
         d["data"]["train"] = [Path(p).name.replace("_unlabelled.jsonl", ".jsonl").replace(
-            "synth_digits_train.jsonl", "manifest.jsonl") for p in d["data"]["train"]]
+            "synth_digits_train.jsonl", "manifest.jsonl").replace("transcribed.jsonl", "manifest.jsonl")
+            for p in d["data"]["train"]]
         return d
 
     assert setup("student.yaml") == setup("student_gt.yaml")
+    assert setup("student_adapt.yaml") == setup("student_gt_adapt.yaml")  # stages 10-11, the same way
     pseudo, feature = (TrainConfig.from_yaml(recipe / "conf" / "whisper" / n) for n in ("student.yaml",
                                                                                         "student_feature.yaml"))
     assert all("_unlabelled" in p for p in pseudo.data.train) and pseudo.kd.cache == feature.kd.cache
