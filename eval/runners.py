@@ -379,3 +379,21 @@ def open_runner(fmt: str, path: str | Path, threads: int = 1) -> Runner:
     except Exception as e:  # each runtime has its own error types for a file it cannot read
         raise ArtifactError(f"{path}: {fmt} cannot load it ({type(e).__name__}: {e}); the file is damaged or "
                             f"not an asrkd {fmt} artifact: export it again (asrkd export)") from e
+
+
+class SequenceTeacherRunner:
+    """A sequence teacher (`asrkd.teachers.WhisperTeacher`, ...) with a runner's ``run(pcm)``, so
+    that `eval.rtf.measure` times it and `asrkd.metrics.score` scores it as it does an artifact:
+    ``run(pcm [N]) -> text``, its best hypothesis of one utterance in the student's spelling ("" when
+    its filter dropped the utterance). One utterance per call, as an app runs it (Whisper encodes
+    each as one 30 s window)."""
+
+    def __init__(self, teacher):
+        self.teacher = teacher
+
+    def run(self, pcm: np.ndarray) -> str:
+        import torch
+
+        wav = torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32))[None]
+        out = self.teacher.sequence_outputs(wav, torch.tensor([wav.shape[1]])).outputs[0]
+        return out.nbest[0].text if out.nbest else ""

@@ -319,3 +319,11 @@ def test_fsdd_whisper_recipe_rows_differ_in_labels_only():
                                                                                         "student_feature.yaml"))
     assert all("_unlabelled" in p for p in pseudo.data.train) and pseudo.kd.cache == feature.kd.cache
     assert feature.kd.enabled_terms() == [*pseudo.kd.enabled_terms(), "feature"]
+
+
+def test_with_threads_sets_the_threads_option_of_a_spec_once():
+    from asrkd.teachers.loading import with_threads
+
+    assert with_threads("whisper", 1) == "whisper?threads=1"
+    assert with_threads("whisper:/m?numbers=digits&threads=2&beam_size=5", 1) == \
+        "whisper:/m?numbers=digits&beam_size=5&threads=1"

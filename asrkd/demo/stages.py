@@ -105,8 +105,9 @@ def _load_whisper(spec: str, threads: int):
     """The Whisper teacher of ``spec`` decoding with ``threads`` CTranslate2 threads (speed only:
     not part of its fingerprint)."""
     from asrkd.teacher import load_teacher
+    from asrkd.teachers.loading import with_threads
 
-    return load_teacher(f"{spec}{'&' if '?' in spec else '?'}threads={threads}")
+    return load_teacher(with_threads(spec, threads))
 
 
 def _build_cache(demo: Demo, model, **options) -> dict:
@@ -343,21 +344,6 @@ def _measure_model(demo: Demo, checkpoint: str) -> dict:
     return m
 
 
-class _WhisperRunner:
-    """An `eval.rtf.measure` runner: ``run(pcm) -> text``, the teacher's best hypothesis for one
-    utterance in the student's spelling ("" when it has none). One utterance per call, as an app
-    would run it: Whisper encodes each as a 30 s window."""
-
-    def __init__(self, teacher):
-        self.teacher = teacher
-
-    def run(self, pcm) -> str:
-        import torch
-
-        out = self.teacher.sequence_outputs(torch.from_numpy(pcm)[None], torch.tensor([len(pcm)])).outputs[0]
-        return out.nbest[0].text if out.nbest else ""
-
-
 def _measure_whisper(demo: Demo, teacher: dict) -> dict:
     """The Whisper teacher (the teacher stage's record) as `_measure_model` measures a checkpoint:
     WER/CER of its best hypothesis on the test split (and the real manifest) against the
@@ -369,13 +355,14 @@ def _measure_whisper(demo: Demo, teacher: dict) -> dict:
     from asrkd.metrics import score
     from asrkd.teachers.ctranslate2_model import parameter_count
     from eval.rtf import measure
+    from eval.runners import SequenceTeacherRunner
     from mobile_export.export import read_eval_set
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         model = _load_whisper(teacher["spec"], threads=1)
-        runner, rate = _WhisperRunner(model), model.sample_rate
+        runner, rate = SequenceTeacherRunner(model), model.sample_rate
 
         def score_manifest(manifest) -> dict:
             data = read_eval_set(manifest, rate, None)

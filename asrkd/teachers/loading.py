@@ -12,7 +12,7 @@ import torch
 from asrkd.teachers.base import Teacher
 from asrkd.teachers.ctc import CheckpointTeacher, HFCTCTeacher
 
-__all__ = ["WHISPER_SPEC", "load_teacher", "whisper_from_spec"]
+__all__ = ["WHISPER_SPEC", "load_teacher", "whisper_from_spec", "with_threads"]
 
 WHISPER_SPEC = "whisper"
 
@@ -73,6 +73,14 @@ def whisper_from_spec(spec: str, device: str | torch.device = "cpu") -> Teacher:
         if target.get(key) == "digits":
             target[key] = digits
     return WhisperTeacher(folder, WhisperOptions(normalizer=norm, **options), UtteranceFilter(**filt), device)
+
+
+def with_threads(spec: str, threads: int) -> str:
+    """A Whisper ``spec`` decoding on ``threads`` threads: its ``threads`` option set (replaced
+    where it has one). Speed only: the option is not part of the teacher's fingerprint."""
+    head, _, query = spec.partition("?")
+    options = [o for o in query.split("&") if o and not o.startswith("threads=")]
+    return f"{head}?{'&'.join([*options, f'threads={threads}'])}"
 
 
 def load_teacher(path: str | os.PathLike, device: str | torch.device = "cpu") -> Teacher:

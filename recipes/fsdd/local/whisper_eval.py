@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
-import numpy as np
 import torch
 
 from asrkd.audio import load_audio
@@ -22,18 +20,9 @@ from asrkd.contract import SAMPLE_RATE
 from asrkd.data import read_manifest
 from asrkd.metrics import score
 from asrkd.teachers import load_teacher
+from asrkd.teachers.loading import with_threads
 from eval.rtf import measure
-
-
-class WhisperRunner:
-    """``run(pcm) -> text``: the teacher's best hypothesis for one utterance ("" when dropped)."""
-
-    def __init__(self, spec: str):
-        self.teacher = load_teacher(spec)
-
-    def run(self, pcm: np.ndarray) -> str:
-        out = self.teacher.sequence_outputs(torch.from_numpy(pcm)[None], torch.tensor([len(pcm)])).outputs[0]
-        return out.nbest[0].text if out.nbest else ""
+from eval.runners import SequenceTeacherRunner
 
 
 def main() -> None:
@@ -43,11 +32,10 @@ def main() -> None:
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
     torch.set_num_threads(1)
-    spec = re.sub(r"([?&])threads=\d+", r"\1threads=1", args.teacher)
-    spec += "" if "threads=1" in spec else ("&" if "?" in spec else "?") + "threads=1"
+    spec = with_threads(args.teacher, 1)
     utts = read_manifest(args.manifest)
     pcms = [load_audio(u.audio_filepath, SAMPLE_RATE, offset=u.offset, duration=u.duration) for u in utts]
-    runner = WhisperRunner(spec)
+    runner = SequenceTeacherRunner(load_teacher(spec))
     hyps = [runner.run(pcm) for pcm in pcms]
     result = score([u.text for u in utts], hyps, [u.speaker for u in utts])
     timing = measure(lambda: runner, pcms, SAMPLE_RATE, repeats=1, warmup=0)
