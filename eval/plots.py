@@ -54,6 +54,8 @@ def pareto_points(points: list[tuple[float, float]]) -> list[int]:
 
 
 def plot_pareto(report: dict, path: Path) -> Path:
+    from asrkd.teachers.whisper import RUNTIME_NAMES
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     pts = []
@@ -62,7 +64,7 @@ def plot_pareto(report: dict, path: Path) -> Path:
         if m.get("rtf_1thread") is None or m.get("wer") is None:
             continue
         # a pretrained teacher runs in its own runtime (asrkd demo --teacher whisper: CTranslate2)
-        runtime = {"ct2": "CTranslate2", "hf": "PyTorch, transformers"}.get(m.get("runtime"), "PyTorch")
+        runtime = RUNTIME_NAMES.get(m.get("runtime"), "PyTorch")
         label = label.replace("(PyTorch)", f"({runtime}, {m['params'] / 1e6:.2f} M params)")
         ax.scatter(m["rtf_1thread"], 100 * m["wer"], s=140, c=colour, marker=marker, label=label,
                    zorder=3, edgecolors="black", linewidths=0.6)

