@@ -237,6 +237,13 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def chunking_chosen(chunking: dict) -> bool:
+    """Whether report.json's ``chunking`` is not the checkpoint's own: ``asrkd export --chunk-size /
+    --left-chunks`` chose it."""
+    own = chunking.get("checkpoint") or {}
+    return (own.get("chunk_size"), own.get("left_chunks")) != (chunking["chunk_size"], chunking["left_chunks"])
+
+
 def _streaming_markdown(artifacts: list[dict], chunking: dict | None = None) -> list[str]:
     """REPORT.md's section on the streaming artifacts: each one driven chunk by chunk in its own
     runtime (`eval.latency.measure_latency`, one thread) against the PyTorch streaming model;
@@ -249,11 +256,10 @@ def _streaming_markdown(artifacts: list[dict], chunking: dict | None = None) -> 
         left = ("unlimited left context" if chunking["left_context_ms"] is None else
                 f"{chunking['left_chunks']} chunks ({chunking['left_context_ms']:.0f} ms) of left context")
         own = chunking.get("checkpoint") or {}
-        chosen = (own.get("chunk_size"), own.get("left_chunks")) != (chunking["chunk_size"], chunking["left_chunks"])
         lines += [f"Chunks of {chunking['chunk_ms']:.0f} ms ({chunking['chunk_size']} encoder frames), {left}"
                   + (f", chosen at export (`--chunk-size`, `--left-chunks`; the checkpoint was trained for "
                      f"{own.get('chunk_size')} frames, {own.get('left_chunks')} chunks); the PyTorch reference "
-                     "ran at the same chunking." if chosen else ", the checkpoint's own."), ""]
+                     "ran at the same chunking." if chunking_chosen(chunking) else ", the checkpoint's own."), ""]
     lines += ["| artifact | chunk ms | token agreement % | first partial ms, median (p95) "
              "| final ms, median (p95) | compute per chunk ms, median (p95) | RTF | utterances without a token |",
              "|---|---|---|---|---|---|---|---|"]

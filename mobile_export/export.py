@@ -43,6 +43,7 @@ from typing import Any
 
 from asrkd.fileio import atomic_write_text, write_json
 from asrkd.inference import ChunkingError
+from eval.report import chunking_chosen
 from eval.rtf import all_threads
 from mobile_export import bundle
 from mobile_export.bundle import Artifact
@@ -171,12 +172,12 @@ def _timing_note(options: ExportOptions) -> str | None:
 
 
 def _log_chunking(chunking: dict[str, Any], log: Callable[[str], None]) -> None:
+    """One line: the chunking the export runs at (report.json ``chunking``), and whose it is."""
     own = chunking["checkpoint"]
-    chosen = (chunking["chunk_size"], chunking["left_chunks"]) != (own["chunk_size"], own["left_chunks"])
     log(f"streaming at chunk_size {chunking['chunk_size']} encoder frames ({chunking['chunk_ms']:g} ms), "
         f"left_chunks {chunking['left_chunks']}: "
-        + (f"--chunk-size/--left-chunks (the checkpoint's: {own['chunk_size']}, {own['left_chunks']})" if chosen
-           else "the checkpoint's"))
+        + (f"--chunk-size/--left-chunks (the checkpoint's: {own['chunk_size']}, {own['left_chunks']})"
+           if chunking_chosen(chunking) else "the checkpoint's"))
 
 
 def export_model(model: Any, out_dir, eval_manifest, options: ExportOptions | None = None, *,

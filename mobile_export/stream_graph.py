@@ -47,7 +47,6 @@ from asrkd.contract import Contract
 from asrkd.features import LogMel
 from asrkd.inference import ChunkingError
 from asrkd.models.conformer import ConformerCTC
-from asrkd.models.streaming import ChunkChoice
 from asrkd.streaming import StreamingError, frontend_streaming_problems, lookahead_samples
 from eval.streaming_runners import StreamStepper
 
@@ -115,12 +114,14 @@ def at_chunking(model: ConformerCTC, frontend: LogMel, chunk_size: int | None = 
     chunk training (docs/STREAMING.md) made it.
     """
     c = model.config
-    choice = ChunkChoice(c.chunk_size if chunk_size is None else chunk_size,
-                         c.left_chunks if left_chunks is None else left_chunks)
-    if choice == ChunkChoice(c.chunk_size, c.left_chunks):
-        return model
     options = "/".join(flag for flag, value in (("--chunk-size", chunk_size), ("--left-chunks", left_chunks))
                        if value is not None)
+    try:
+        choice = model.chunking(chunk_size, left_chunks)  # None: the config's
+    except ValueError as e:
+        raise ChunkingError(f"{options}: {e}") from None
+    if choice == model.chunking():
+        return model
     if not c.causal:
         raise ChunkingError(f"{options}: {where} is not a streaming checkpoint (model.causal=false: its convolution reads "
                             "later frames, so no chunk can be computed before the next has arrived); leave "
