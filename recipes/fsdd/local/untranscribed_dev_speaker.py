@@ -24,7 +24,6 @@ student never reads it. Deterministic for a seed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -95,7 +94,6 @@ def main(argv: list[str]) -> int:
     print(f"{args.out / 'manifest.jsonl'}: {len(unused)} isolated takes of {args.speaker} that no dev utterance "
           f"contains ({len(in_dev)} do) + {args.connected} connected utterances made of them; "
           f"{seconds:.0f} s, no text")
-    print(json.dumps({"isolated": len(unused), "connected": args.connected, "seconds": round(seconds, 1)}))
     return 0
 
 
