@@ -779,15 +779,14 @@ class CacheSet(PosteriorCache):
         # Shards are numbered across the caches: shard g is shard `_owner[g][1]` of `_owner[g][0]`.
         self._owner: list[tuple[PosteriorCache, int]] = []
         self._index = {}
-        where: dict[str, Path] = {}
         for part in self.parts:
             base = len(self._owner)
             self._owner += [(part, s) for s in range(part.info["shards"])]
             for utt_id, (shard, offset, frames) in part._index.items():
-                if utt_id in where:
-                    raise CacheError(f"utterance id {utt_id!r} is in both {where[utt_id]} and {part.folder}; "
+                if utt_id in self._index:
+                    other = self._owner[self._index[utt_id][0]][0]
+                    raise CacheError(f"utterance id {utt_id!r} is in both {other.folder} and {part.folder}; "
                                      "give each utterance to one cache (kd.cache)")
-                where[utt_id] = part.folder
                 self._index[utt_id] = [base + shard, offset, frames]
 
     def _shard(self, shard: int) -> dict[str, np.ndarray]:

@@ -59,20 +59,17 @@ export OMP_NUM_THREADS=1  # one thread per training (the configs say run.threads
 
 # Stages 5-6: the teacher's cache (the CTC student's: built here, a rerun keeps its finished
 # shards; Whisper's: built beforehand), then the distillation.
+need_cache() {  # FOLDER HINT: stop with HINT unless FOLDER is a finished cache
+  [ -f "$1/cache.json" ] || { echo "run_streaming.sh: $1/cache.json not found; $2" >&2; exit 2; }
+}
 distil() {
-  if [ "$teacher" = ctc ]; then
+  case "$teacher" in
     # block 3: the ctc_teacher configs' kd.layer_map
-    run $ASRKD cache build --teacher $exp/student_ctc/checkpoints/best --out $exp/cache_student_ctc \
-      --hidden-layers 3 $train_manifests
-  elif [ "$teacher" = fsdd ]; then
-    if [ ! -f runs/fsdd/cache/cache.json ]; then
-      echo "run_streaming.sh: runs/fsdd/cache/cache.json not found; run bash recipes/fsdd/run.sh --stage 2 --stop-stage 5 first (the recipe's teacher and its cache)" >&2
-      exit 2
-    fi
-  elif [ ! -f runs/fsdd/whisper_cache/cache.json ]; then
-    echo "run_streaming.sh: runs/fsdd/whisper_cache/cache.json not found; build the Whisper cache of the training audio first (docs/TEACHERS.md), or pass --teacher ctc" >&2
-    exit 2
-  fi
+    ctc) run $ASRKD cache build --teacher $exp/student_ctc/checkpoints/best --out $exp/cache_student_ctc \
+           --hidden-layers 3 $train_manifests ;;
+    fsdd) need_cache runs/fsdd/cache "run bash recipes/fsdd/run.sh --stage 2 --stop-stage 5 first (the recipe's teacher and its cache)" ;;
+    whisper) need_cache runs/fsdd/whisper_cache "build the Whisper cache of the training audio first (docs/TEACHERS.md), or pass --teacher ctc" ;;
+  esac
   run $ASRKD distill --config "$1" --resume
 }
 # Stage 7: greedy and lexicon WER and the latency of each model; the streaming students at
