@@ -63,10 +63,12 @@ need_cache() {  # FOLDER HINT: stop with HINT unless FOLDER is a finished cache
   [ -f "$1/cache.json" ] || { echo "run_streaming.sh: $1/cache.json not found; $2" >&2; exit 2; }
 }
 distil() {
-  case "$teacher" in
+  if [ "$teacher" = ctc ]; then
     # block 3: the ctc_teacher configs' kd.layer_map
-    ctc) run $ASRKD cache build --teacher $exp/student_ctc/checkpoints/best --out $exp/cache_student_ctc \
-           --hidden-layers 3 $train_manifests ;;
+    run $ASRKD cache build --teacher $exp/student_ctc/checkpoints/best --out $exp/cache_student_ctc \
+      --hidden-layers 3 $train_manifests
+  fi
+  case "$teacher" in
     fsdd) need_cache runs/fsdd/cache "run bash recipes/fsdd/run.sh --stage 2 --stop-stage 5 first (the recipe's teacher and its cache)" ;;
     whisper) need_cache runs/fsdd/whisper_cache "build the Whisper cache of the training audio first (docs/TEACHERS.md), or pass --teacher ctc" ;;
   esac
