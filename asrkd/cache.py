@@ -151,9 +151,10 @@ def diff_entries(old: dict[str, dict], new: dict[str, dict], missing_ok: bool = 
     """Lines naming every manifest entry that differs ("manifest entry X: duration 1.23 → 1.31").
 
     ``missing_ok``: entries of ``old`` absent from ``new`` are fine (a cache may cover more data
-    than one training run uses). ``unlabelled_ok``: a ``new`` entry without text matches an
-    ``old`` one with text (no teacher reads the transcript, so a cache built from the labelled
-    manifest serves a label-free run on the same audio).
+    than one training run uses). ``unlabelled_ok``: an entry without text on either side matches
+    the other's text (no teacher reads the transcript, so a cache built from the labelled manifest
+    serves a label-free run on the same audio, and a cache of untranscribed audio serves a run
+    that has since got its transcripts).
     """
     out = []
     for utt_id, entry in new.items():
@@ -161,7 +162,7 @@ def diff_entries(old: dict[str, dict], new: dict[str, dict], missing_ok: bool = 
             out.append(f"manifest entry {utt_id}: not in the cache")
             continue
         for key in ("path", "duration", "offset", "text"):
-            if key == "text" and unlabelled_ok and entry.get("text") is None:
+            if key == "text" and unlabelled_ok and (entry.get("text") is None or old[utt_id].get("text") is None):
                 continue
             if old[utt_id].get(key) != entry.get(key):
                 out.append(f"manifest entry {utt_id}: {key} {_fmt(old[utt_id].get(key))} → {_fmt(entry.get(key))}")
@@ -637,7 +638,8 @@ class PosteriorCache:
 
     def check(self, utts: Sequence[Utterance], teacher=None) -> None:
         """Raise `StaleCacheError` unless every utterance is in the cache with the same path,
-        duration, offset and text (an utterance without text matches any: `diff_entries`) and,
+        duration, offset and text (a line without text, in the run or in the cache, matches any:
+        `diff_entries`) and,
         given ``teacher``, the teacher is the one it was built with."""
         changes = diff_teacher(self.teacher, teacher.describe()) if teacher is not None else []
         self.teacher_checked = teacher is not None

@@ -113,6 +113,11 @@ def test_stale_cache_is_refused_with_a_message_naming_what_changed(corpus, teach
     cache.check([replace(x, text=None) for x in utts])
     with pytest.raises(StaleCacheError, match=f"manifest entry {u.utt_id}: duration"):
         cache.check([replace(x, text=None) for x in changed])
+    # And the other way round: a cache of the audio without its text serves the labelled lines.
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    write_manifest(unlabelled, [replace(x, text=None) for x in utts])
+    build_cache(teacher, [unlabelled], tmp_path / "cache_unlabelled", shard_size=SHARD, progress=False)
+    PosteriorCache(tmp_path / "cache_unlabelled").check(utts)
 
     # another teacher (one weight moved)
     model = CheckpointTeacher(teacher_ckpt).model
