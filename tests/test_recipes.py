@@ -53,10 +53,12 @@ def test_fsdd_streaming_table_rows_differ_in_streaming_only():
     streaming table compares them at the same data, steps and front end)."""
     conf = FSDD / "streaming"
     text = (RECIPES / "fsdd" / "run_streaming.sh").read_text(encoding="utf-8")
-    named = re.findall(r"--config \$conf/(\S+\.yaml)", text) + re.findall(r"distil \$kd_conf/(\S+\.yaml)", text)
+    named = re.findall(r"--config \$(?:rows_)?conf/(\S+\.yaml)", text)
+    named += [f"{row}_kd.yaml" for row in re.findall(r"^  distil (\w+)$", text, re.MULTILINE)]
     assert named == ["student_stage1.yaml", "stream_stage1.yaml", "student_ctc.yaml", "stream_ctc.yaml",
                      "student_kd.yaml", "stream_kd.yaml"]
     assert sorted(named) == sorted(p.name for p in conf.glob("*.yaml"))
+    assert "--config $kd_conf/$1_kd.yaml" in text and "--config $kd_conf/$1_stage1.yaml" in text
     # --teacher ctc: the KD rows distil from stage 3's student through the cache stage 5 builds
     kd = TrainConfig.from_yaml(conf / "ctc_teacher" / "stream_kd.yaml").kd
     teacher_run = Path(TrainConfig.from_yaml(conf / "student_ctc.yaml").run.out_dir)
@@ -78,7 +80,27 @@ def test_fsdd_streaming_table_rows_differ_in_streaming_only():
     assert (fsdd.cache, fsdd.teacher) == (recipe.cache, recipe.teacher)
     assert fsdd.enabled_terms() == ["ctc", "sequence"]
 
-    for folder, row in (("", "stage1"), ("", "ctc"), ("", "kd"), ("ctc_teacher", "kd"), ("fsdd_teacher", "kd")):
+    # --teacher whisper-adapt: run_whisper.sh's adapted students (stages 10, 11 and the label-free
+    # stage 1 of stage 3) with the raw front end and 16 epochs; the CTC-only rows start from
+    # stages 1-2 like the table's, the KD rows from their own stage 1 on the pseudo-labels
+    whisper, adapt = FSDD / "whisper", conf / "whisper_adapt"
+
+    def recipe_setup(path: Path) -> dict:
+        d = TrainConfig.from_yaml(path).to_dict()
+        for section, key in (("model", "init_from"), ("run", "out_dir"), ("optim", "epochs"), ("frontend", None)):
+            d[section].pop(key) if key else d.pop(section)
+        return d
+
+    for ours, theirs in (("student_kd", "student_adapt"), ("student_ctc", "student_gt_adapt"),
+                         ("student_stage1", "student_stage1")):
+        assert recipe_setup(adapt / f"{ours}.yaml") == recipe_setup(whisper / f"{theirs}.yaml")
+    assert TrainConfig.from_yaml(adapt / "student_kd.yaml").optim.epochs == 16
+    assert TrainConfig.from_yaml(adapt / "student_ctc.yaml").optim.epochs == 16
+    assert TrainConfig.from_yaml(adapt / "student_ctc.yaml").model.init_from == TrainConfig.from_yaml(
+        conf / "student_ctc.yaml").model.init_from
+
+    for folder, row in (("", "stage1"), ("", "ctc"), ("", "kd"), ("ctc_teacher", "kd"), ("fsdd_teacher", "kd"),
+                        ("whisper_adapt", "stage1"), ("whisper_adapt", "ctc"), ("whisper_adapt", "kd")):
         full = TrainConfig.from_yaml(conf / folder / f"student_{row}.yaml")
         stream = TrainConfig.from_yaml(conf / folder / f"stream_{row}.yaml")
         assert (full.model.preset, stream.model.preset) == ("student", "student-stream")
