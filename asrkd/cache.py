@@ -162,7 +162,7 @@ def diff_entries(old: dict[str, dict], new: dict[str, dict], missing_ok: bool = 
             out.append(f"manifest entry {utt_id}: not in the cache")
             continue
         for key in ("path", "duration", "offset", "text"):
-            if key == "text" and unlabelled_ok and (entry.get("text") is None or old[utt_id].get("text") is None):
+            if key == "text" and unlabelled_ok and None in (entry.get("text"), old[utt_id].get("text")):
                 continue
             if old[utt_id].get(key) != entry.get(key):
                 out.append(f"manifest entry {utt_id}: {key} {_fmt(old[utt_id].get(key))} → {_fmt(entry.get(key))}")
