@@ -67,12 +67,16 @@ def test_fsdd_streaming_table_rows_differ_in_streaming_only():
     assert (f"--teacher $exp/{teacher_run.name}/checkpoints/best --out $exp/{Path(kd.cache).name} \\\n"
             f"      --hidden-layers {layers}") in text
 
-    def setup(path: Path) -> dict:
+    def without(path: Path, *fields: str) -> dict:
+        """The resolved config of ``path`` less ``fields`` ("section" or "section.key")."""
         d = TrainConfig.from_yaml(path).to_dict()
-        for key in ("preset", "init_from", "dynamic_chunks"):
-            d["model"].pop(key)
-        d["run"].pop("out_dir")
+        for field in fields:
+            section, _, key = field.partition(".")
+            d[section].pop(key) if key else d.pop(section)
         return d
+
+    def setup(path: Path) -> dict:
+        return without(path, "model.preset", "model.init_from", "model.dynamic_chunks", "run.out_dir")
 
     # --teacher fsdd: run.sh's teacher, through run.sh stage 5's cache; sequence KD (RESULTS.md)
     fsdd = TrainConfig.from_yaml(conf / "fsdd_teacher" / "student_kd.yaml").kd
@@ -86,10 +90,7 @@ def test_fsdd_streaming_table_rows_differ_in_streaming_only():
     whisper, adapt = FSDD / "whisper", conf / "whisper_adapt"
 
     def recipe_setup(path: Path) -> dict:
-        d = TrainConfig.from_yaml(path).to_dict()
-        for section, key in (("model", "init_from"), ("run", "out_dir"), ("optim", "epochs"), ("frontend", None)):
-            d[section].pop(key) if key else d.pop(section)
-        return d
+        return without(path, "model.init_from", "run.out_dir", "optim.epochs", "frontend")
 
     for ours, theirs in (("student_kd", "student_adapt"), ("student_ctc", "student_gt_adapt"),
                          ("student_stage1", "student_stage1")):
