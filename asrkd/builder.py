@@ -106,6 +106,7 @@ class TrainingParts:
             out_dir=run.out_dir, max_steps=self.max_steps, scheduler=self.scheduler, augment=self.augment,
             chunks=self.chunks, dev=self.dev, grad_clip=self.config.optim.grad_clip, log_every=run.log_every,
             checkpoint_every=run.checkpoint_every, keep_last=run.keep_last, progress=run.progress,
+            keep_epochs=run.keep_epochs, average_epochs=run.average.epochs, average_by=run.average.by,
             train_config=self.config.to_dict())
 
     def summary(self) -> str:

@@ -13,6 +13,12 @@ A checkpoint is a folder::
                              when they are loaded (config.json is text a person may edit; it
                              is checked field by field instead)
 
+A run folder's ``checkpoints/`` holds the last ``step-NNNNNNN`` ones (resumable), ``best`` (the
+lowest dev WER), with ``run.keep_epochs`` the weights at each epoch's end (``epoch-NNN``, no
+trainer state), and ``avg``, the average of several of those (`average_checkpoints`; icefall's
+``--avg``, WeNet's ``average_model.py``). A run folder stands for ``avg`` if it has one, else for
+``best`` (`resolve_checkpoint`).
+
 Exporters and evaluators read ``model``, ``frontend`` and ``tokenizer`` from ``config.json``
 and never restate numbers. Folders are written under a temporary name and renamed into place, so
 a killed run never leaves a half-written checkpoint behind; a file damaged later (a copy cut
@@ -36,6 +42,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from asrkd import __version__
+from asrkd.config import AVERAGE_BY
 from asrkd.contract import Contract
 from asrkd.errors import AsrkdError
 from asrkd.features import FrontendConfig, LogMel
@@ -48,6 +55,8 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "trainer_state.pt"
 CHECKSUM_FILE = "checksums.json"
+EPOCH_PREFIX = "epoch-"
+AVERAGE_NAME = "avg"
 
 
 class CheckpointError(AsrkdError, ValueError):
@@ -98,14 +107,7 @@ def save_checkpoint(
     trainer_state: dict | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically (temporary folder, then rename). Returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
     config = {
         "format": FORMAT,
         "version": VERSION,
@@ -118,20 +120,39 @@ def save_checkpoint(
         "metrics": metrics or {},
         "train_config": train_config or {},
     }
+    return _write_folder(Path(path), state, config, trainer_state)
+
+
+def _write_folder(path: Path, state: dict[str, torch.Tensor], config: dict,
+                  trainer_state: dict | None = None) -> Path:
+    """Write ``state`` and ``config`` (and ``trainer_state``) as the checkpoint folder ``path``,
+    under a temporary name renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(state, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     if trainer_state is not None:
         torch.save(trainer_state, tmp / STATE_FILE)
     write_checksums(tmp)
+    replace_folder(tmp, path)
+    return path
+
+
+def replace_folder(new: Path, path: Path) -> None:
+    """Move the complete folder ``new`` to ``path``, replacing what is there (the old one is renamed
+    aside first, so a kill leaves either folder whole)."""
     if path.exists():
         old = path.with_name(path.name + ".old")
         if old.exists():
             shutil.rmtree(old)
         os.replace(path, old)
-        os.replace(tmp, path)
+        os.replace(new, path)
         shutil.rmtree(old)
     else:
-        os.replace(tmp, path)
-    return path
+        os.replace(new, path)
 
 
 def read_config(path: str | Path) -> dict:
@@ -273,13 +294,15 @@ def verify_file(path: str | Path) -> None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint folder or a run folder (then its ``best``, else its latest step)."""
+    """Accept a checkpoint folder or a run folder (then its ``avg``, else its ``best``, else its
+    latest step)."""
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
         return path
     ckpts = path / "checkpoints"
-    if (ckpts / "best" / CONFIG_FILE).is_file():
-        return ckpts / "best"
+    for name in (AVERAGE_NAME, "best"):
+        if (ckpts / name / CONFIG_FILE).is_file():
+            return ckpts / name
     steps = list_step_checkpoints(ckpts)
     if steps:
         return steps[-1]
@@ -288,13 +311,82 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def list_step_checkpoints(folder: str | Path) -> list[Path]:
     """Complete ``step-NNNNNNN`` checkpoints in ``folder``, oldest first."""
+    return _numbered(folder, "step-")
+
+
+def list_epoch_checkpoints(folder: str | Path) -> list[Path]:
+    """Complete ``epoch-NNN`` checkpoints (``run.keep_epochs``) in ``folder``, oldest first."""
+    return _numbered(folder, EPOCH_PREFIX)
+
+
+def _numbered(folder: str | Path, prefix: str) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
     found = [
         p
         for p in folder.iterdir()
-        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()
+        if p.is_dir() and p.name.startswith(prefix) and p.name[len(prefix):].isdigit()
         and (p / CONFIG_FILE).is_file()
     ]
-    return sorted(found, key=lambda p: int(p.name[5:]))
+    return sorted(found, key=lambda p: int(p.name[len(prefix):]))
+
+
+def select_epochs(folder: str | Path, n: int, by: str = "best") -> list[Path]:
+    """``n`` of the ``epoch-NNN`` checkpoints in ``folder``: the last ``n``, or the ``n`` with the
+    lowest dev WER (``metrics.dev_wer``; a tie goes to the later epoch). Oldest first.
+
+    Raises:
+        CheckpointError: fewer than ``n`` epoch checkpoints (or, ``by="best"``, fewer with a dev
+            WER); says how many there are and what keeps them.
+    """
+    if by not in AVERAGE_BY:
+        raise CheckpointError(f"select_epochs: by={by!r}; allowed: {', '.join(AVERAGE_BY)}")
+    epochs = list_epoch_checkpoints(folder)
+    if by == "best":
+        wer = {p: read_config(p).get("metrics", {}).get("dev_wer") for p in epochs}
+        epochs = [p for p in epochs if wer[p] is not None]
+    if n < 1 or len(epochs) < n:
+        have = f"{len(epochs)} epoch checkpoint(s)" + (" with a dev WER" if by == "best" else "")
+        raise CheckpointError(f"{folder}: {n} epoch checkpoint(s) asked for, {have} there "
+                              "(run.keep_epochs keeps them; null keeps every epoch's)")
+    if by == "last":
+        return epochs[-n:]
+    chosen = sorted(reversed(epochs), key=lambda p: wer[p])[:n]  # stable: on a tie the later epoch
+    return [p for p in epochs if p in chosen]
+
+
+def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the weights of the checkpoint folders ``paths`` (accumulated in
+    float64, returned in each tensor's dtype); integer tensors (a batch norm's batch counter) are
+    the last checkpoint's.
+
+    Raises:
+        CheckpointError: the checkpoints hold different tensors (not one model); names the first.
+    """
+    if not paths:
+        raise CheckpointError("average_weights: no checkpoints given")
+    states = [load_weights(p) for p in paths]
+    first = states[0]
+    for path, state in zip(paths[1:], states[1:]):
+        if state.keys() != first.keys() or any(state[k].shape != first[k].shape for k in first):
+            raise CheckpointError(f"{path / MODEL_FILE}: its tensors differ from {paths[0] / MODEL_FILE}'s; "
+                                  "only checkpoints of one model can be averaged")
+    averaged = {}
+    for key, last in states[-1].items():
+        if last.is_floating_point():
+            total = sum(state[key].to(torch.float64) for state in states)
+            averaged[key] = (total / len(states)).to(last.dtype).contiguous()
+        else:
+            averaged[key] = last.clone()
+    return averaged
+
+
+def average_checkpoints(paths: list[Path], out: str | Path, metrics: dict | None = None,
+                        state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the checkpoint folder ``out`` with the mean of ``paths``' weights (``state``, when the
+    caller has it already from `average_weights`) and the last one's config, which records the
+    folders averaged (``averaged_from``) and ``metrics``. Returns ``out``."""
+    config = dict(read_config(paths[-1]))
+    config.update(metrics=metrics or {}, averaged_from=[p.name for p in paths])
+    return _write_folder(Path(out), state if state is not None else average_weights(paths), config)

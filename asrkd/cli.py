@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from asrkd.config import ON_BAD_AUDIO
+from asrkd.config import AVERAGE_BY, ON_BAD_AUDIO
 from asrkd.contract import NBEST, NBEST_BEAM, TOP_K
 from asrkd.errors import AsrkdError
 
@@ -215,6 +215,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 2 if result["skipped"] or result["skipped_references"] or mismatched else 0
 
 
+def _cmd_average(args: argparse.Namespace) -> int:
+    from asrkd.checkpoint import AVERAGE_NAME, average_checkpoints, select_epochs
+
+    ckpts = Path(args.run) / "checkpoints"
+    paths = select_epochs(ckpts, args.epochs, args.by)
+    out = average_checkpoints(paths, args.out or ckpts / AVERAGE_NAME)
+    print(f"averaged {len(paths)} epoch checkpoints ({args.by}: {', '.join(p.name for p in paths)}) into {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asrkd", description=__doc__)
     parser.add_argument("--debug", action="store_true",
@@ -291,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default) names each, scores what can be read and exits 2; error refuses the manifest")
     _add_lexicon_argument(p)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("average", help="average a run's epoch checkpoints (kept by run.keep_epochs) into "
+                       "RUN/checkpoints/avg, which the run folder then stands for")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--epochs", type=_positive(int), required=True, help="how many epoch checkpoints to average")
+    p.add_argument("--by", choices=AVERAGE_BY, default="best",
+                   help="best: those with the lowest dev WER (default); last: the last ones")
+    p.add_argument("--out", type=Path, help="checkpoint folder to write instead of RUN/checkpoints/avg")
+    p.set_defaults(func=_cmd_average)
 
     _add_distill_commands(sub)
     _add_export_commands(sub)

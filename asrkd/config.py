@@ -38,6 +38,7 @@ from asrkd.config_values import (
 )
 from asrkd.contract import TOP_K
 
+AVERAGE_BY = ("best", "last")  # run.average.by: which epoch checkpoints are averaged
 ON_BAD_AUDIO = ("error", "skip")  # data.on_bad_audio: what training does with a bad audio line
 
 
@@ -187,6 +188,17 @@ class OptimConfig(Section):
 
 
 @dataclass
+class AverageConfig(Section):
+    """Checkpoint averaging at the end of a run (icefall's ``--avg``, WeNet's ``average_model.py``):
+    the mean of the weights of ``epochs`` epoch-end checkpoints, the ones with the lowest dev WER
+    (``best``) or the last ones, written as ``checkpoints/avg`` and scored on the dev set; a run
+    folder then stands for it (`asrkd.checkpoint.resolve_checkpoint`). 0: off."""
+
+    epochs: int = field(default=0, metadata=allowed(NON_NEGATIVE))
+    by: str = field(default="best", metadata=allowed(AVERAGE_BY))
+
+
+@dataclass
 class RunConfig(Section):
     out_dir: str = "runs/train"
     seed: int = field(default=0, metadata=allowed(NON_NEGATIVE))
@@ -197,6 +209,17 @@ class RunConfig(Section):
     checkpoint_every: int = field(default=200, metadata=allowed(AT_LEAST_ONE))
     keep_last: int = field(default=3, metadata=allowed(AT_LEAST_ONE))  # step checkpoints kept
     progress: bool = True
+    # the weights at each epoch's end kept as checkpoints/epoch-NNN, the last so many (None: all),
+    # for `average` or `asrkd average`
+    keep_epochs: int | None = field(default=0, metadata=allowed(NON_NEGATIVE, null="every epoch's"))
+    average: AverageConfig = field(default_factory=AverageConfig)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        n = self.average.epochs
+        if n and self.keep_epochs is not None and self.keep_epochs < n:
+            raise ConfigError(f"keep_epochs: {self.keep_epochs} keeps fewer epoch checkpoints than "
+                              f"average.epochs ({n}) averages (allowed: >= {n}, or null: every epoch's)")
 
 
 @dataclass
@@ -523,6 +546,6 @@ def _is_index(x: Any) -> bool:
 
 _SECTIONS = {
     "DataConfig": DataConfig, "ModelConfig": ModelConfig, "DynamicChunksConfig": DynamicChunksConfig, "AugmentConfig": AugmentConfig,
-    "OptimConfig": OptimConfig, "RunConfig": RunConfig, "KDConfig": KDConfig,
+    "OptimConfig": OptimConfig, "RunConfig": RunConfig, "AverageConfig": AverageConfig, "KDConfig": KDConfig,
     "KDWeights": KDWeights, "TermWeight": TermWeight, "PseudoLabelConfig": PseudoLabelConfig,
 }

@@ -3,7 +3,7 @@
 `TrainingLoop` takes its parts — a model, a front end, any iterable of collated batches, an
 optimiser (+ scheduler), a loss object (`asrkd.losses.CTCLoss`, `asrkd.kd.KDLoss`, or your own
 `asrkd.losses.TrainingLoss`) — and adds what every run needs: checkpoints, the best checkpoint by
-dev WER, exact resume, logs (``train_log.csv``, TensorBoard), DDP and a progress bar.
+dev WER, epoch checkpoints and their average (``keep_epochs``, ``average_epochs``), exact resume, logs (``train_log.csv``, TensorBoard), DDP and a progress bar.
 `TrainingLoop.fit` is the whole loop. ``asrkd train`` (`asrkd.train.Trainer`) is a YAML config
 built into those parts by `asrkd.builder`, then this loop; ``asrkd distill`` is the same with
 `KDLoss`.
@@ -21,6 +21,7 @@ gradients with DDP; rank 0 alone writes checkpoints, logs and evaluates.
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import os
@@ -39,11 +40,19 @@ import yaml
 from torch import Tensor
 
 from asrkd.checkpoint import (
+    AVERAGE_NAME,
+    EPOCH_PREFIX,
+    STATE_FILE,
     CheckpointError,
+    average_checkpoints,
+    average_weights,
+    list_epoch_checkpoints,
     list_step_checkpoints,
     load_trainer_state,
     load_weights,
+    replace_folder,
     save_checkpoint,
+    select_epochs,
 )
 from asrkd.data import SpecAugment, Utterance
 from asrkd.decoding import Lexicon
@@ -163,7 +172,9 @@ class TrainingLoop:
     ``train_config`` (a dict) too, and as ``out_dir/config.yaml``. ``augment``: feature
     augmentation (default: the front end alone). ``chunks``: dynamic chunk training of a causal
     model (`DynamicChunks`; default: the model's own chunking). ``dev``: evaluated after each epoch,
-    with the model's own chunking (a streaming model's chunked WER).
+    with the model's own chunking (a streaming model's chunked WER). ``keep_epochs``: the weights at
+    each epoch's end kept as ``checkpoints/epoch-NNN``, the last so many (None: all); with
+    ``average_epochs``, `fit` ends by averaging that many of them (`average`).
     ``grad_clip``: max norm of the model's gradient (the loss's own modules are not clipped).
 
     >>> loop = TrainingLoop(model, frontend, loader, optimizer, CTCLoss(), tokenizer=tok,
@@ -178,6 +189,7 @@ class TrainingLoop:
                  augment: FeatureAugment | None = None, chunks: DynamicChunks | None = None,
                  dev: DevSet | None = None, grad_clip: float = 5.0,
                  log_every: int = 10, checkpoint_every: int = 200, keep_last: int = 3, progress: bool = True,
+                 keep_epochs: int | None = 0, average_epochs: int = 0, average_by: str = "best",
                  train_config: dict | None = None):
         self.model, self.frontend, self.data, self.loss = model, frontend, data, loss
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -188,6 +200,7 @@ class TrainingLoop:
         self.max_steps = max_steps
         self.grad_clip, self.log_every = grad_clip, log_every
         self.checkpoint_every, self.keep_last, self.progress = checkpoint_every, keep_last, progress
+        self.keep_epochs, self.average_epochs, self.average_by = keep_epochs, average_epochs, average_by
         self.train_config = train_config
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -240,13 +253,15 @@ class TrainingLoop:
                 pos.epoch += 1
                 pos.batch_in_epoch = 0
             metrics = self._evaluate(logger) if (epoch_done or pos.step >= self.max_steps) else {}
-            self.save(metrics)
+            self.save(metrics, epoch_end=epoch_done)
             if self.world_size > 1:
                 dist.barrier()
         bar.close()
         logger.close()
         if not self.is_main:
             return None
+        if self.average_epochs:
+            return self.average()
         best = self.ckpt_dir / "best"
         return best if best.exists() else list_step_checkpoints(self.ckpt_dir)[-1]
 
@@ -289,22 +304,41 @@ class TrainingLoop:
 
     def _evaluate(self, logger: _Logger) -> dict:
         """Dev WER / CER after an epoch (rank 0), logged and printed."""
+        metrics = self._dev_metrics(self.model)
+        self.model.train()
+        if self.is_main and self.dev is not None:
+            if metrics:
+                logger.log(self.pos.step, metrics)
+            print(f"\nepoch {self.pos.epoch} step {self.pos.step}: {_describe(metrics, self.dev)}")
+        return metrics
+
+    def _dev_metrics(self, model: torch.nn.Module) -> dict:
+        """``{"dev_wer", "dev_cer"}`` of ``model`` on the dev set (rank 0); {} without a dev set, or
+        without a reference with a word in it (nothing to score, nothing to pick by)."""
         if not self.is_main or self.dev is None:
             return {}
         dev = self.dev
-        result = evaluate(self.model, self.frontend, self.tokenizer, dev.utts,
+        result = evaluate(model, self.frontend, self.tokenizer, dev.utts,
                           max_batch_seconds=dev.max_batch_seconds, lexicon=dev.lexicon)
-        if result["wer"] is None:  # no reference with a word in it: nothing to score, nothing to pick by
-            print(f"\nepoch {self.pos.epoch} step {self.pos.step}: dev set not scored (no reference text)")
-            self.model.train()
-            return {}
-        metrics = {"dev_wer": result["wer"], "dev_cer": result["cer"]}
-        logger.log(self.pos.step, metrics)
-        decoded = " (with data.dev_lexicon)" if dev.lexicon is not None else ""
-        print(f"\nepoch {self.pos.epoch} step {self.pos.step}: dev WER {100 * result['wer']:.2f} % "
-              f"CER {100 * result['cer']:.2f} %{decoded}")
-        self.model.train()
-        return metrics
+        return {} if result["wer"] is None else {"dev_wer": result["wer"], "dev_cer": result["cer"]}
+
+    def average(self) -> Path:
+        """Write ``checkpoints/avg``: the mean of ``average_epochs`` epoch checkpoints (the best by
+        dev WER or the last: ``average_by``), scored on the dev set (rank 0). Returns its path.
+
+        Raises:
+            CheckpointError: fewer epoch checkpoints than ``average_epochs`` (`select_epochs`).
+        """
+        paths = select_epochs(self.ckpt_dir, self.average_epochs, self.average_by)
+        state = average_weights(paths)
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(state)
+        metrics = self._dev_metrics(model)
+        out = average_checkpoints(paths, self.ckpt_dir / AVERAGE_NAME, metrics=metrics, state=state)
+        names = ", ".join(p.name for p in paths)
+        print(f"averaged {len(paths)} epoch checkpoints ({self.average_by}: {names}) into {out}"
+              + (f"; {_describe(metrics, self.dev)}" if self.dev is not None else ""))
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def _trainer_state(self) -> dict:
@@ -366,8 +400,9 @@ class TrainingLoop:
                   f"batch {self.pos.batch_in_epoch})" + (" instead of the damaged later one(s)" if damaged else ""))
         return True
 
-    def save(self, metrics: dict | None = None) -> Path | None:
-        """Write ``checkpoints/step-NNNNNNN`` (rank 0), prune to ``keep_last``, update ``best``."""
+    def save(self, metrics: dict | None = None, epoch_end: bool = False) -> Path | None:
+        """Write ``checkpoints/step-NNNNNNN`` (rank 0), prune to ``keep_last``, update ``best``;
+        at an epoch's end (``epoch_end``), with ``keep_epochs``, copy its weights to ``epoch-NNN``."""
         if not self.is_main:
             return None
         pos = self.pos
@@ -385,19 +420,32 @@ class TrainingLoop:
         wer = (metrics or {}).get("dev_wer")
         if wer is not None and (pos.best_wer is None or wer <= pos.best_wer):
             pos.best_wer = wer
-            best_tmp = self.ckpt_dir / "best.partial"
-            if best_tmp.exists():
-                shutil.rmtree(best_tmp)
-            shutil.copytree(path, best_tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
-            old = self.ckpt_dir / "best.old"
-            if (self.ckpt_dir / "best").exists():
-                os.replace(self.ckpt_dir / "best", old)
-            os.replace(best_tmp, self.ckpt_dir / "best")
-            if old.exists():
-                shutil.rmtree(old)
+            _copy_weights(path, self.ckpt_dir / "best")
+        if epoch_end and self.keep_epochs != 0:
+            _copy_weights(path, self.ckpt_dir / f"{EPOCH_PREFIX}{pos.epoch:03d}")
+            if self.keep_epochs is not None:
+                for stale in list_epoch_checkpoints(self.ckpt_dir)[: -self.keep_epochs]:
+                    shutil.rmtree(stale)
         for stale in list_step_checkpoints(self.ckpt_dir)[: -self.keep_last]:
             shutil.rmtree(stale)
         return path
+
+
+def _describe(metrics: dict, dev: DevSet) -> str:
+    """What `TrainingLoop._dev_metrics` found, for a line of output."""
+    if not metrics:
+        return "dev set not scored (no reference text)"
+    decoded = " (with data.dev_lexicon)" if dev.lexicon is not None else ""
+    return f"dev WER {100 * metrics['dev_wer']:.2f} % CER {100 * metrics['dev_cer']:.2f} %{decoded}"
+
+
+def _copy_weights(path: Path, dest: Path) -> None:
+    """Copy the checkpoint ``path`` but its trainer state to ``dest`` (replaced whole: `replace_folder`)."""
+    tmp = dest.with_name(dest.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(path, tmp, ignore=shutil.ignore_patterns(STATE_FILE))
+    replace_folder(tmp, dest)
 
 
 def _interned(obj: Any) -> Any:

@@ -18,7 +18,12 @@ import yaml
 from safetensors.torch import load_file
 
 import asrkd.loop as loop_module
-from asrkd.checkpoint import list_step_checkpoints, load_checkpoint
+from asrkd.checkpoint import (
+    list_epoch_checkpoints,
+    list_step_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from asrkd.cli import main as cli_main
 from asrkd.config import ConfigError, TrainConfig
 from asrkd.data import ManifestError, read_manifest
@@ -500,3 +505,54 @@ def test_a_dev_set_without_reference_text_is_refused_before_starting(ten_utts, t
     with pytest.raises(ManifestError, match=f"^{dev}: no line has a reference text to score the dev WER against"):
         Trainer(TrainConfig.from_dict(config))
     assert not (tmp_path / "run").exists()
+
+
+def test_epoch_checkpoints_are_kept_and_averaged_at_the_end_and_by_the_cli(ten_utts, tmp_path, capsys):
+    cfg = tiny_config(ten_utts, tmp_path / "run", data={"dev": str(ten_utts), "max_batch_seconds": 8.0},
+                      optim={"max_steps": None, "epochs": 4},
+                      run={"keep_epochs": 3, "average": {"epochs": 2, "by": "last"}})
+    trainer = Trainer(TrainConfig.from_dict(cfg))
+    returned = trainer.fit()
+    ckpts = tmp_path / "run" / "checkpoints"
+    epochs = list_epoch_checkpoints(ckpts)
+    assert [p.name for p in epochs] == ["epoch-002", "epoch-003", "epoch-004"]  # pruned to keep_epochs
+    assert not any((p / "trainer_state.pt").exists() for p in epochs)  # for inference, not resuming
+    # the last epoch's weights are the last step's: keeping them does not touch training
+    last_step = list_step_checkpoints(ckpts)[-1]
+    assert load_file(str(epochs[-1] / "model.safetensors")).keys() == load_file(str(last_step / "model.safetensors")).keys()
+    assert all(torch.equal(v, load_file(str(last_step / "model.safetensors"))[k])
+               for k, v in load_file(str(epochs[-1] / "model.safetensors")).items())
+
+    avg = ckpts / "avg"
+    assert returned == avg and resolve_checkpoint(tmp_path / "run") == avg
+    a, b, got = (load_file(str(p / "model.safetensors")) for p in (epochs[1], epochs[2], avg))
+    for key, value in got.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (a[key] + b[key]) / 2, atol=1e-6), key
+        else:
+            assert torch.equal(value, b[key]), key  # a batch norm's counter: the last one's
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the two epochs differ: the mean is not a copy
+    config = json.loads((avg / "config.json").read_text())
+    assert config["averaged_from"] == ["epoch-003", "epoch-004"]
+    loaded = load_checkpoint(avg)
+    expected = evaluate(loaded.model, loaded.frontend, loaded.tokenizer, read_manifest(ten_utts))
+    assert config["metrics"]["dev_wer"] == pytest.approx(expected["wer"])  # scored on the dev set
+    assert f"averaged 2 epoch checkpoints (last: epoch-003, epoch-004) into {avg}" in capsys.readouterr().out
+
+    # `asrkd average` after the fact: the two with the lowest dev WER (a tie: the later epoch)
+    wers = {p.name: json.loads((p / "config.json").read_text())["metrics"]["dev_wer"] for p in epochs}
+    best_two = sorted(sorted(wers, reverse=True), key=lambda name: wers[name])[:2]
+    assert cli_main(["average", str(tmp_path / "run"), "--epochs", "2", "--out", str(tmp_path / "best2")]) == 0
+    assert json.loads((tmp_path / "best2" / "config.json").read_text())["averaged_from"] == sorted(best_two)
+    assert cli_main(["average", str(tmp_path / "run"), "--epochs", "4", "--by", "last"]) == 2
+    err = capsys.readouterr().err
+    assert "4 epoch checkpoint(s) asked for, 3 epoch checkpoint(s) there" in err and "run.keep_epochs" in err
+    assert "Traceback" not in err
+
+
+def test_averaging_more_epochs_than_are_kept_is_refused_with_the_file(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("run:\n  keep_epochs: 2\n  average: {epochs: 3}\n")
+    with pytest.raises(ConfigError, match=r"train\.yaml: run\.keep_epochs: 2 keeps fewer epoch checkpoints than "
+                                          r"average\.epochs \(3\)"):
+        TrainConfig.from_yaml(path)
