@@ -26,6 +26,7 @@ eval/runners.py ``LiteRTRunner``. `TFLiteExporter` is this format's `mobile_expo
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,7 +130,10 @@ def quantize(fp32_path: Path, path: Path, precision: str) -> Path:
     """``fp16`` or ``int8`` (dynamic range) copy of an fp32 ``.tflite`` (all signatures)."""
     from ai_edge_quantizer import quantizer
 
-    result = quantizer.Quantizer(str(fp32_path), _recipe(precision)).quantize()
+    # its tqdm bar off unless stderr is a terminal (a log gets no carriage-return updates);
+    # None: the quantizer's own rule (a bar for large models)
+    result = quantizer.Quantizer(str(fp32_path), _recipe(precision)).quantize(
+        enable_progress_bar=None if sys.stderr.isatty() else False)
     atomic_write_bytes(path, bytes(result.quantized_model))
     return Path(path)
 
