@@ -102,15 +102,15 @@ def _cmd_manifest_filter(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace, trainer_class) -> int:
-    """`asrkd train` and `asrkd distill`: a YAML config in, the best checkpoint's path out."""
+    """`asrkd train` and `asrkd distill`: a YAML config in, the best (or averaged) checkpoint's path out."""
     from asrkd.config import TrainConfig
 
     cfg = TrainConfig.from_yaml(args.config)
     if args.out:
         cfg.run.out_dir = args.out
     best = trainer_class(cfg, resume=args.resume).fit()
-    if best is not None:
-        print(f"best checkpoint: {best}")
+    if best is not None:  # run.average: the averaged one
+        print(f"{'averaged' if cfg.run.average.epochs else 'best'} checkpoint: {best}")
     return 0
 
 

@@ -538,6 +538,11 @@ def test_epoch_checkpoints_are_kept_and_averaged_at_the_end_and_by_the_cli(ten_u
     expected = evaluate(loaded.model, loaded.frontend, loaded.tokenizer, read_manifest(ten_utts))
     assert config["metrics"]["dev_wer"] == pytest.approx(expected["wer"])  # scored on the dev set
     assert f"averaged 2 epoch checkpoints (last: epoch-003, epoch-004) into {avg}" in capsys.readouterr().out
+    # resuming the finished run averages again, to the same weights; the command names the average
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli_main(["train", "--config", str(tmp_path / "run.yaml"), "--resume"]) == 0
+    assert f"averaged checkpoint: {avg}" in capsys.readouterr().out
+    assert all(torch.equal(v, got[k]) for k, v in load_file(str(avg / "model.safetensors")).items())
 
     # `asrkd average` after the fact: the two with the lowest dev WER (a tie: the later epoch)
     wers = {p.name: json.loads((p / "config.json").read_text())["metrics"]["dev_wer"] for p in epochs}
