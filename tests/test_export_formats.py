@@ -159,6 +159,22 @@ def test_tflite_int8_is_smaller_and_close(torch_runner, tflite_artifacts):
     assert max_diff(LiteRTRunner(tflite_artifacts["int8"].path).run(pcm), torch_runner.run(pcm)) <= 0.2
 
 
+def test_tflite_quantizer_shows_its_progress_bar_on_a_terminal_only(tflite_artifacts, tmp_path, monkeypatch):
+    """A log (stderr not a terminal) gets no carriage-return updates from ai-edge-quantizer's tqdm."""
+    from ai_edge_quantizer import quantizer
+
+    from mobile_export import tflite
+
+    asked, quantize = [], quantizer.Quantizer.quantize
+    monkeypatch.setattr(quantizer.Quantizer, "quantize",
+                        lambda self, **kw: asked.append(kw.get("enable_progress_bar", "unset")) or quantize(self, **kw))
+    for terminal in (False, True):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda terminal=terminal: terminal, raising=False)
+        out = tflite.quantize(tflite_artifacts["fp32"].path, tmp_path / f"int8_{terminal}.tflite", "int8")
+        assert out.stat().st_size < tflite_artifacts["fp32"].path.stat().st_size
+    assert asked == [False, None]  # None: the quantizer's own rule (a bar for large models)
+
+
 def test_level_rms_front_end_exports_and_matches_pytorch(tmp_path):
     """`FrontendConfig(level="rms")` (per-utterance level, masked to the valid samples) in the
     runtimes that convert the front end themselves: ONNX and TFLite, in a padded window."""
