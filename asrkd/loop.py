@@ -222,6 +222,12 @@ class TrainingLoop:
                 (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.train_config, sort_keys=False))
             self.tokenizer.save(self.out_dir / "tokens.txt")
         pos = self.pos
+        avg = self.ckpt_dir / AVERAGE_NAME
+        if self.is_main and pos.step < self.max_steps and avg.exists():
+            # an average of the weights before this training: the run folder must not stand for it
+            aside = avg.with_name(f"{AVERAGE_NAME}.before-step-{pos.step:07d}")
+            replace_folder(avg, aside)
+            print(f"{avg} averages checkpoints from before step {pos.step}: moved to {aside.name}")
         logger = _Logger(self.out_dir, pos.step, enabled=self.is_main)
         bar = progress(self.max_steps, initial=pos.step, unit="step", desc="train",
                        enabled=self.is_main and self.progress)

@@ -553,6 +553,14 @@ def test_epoch_checkpoints_are_kept_and_averaged_at_the_end_and_by_the_cli(ten_u
     err = capsys.readouterr().err
     assert "4 epoch checkpoint(s) asked for, 3 epoch checkpoint(s) there" in err and "run.keep_epochs" in err
     assert "Traceback" not in err
+    # training on from there (one more epoch, no averaging): the old average is moved aside, not
+    # lost, and the run folder stands for its best checkpoint again
+    cfg["optim"]["epochs"], cfg["run"]["average"] = 5, {"epochs": 0}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli_main(["train", "--config", str(tmp_path / "run.yaml"), "--resume"]) == 0
+    assert not avg.exists() and (ckpts / f"avg.before-step-{last_step.name[5:]}" / "model.safetensors").is_file()
+    assert resolve_checkpoint(tmp_path / "run") == ckpts / "best"
+    assert [p.name for p in list_epoch_checkpoints(ckpts)] == ["epoch-003", "epoch-004", "epoch-005"]
 
 
 def test_averaging_more_epochs_than_are_kept_is_refused_with_the_file(tmp_path):
