@@ -26,6 +26,8 @@ eval/runners.py ``LiteRTRunner``. `TFLiteExporter` is this format's `mobile_expo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -130,12 +132,29 @@ def quantize(fp32_path: Path, path: Path, precision: str) -> Path:
     """``fp16`` or ``int8`` (dynamic range) copy of an fp32 ``.tflite`` (all signatures)."""
     from ai_edge_quantizer import quantizer
 
-    # its tqdm bar off unless stderr is a terminal (a log gets no carriage-return updates);
+    # its tqdm bars off unless stderr is a terminal (a log gets no carriage-return updates);
     # None: the quantizer's own rule (a bar for large models)
-    result = quantizer.Quantizer(str(fp32_path), _recipe(precision)).quantize(
-        enable_progress_bar=None if sys.stderr.isatty() else False)
+    with _bars_as_lines():
+        result = quantizer.Quantizer(str(fp32_path), _recipe(precision)).quantize(
+            enable_progress_bar=None if sys.stderr.isatty() else False)
     atomic_write_bytes(path, bytes(result.quantized_model))
     return Path(path)
+
+
+@contextlib.contextmanager
+def _bars_as_lines():
+    """Off a terminal, what is written to ``sys.stderr`` within comes out at the end, each line as
+    its last carriage-return update: ai-edge-quantizer 0.10 does not pass ``enable_progress_bar``
+    to its transformation step, whose bar draws for a model of 100 tensors or more."""
+    if sys.stderr.isatty():
+        yield
+        return
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        sys.stderr.write("\n".join(line.rsplit("\r", 1)[-1] for line in buffer.getvalue().split("\n")))
 
 
 class TFLiteExporter(Exporter):

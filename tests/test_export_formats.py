@@ -175,6 +175,25 @@ def test_tflite_quantizer_shows_its_progress_bar_on_a_terminal_only(tflite_artif
     assert asked == [False, None]  # None: the quantizer's own rule (a bar for large models)
 
 
+def test_tflite_quantizer_bars_it_draws_anyway_reach_a_log_as_their_last_state(tflite_artifacts, tmp_path,
+                                                                                monkeypatch, capsys):
+    """ai-edge-quantizer 0.10 draws its transformation bar whatever enable_progress_bar says."""
+    from ai_edge_quantizer import quantizer
+
+    from mobile_export import tflite
+
+    quantize = quantizer.Quantizer.quantize
+
+    def drawing(self, **kw):
+        sys.stderr.write("Applying: 0/854\rApplying: 854/854\nwarning: kept\n")
+        return quantize(self, **kw)
+
+    monkeypatch.setattr(quantizer.Quantizer, "quantize", drawing)
+    tflite.quantize(tflite_artifacts["fp32"].path, tmp_path / "int8.tflite", "int8")
+    err = capsys.readouterr().err
+    assert "\r" not in err and "Applying: 854/854\nwarning: kept\n" in err and "0/854" not in err
+
+
 def test_level_rms_front_end_exports_and_matches_pytorch(tmp_path):
     """`FrontendConfig(level="rms")` (per-utterance level, masked to the valid samples) in the
     runtimes that convert the front end themselves: ONNX and TFLite, in a padded window."""
