@@ -382,6 +382,11 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
     return averaged
 
 
+def describe_average(paths: list[Path], by: str, out: Path) -> str:
+    """One line naming what `average_checkpoints` averaged into ``out``."""
+    return f"averaged {len(paths)} epoch checkpoints ({by}: {', '.join(p.name for p in paths)}) into {out}"
+
+
 def average_checkpoints(paths: list[Path], out: str | Path, metrics: dict | None = None,
                         state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the checkpoint folder ``out`` with the mean of ``paths``' weights (``state``, when the

@@ -216,12 +216,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_average(args: argparse.Namespace) -> int:
-    from asrkd.checkpoint import AVERAGE_NAME, average_checkpoints, select_epochs
+    from asrkd.checkpoint import AVERAGE_NAME, average_checkpoints, describe_average, select_epochs
 
     ckpts = Path(args.run) / "checkpoints"
     paths = select_epochs(ckpts, args.epochs, args.by)
     out = average_checkpoints(paths, args.out or ckpts / AVERAGE_NAME)
-    print(f"averaged {len(paths)} epoch checkpoints ({args.by}: {', '.join(p.name for p in paths)}) into {out}")
+    print(describe_average(paths, args.by, out))
     return 0
 
 

@@ -46,6 +46,7 @@ from asrkd.checkpoint import (
     CheckpointError,
     average_checkpoints,
     average_weights,
+    describe_average,
     list_epoch_checkpoints,
     list_step_checkpoints,
     load_trainer_state,
@@ -341,8 +342,7 @@ class TrainingLoop:
         model.load_state_dict(state)
         metrics = self._dev_metrics(model)
         out = average_checkpoints(paths, self.ckpt_dir / AVERAGE_NAME, metrics=metrics, state=state)
-        names = ", ".join(p.name for p in paths)
-        print(f"averaged {len(paths)} epoch checkpoints ({self.average_by}: {names}) into {out}"
+        print(describe_average(paths, self.average_by, out)
               + (f"; {_describe(metrics, self.dev)}" if self.dev is not None else ""))
         return out
 

@@ -519,9 +519,9 @@ def test_epoch_checkpoints_are_kept_and_averaged_at_the_end_and_by_the_cli(ten_u
     assert not any((p / "trainer_state.pt").exists() for p in epochs)  # for inference, not resuming
     # the last epoch's weights are the last step's: keeping them does not touch training
     last_step = list_step_checkpoints(ckpts)[-1]
-    assert load_file(str(epochs[-1] / "model.safetensors")).keys() == load_file(str(last_step / "model.safetensors")).keys()
-    assert all(torch.equal(v, load_file(str(last_step / "model.safetensors"))[k])
-               for k, v in load_file(str(epochs[-1] / "model.safetensors")).items())
+    kept, stepped = (load_file(str(p / "model.safetensors")) for p in (epochs[-1], last_step))
+    assert kept.keys() == stepped.keys()
+    assert all(torch.equal(v, stepped[k]) for k, v in kept.items())
 
     avg = ckpts / "avg"
     assert returned == avg and resolve_checkpoint(tmp_path / "run") == avg
